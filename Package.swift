@@ -1,0 +1,46 @@
+// swift-tools-version: 6.1
+// TierKV: tiered KV-cache offloading (accelerator / NUMA host RAM / NVMe via io_uring).
+// Module graph (a module depends only on modules above it in this list):
+//   CTierKVLinux  C shim: liburing, libnuma, cpuid, O_DIRECT constants. No logic.
+//   TierKVCore    layouts, dtypes, keys and prefix hashing, byte sizes, errors, CPU features.
+//   TierKVStorage cold tier: io_uring and the NVMe block file.
+//   TierKVHostArena warm tier: NUMA topology, pinned host arena.
+//   TierKVAccelerator hot tier: CUDA driver (dlopen) and the emulated accelerator.
+//   TierKV        what engines import: the hierarchy, system report.
+//   tierkv        the command-line tool.
+import PackageDescription
+
+let package = Package(
+    name: "TierKV",
+    products: [
+        .library(name: "TierKV", targets: ["TierKV"]),
+        .executable(name: "tierkv", targets: ["tierkv"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .target(
+            name: "CTierKVLinux",
+            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("numa"), .linkedLibrary("dl")]
+        ),
+        .target(name: "TierKVCore", dependencies: ["CTierKVLinux"], exclude: ["README.md"]),
+        .target(name: "TierKVStorage", dependencies: ["TierKVCore", "CTierKVLinux"], exclude: ["README.md"]),
+        .target(name: "TierKVHostArena", dependencies: ["TierKVCore", "CTierKVLinux"], exclude: ["README.md"]),
+        .target(name: "TierKVAccelerator", dependencies: ["TierKVCore", "CTierKVLinux"], exclude: ["README.md"]),
+        .target(
+            name: "TierKV",
+            dependencies: ["TierKVCore", "TierKVStorage", "TierKVHostArena", "TierKVAccelerator"],
+            exclude: ["README.md"]
+        ),
+        .executableTarget(
+            name: "tierkv",
+            dependencies: ["TierKV", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        // Shared by the test targets: temporary directories, seeded generators, process helpers.
+        .target(name: "TierKVTestSupport", dependencies: ["TierKVCore"], path: "Tests/TierKVTestSupport"),
+        .testTarget(name: "TierKVCoreTests", dependencies: ["TierKVCore"]),
+        .testTarget(name: "TierKVSystemTests", dependencies: ["TierKV", "TierKVTestSupport"]),
+        .testTarget(name: "TierKVCLITests", dependencies: ["TierKVCore", "TierKVTestSupport"]),
+    ]
+)

@@ -1,0 +1,72 @@
+// C shim for TierKV: the few things Swift cannot import directly from liburing,
+// libnuma and the kernel headers. No logic lives here; every function is a
+// one-line wrapper or constant, prefixed `ctierkv_`.
+#ifndef CTIERKV_LINUX_H
+#define CTIERKV_LINUX_H
+
+// No _GNU_SOURCE here: it changes glibc's struct definitions (fd_set, rusage) and the Swift
+// importer then sees two different `fd_set`s. GNU-only constants come from shim.c instead.
+// glibc headers first: liburing.h pulls in kernel headers that otherwise
+// clash with Glibc's fd_set and friends in the Swift importer.
+#include <signal.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <fcntl.h>
+#include <time.h>
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/statfs.h>
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <liburing.h>
+#include <numa.h>
+#include <numaif.h>
+
+/// `O_DIRECT` (a GNU extension, defined in shim.c).
+int ctierkv_o_direct(void);
+/// `O_NOFOLLOW | O_CLOEXEC`, which we always want on cache files.
+int ctierkv_o_nofollow_cloexec(void);
+/// `RTLD_NOW | RTLD_LOCAL` for loading libcuda.
+static inline int ctierkv_rtld_now_local(void) { return RTLD_NOW | RTLD_LOCAL; }
+/// `MAP_FAILED`, a macro built from a cast.
+static inline void *ctierkv_map_failed(void) { return MAP_FAILED; }
+/// `RLIM_INFINITY`.
+static inline uint64_t ctierkv_rlim_infinity(void) { return (uint64_t)RLIM_INFINITY; }
+/// `RLIMIT_MEMLOCK` (an enum constant whose Swift name varies with glibc versions).
+static inline int ctierkv_rlimit_memlock(void) { return RLIMIT_MEMLOCK; }
+/// Whether `node` is in libnuma's set of nodes with memory (`numa_all_nodes_ptr`, a global).
+static inline int ctierkv_numa_node_has_memory(int node) {
+    return numa_all_nodes_ptr != NULL && numa_bitmask_isbitset(numa_all_nodes_ptr, (unsigned)node);
+}
+/// `IORING_OP_LAST`: the number of opcodes this liburing knows.
+static inline int ctierkv_ioring_op_last(void) { return IORING_OP_LAST; }
+/// `IOSQE_*` flags are macros over enum bits.
+static inline uint8_t ctierkv_iosqe_io_link(void) { return IOSQE_IO_LINK; }
+static inline uint8_t ctierkv_iosqe_fixed_file(void) { return IOSQE_FIXED_FILE; }
+/// io_uring setup flags this liburing may or may not define (0 when unknown).
+static inline unsigned ctierkv_ioring_setup_single_issuer(void) {
+#ifdef IORING_SETUP_SINGLE_ISSUER
+    return IORING_SETUP_SINGLE_ISSUER;
+#else
+    return 0;
+#endif
+}
+static inline unsigned ctierkv_ioring_setup_coop_taskrun(void) {
+#ifdef IORING_SETUP_COOP_TASKRUN
+    return IORING_SETUP_COOP_TASKRUN;
+#else
+    return 0;
+#endif
+}
+static inline unsigned ctierkv_ioring_setup_sqpoll(void) { return IORING_SETUP_SQPOLL; }
+
+/// CPUID leaf/subleaf; returns 0 when the leaf is above the maximum supported.
+int ctierkv_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t *eax, uint32_t *ebx, uint32_t *ecx, uint32_t *edx);
+/// XGETBV(index): which register states the OS saves (bit 1 SSE, bit 2 AVX/YMM, bits 5-7 AVX-512).
+uint64_t ctierkv_xgetbv(uint32_t index);
+
+#endif

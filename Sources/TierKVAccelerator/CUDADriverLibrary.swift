@@ -1,0 +1,197 @@
+import CTierKVLinux
+import TierKVCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The CUDA driver API (`libcuda.so.1`), loaded at run time with `dlopen` so TierKV builds and
+/// runs where there is no CUDA at all. Every `CUresult` is checked and becomes a
+/// `TierKVError(.cudaDriver)` naming the function and the driver's own error name and text.
+///
+/// Thread-safety: the driver API is thread-safe and this type's state is immutable after
+/// `load`, so one instance is shared freely.
+public final class CUDADriverLibrary: @unchecked Sendable {
+    // @unchecked: every stored property is a `let` set once in init; the C functions are thread-safe.
+    typealias CUresult = Int32
+    typealias InitFunction = @convention(c) (UInt32) -> CUresult
+    typealias IntOutFunction = @convention(c) (UnsafeMutablePointer<Int32>?) -> CUresult
+    typealias DeviceGetFunction = @convention(c) (UnsafeMutablePointer<Int32>?, Int32) -> CUresult
+    typealias DeviceStringFunction = @convention(c) (UnsafeMutablePointer<CChar>?, Int32, Int32) -> CUresult
+    typealias DeviceTotalMemFunction = @convention(c) (UnsafeMutablePointer<Int>?, Int32) -> CUresult
+    typealias DeviceAttributeFunction = @convention(c) (UnsafeMutablePointer<Int32>?, Int32, Int32) -> CUresult
+    typealias ErrorStringFunction = @convention(c) (CUresult, UnsafeMutablePointer<UnsafePointer<CChar>?>?) -> CUresult
+
+    /// The environment variable that overrides which library is loaded (tests use a test double).
+    public static let libraryEnvironmentVariable = "TIERKV_CUDA_LIBRARY"
+    /// The soname the NVIDIA driver installs.
+    public static let defaultLibraryName = "libcuda.so.1"
+
+    /// The path or soname that was loaded.
+    public let path: String
+    let handle: UnsafeMutableRawPointer
+    let cuInit: InitFunction
+    let cuDriverGetVersion: IntOutFunction
+    let cuDeviceGetCount: IntOutFunction
+    let cuDeviceGet: DeviceGetFunction
+    let cuDeviceGetName: DeviceStringFunction
+    let cuDeviceGetPCIBusId: DeviceStringFunction
+    let cuDeviceTotalMem: DeviceTotalMemFunction
+    let cuDeviceGetAttribute: DeviceAttributeFunction
+    let cuGetErrorName: ErrorStringFunction
+    let cuGetErrorString: ErrorStringFunction
+
+    /// Loads the driver library and resolves the functions TierKV uses, then calls `cuInit(0)`.
+    /// - Parameter path: a path or soname; default `$TIERKV_CUDA_LIBRARY` or `libcuda.so.1`.
+    /// - Throws: `.cudaDriver` "no CUDA driver" when the library cannot be loaded, naming the
+    ///   `dlerror` text; `.cudaDriver` naming a missing symbol; or `cuInit`'s error.
+    public static func load(path: String? = nil) throws(TierKVError) -> CUDADriverLibrary {
+        let chosen = path ?? getenv(libraryEnvironmentVariable).map { String(cString: $0) } ?? defaultLibraryName
+        guard let handle = dlopen(chosen, ctierkv_rtld_now_local()) else {
+            let reason = dlerror().map { String(cString: $0) } ?? "unknown dlopen error"
+            throw TierKVError(
+                .cudaDriver,
+                "no CUDA driver: could not load \(chosen) (\(reason)); install the NVIDIA driver or run where a GPU is present",
+                operation: "dlopen", path: chosen)
+        }
+        do {
+            let library = try CUDADriverLibrary(path: chosen, handle: handle)
+            try library.check(library.cuInit(0), "cuInit")
+            return library
+        } catch {
+            // The instance (if built) owns the handle and closes it in deinit; if resolving
+            // symbols failed, no instance exists, so close here.
+            if error.operation == "dlsym" { dlclose(handle) }
+            throw error
+        }
+    }
+
+    private init(path: String, handle: UnsafeMutableRawPointer) throws(TierKVError) {
+        func symbol<F>(_ name: String, as type: F.Type) throws(TierKVError) -> F {
+            guard let pointer = dlsym(handle, name) else {
+                throw TierKVError(
+                    .cudaDriver, "the CUDA driver at \(path) lacks \(name); the driver is too old for TierKV",
+                    operation: "dlsym", path: path)
+            }
+            return unsafeBitCast(pointer, to: type)
+        }
+        self.path = path
+        self.handle = handle
+        cuInit = try symbol("cuInit", as: InitFunction.self)
+        cuDriverGetVersion = try symbol("cuDriverGetVersion", as: IntOutFunction.self)
+        cuDeviceGetCount = try symbol("cuDeviceGetCount", as: IntOutFunction.self)
+        cuDeviceGet = try symbol("cuDeviceGet", as: DeviceGetFunction.self)
+        cuDeviceGetName = try symbol("cuDeviceGetName", as: DeviceStringFunction.self)
+        cuDeviceGetPCIBusId = try symbol("cuDeviceGetPCIBusId", as: DeviceStringFunction.self)
+        cuDeviceTotalMem = try symbol("cuDeviceTotalMem_v2", as: DeviceTotalMemFunction.self)
+        cuDeviceGetAttribute = try symbol("cuDeviceGetAttribute", as: DeviceAttributeFunction.self)
+        cuGetErrorName = try symbol("cuGetErrorName", as: ErrorStringFunction.self)
+        cuGetErrorString = try symbol("cuGetErrorString", as: ErrorStringFunction.self)
+    }
+
+    deinit { dlclose(handle) }
+
+    /// Turns a non-zero `CUresult` into an error: `cuMemAlloc failed: CUDA_ERROR_OUT_OF_MEMORY (out of memory)`.
+    func check(_ result: CUresult, _ function: String) throws(TierKVError) {
+        guard result != 0 else { return }
+        throw TierKVError(
+            .cudaDriver, "\(function) failed: \(errorDescription(result))", operation: function, path: path)
+    }
+
+    /// The driver's name and text for a `CUresult`.
+    public func errorDescription(_ result: Int32) -> String {
+        var name: UnsafePointer<CChar>?
+        var text: UnsafePointer<CChar>?
+        let nameText = cuGetErrorName(result, &name) == 0 ? name.map { String(cString: $0) } : nil
+        let detail = cuGetErrorString(result, &text) == 0 ? text.map { String(cString: $0) } : nil
+        return "\(nameText ?? "CUresult \(result)") (\(detail ?? "no description"))"
+    }
+
+    static func string(fromNullTerminated characters: [CChar]) -> String {
+        String(decoding: characters.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// The driver's CUDA version as `major.minor` (e.g. 12.4).
+    public func driverVersion() throws(TierKVError) -> String {
+        var version: Int32 = 0
+        try check(cuDriverGetVersion(&version), "cuDriverGetVersion")
+        return "\(version / 1000).\(version % 1000 / 10)"
+    }
+
+    /// Devices the driver sees.
+    public func devices() throws(TierKVError) -> [CUDADeviceInfo] {
+        var count: Int32 = 0
+        try check(cuDeviceGetCount(&count), "cuDeviceGetCount")
+        var devices: [CUDADeviceInfo] = []
+        for ordinal in 0..<count {
+            var device: Int32 = 0
+            try check(cuDeviceGet(&device, ordinal), "cuDeviceGet")
+            var name = [CChar](repeating: 0, count: 256)
+            try check(cuDeviceGetName(&name, Int32(name.count), device), "cuDeviceGetName")
+            var bus = [CChar](repeating: 0, count: 64)
+            try check(cuDeviceGetPCIBusId(&bus, Int32(bus.count), device), "cuDeviceGetPCIBusId")
+            var memory = 0
+            try check(cuDeviceTotalMem(&memory, device), "cuDeviceTotalMem_v2")
+            var major: Int32 = 0
+            var minor: Int32 = 0
+            // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76 (cuda.h).
+            try check(cuDeviceGetAttribute(&major, 75, device), "cuDeviceGetAttribute")
+            try check(cuDeviceGetAttribute(&minor, 76, device), "cuDeviceGetAttribute")
+            devices.append(
+                CUDADeviceInfo(
+                    ordinal: Int(ordinal), name: Self.string(fromNullTerminated: name), totalMemoryByteCount: UInt64(memory),
+                    pciBusID: Self.string(fromNullTerminated: bus), computeCapability: "\(major).\(minor)"))
+        }
+        return devices
+    }
+}
+
+/// One CUDA device as the driver describes it.
+public struct CUDADeviceInfo: Sendable, Hashable {
+    public var ordinal: Int
+    public var name: String
+    public var totalMemoryByteCount: UInt64
+    /// `0000:65:00.0` form, as sysfs names PCI devices.
+    public var pciBusID: String
+    public var computeCapability: String
+
+    public var json: JSONValue {
+        .object([
+            ("ordinal", .int(ordinal)), ("name", .string(name)), ("memory_bytes", .int(totalMemoryByteCount)),
+            ("pci_bus_id", .string(pciBusID)), ("compute_capability", .string(computeCapability)),
+        ])
+    }
+}
+
+/// What `tierkv doctor` reports about CUDA.
+public struct CUDAAvailability: Sendable {
+    public var isAvailable: Bool
+    public var library: String
+    public var driverVersion: String?
+    public var devices: [CUDADeviceInfo]
+    public var error: String?
+
+    /// Loads the driver, initialises it and lists devices; never throws.
+    public static func probe(libraryPath: String? = nil) -> CUDAAvailability {
+        let requested = libraryPath ?? getenv(CUDADriverLibrary.libraryEnvironmentVariable).map { String(cString: $0) }
+            ?? CUDADriverLibrary.defaultLibraryName
+        do {
+            let library = try CUDADriverLibrary.load(path: requested)
+            let devices = try library.devices()
+            return CUDAAvailability(
+                isAvailable: !devices.isEmpty, library: library.path, driverVersion: try library.driverVersion(),
+                devices: devices, error: devices.isEmpty ? "the CUDA driver loaded but sees no devices" : nil)
+        } catch {
+            return CUDAAvailability(
+                isAvailable: false, library: requested, driverVersion: nil, devices: [], error: error.description)
+        }
+    }
+
+    public var json: JSONValue {
+        .object([
+            ("available", .bool(isAvailable)), ("library", .string(library)),
+            ("driver_version", .optional(driverVersion)), ("devices", .array(devices.map(\.json))),
+            ("error", .optional(error)),
+        ])
+    }
+}

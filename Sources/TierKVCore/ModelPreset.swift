@@ -1,0 +1,72 @@
+/// Published architecture figures of well-known models, so users can name a model
+/// instead of typing its KV shape. Figures are from each model's `config.json` on its
+/// official Hugging Face repository (num_hidden_layers, num_attention_heads,
+/// num_key_value_heads, hidden_size / num_attention_heads, intermediate_size, vocab_size).
+public struct ModelPreset: Hashable, Sendable, Codable {
+    public let name: String
+    public let layers: Int
+    public let queryHeads: Int
+    public let kvHeads: Int
+    public let headDim: Int
+    public let hiddenSize: Int
+    public let intermediateSize: Int
+    public let vocabularySize: Int
+    /// Total parameters, for the decode compute model (weights read per token).
+    public let parameterCount: Int
+    /// Context length the model was released with.
+    public let maximumContextTokens: Int
+
+    /// The KV layout of this model for a block size and dtype.
+    public func layout(tokensPerBlock: Int = 16, dtype: DType = .fp16) throws(TierKVError) -> KVLayout {
+        try KVLayout(
+            layers: layers, kvHeads: kvHeads, queryHeads: queryHeads, headDim: headDim,
+            tokensPerBlock: tokensPerBlock, dtype: dtype)
+    }
+
+    public static let llama3_8B = ModelPreset(
+        name: "Llama-3-8B", layers: 32, queryHeads: 32, kvHeads: 8, headDim: 128, hiddenSize: 4096,
+        intermediateSize: 14336, vocabularySize: 128_256, parameterCount: 8_030_261_248, maximumContextTokens: 8192)
+    public static let llama3_70B = ModelPreset(
+        name: "Llama-3-70B", layers: 80, queryHeads: 64, kvHeads: 8, headDim: 128, hiddenSize: 8192,
+        intermediateSize: 28672, vocabularySize: 128_256, parameterCount: 70_553_706_496, maximumContextTokens: 8192)
+    public static let llama3_1_8B = ModelPreset(
+        name: "Llama-3.1-8B", layers: 32, queryHeads: 32, kvHeads: 8, headDim: 128, hiddenSize: 4096,
+        intermediateSize: 14336, vocabularySize: 128_256, parameterCount: 8_030_261_248,
+        maximumContextTokens: 131_072)
+    public static let llama3_1_70B = ModelPreset(
+        name: "Llama-3.1-70B", layers: 80, queryHeads: 64, kvHeads: 8, headDim: 128, hiddenSize: 8192,
+        intermediateSize: 28672, vocabularySize: 128_256, parameterCount: 70_553_706_496,
+        maximumContextTokens: 131_072)
+    public static let llama3_1_405B = ModelPreset(
+        name: "Llama-3.1-405B", layers: 126, queryHeads: 128, kvHeads: 8, headDim: 128, hiddenSize: 16384,
+        intermediateSize: 53248, vocabularySize: 128_256, parameterCount: 405_853_388_800,
+        maximumContextTokens: 131_072)
+    public static let mistral7B = ModelPreset(
+        name: "Mistral-7B", layers: 32, queryHeads: 32, kvHeads: 8, headDim: 128, hiddenSize: 4096,
+        intermediateSize: 14336, vocabularySize: 32000, parameterCount: 7_241_732_096, maximumContextTokens: 32768)
+    public static let qwen2_5_7B = ModelPreset(
+        name: "Qwen2.5-7B", layers: 28, queryHeads: 28, kvHeads: 4, headDim: 128, hiddenSize: 3584,
+        intermediateSize: 18944, vocabularySize: 152_064, parameterCount: 7_615_616_512, maximumContextTokens: 131_072)
+    public static let qwen2_5_72B = ModelPreset(
+        name: "Qwen2.5-72B", layers: 80, queryHeads: 64, kvHeads: 8, headDim: 128, hiddenSize: 8192,
+        intermediateSize: 29568, vocabularySize: 152_064, parameterCount: 72_706_203_648,
+        maximumContextTokens: 131_072)
+
+    /// Every preset, in the order `tierkv` lists them.
+    public static let all: [ModelPreset] = [
+        llama3_8B, llama3_70B, llama3_1_8B, llama3_1_70B, llama3_1_405B, mistral7B, qwen2_5_7B, qwen2_5_72B,
+    ]
+
+    /// Finds a preset by name, ignoring case, `-`, `_`, `.` and spaces (`llama3-8b` finds Llama-3-8B).
+    /// - Throws: `.notFound` listing the known names.
+    public static func named(_ name: String) throws(TierKVError) -> ModelPreset {
+        let wanted = normalise(name)
+        if let preset = all.first(where: { normalise($0.name) == wanted }) { return preset }
+        throw TierKVError(
+            .notFound, "unknown model '\(name)'; known models: " + all.map(\.name).joined(separator: ", "))
+    }
+
+    private static func normalise(_ name: String) -> String {
+        String(name.lowercased().filter { $0 != "-" && $0 != "_" && $0 != " " && $0 != "." })
+    }
+}

@@ -1,0 +1,12 @@
+import ArgumentParser
+import TierKV
+
+@main
+struct TierKVCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tierkv",
+        abstract: "Tiered KV-cache offloading: accelerator, NUMA-pinned host RAM and NVMe through io_uring.",
+        version: TierKVVersion.string,
+        subcommands: [DoctorCommand.self, HashCommand.self]
+    )
+}

@@ -1,0 +1,35 @@
+import TierKVCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A fresh directory under $TMPDIR (or /tmp), removed with its contents on deinit.
+public final class TemporaryDirectory {
+    public let path: String
+
+    public init() throws {
+        var template = Array(((getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp") + "/tierkv-test-XXXXXX").utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw TierKVError(.systemCall, "mkdtemp failed", errno: errno)
+        }
+        path = String(cString: made)
+    }
+
+    /// Names in the directory, without `.` and `..`.
+    public func entries() throws -> [String] {
+        guard let directory = opendir(path) else { throw TierKVError(.systemCall, "opendir failed", path: path) }
+        defer { closedir(directory) }
+        var names: [String] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    deinit {
+        for name in (try? entries()) ?? [] { unlink(path + "/" + name) }
+        rmdir(path)
+    }
+}
