@@ -10,6 +10,18 @@
 //   tierkv        the command-line tool.
 import PackageDescription
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// `tools/build-portable` sets TIERKV_STATIC_SYSTEM_LIBS=1 to link liburing and libnuma from their
+// static archives, so the binary runs on machines without them (e.g. a GPU box with no Swift).
+let staticSystemLibraries = getenv("TIERKV_STATIC_SYSTEM_LIBS") != nil
+let systemLibraryLinkerSettings: [LinkerSetting] =
+    staticSystemLibraries
+    ? [.unsafeFlags(["-Xlinker", "-l:liburing.a", "-Xlinker", "-l:libnuma.a"]), .linkedLibrary("dl")]
+    : [.linkedLibrary("uring"), .linkedLibrary("numa"), .linkedLibrary("dl")]
+
 let package = Package(
     name: "TierKV",
     products: [
@@ -22,7 +34,7 @@ let package = Package(
     targets: [
         .target(
             name: "CTierKVLinux",
-            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("numa"), .linkedLibrary("dl")]
+            linkerSettings: systemLibraryLinkerSettings
         ),
         .target(name: "TierKVCore", dependencies: ["CTierKVLinux"], exclude: ["README.md"]),
         .target(name: "TierKVStorage", dependencies: ["TierKVCore", "CTierKVLinux"], exclude: ["README.md"]),
@@ -41,6 +53,9 @@ let package = Package(
         .target(name: "TierKVTestSupport", dependencies: ["TierKVCore"], path: "Tests/TierKVTestSupport"),
         .testTarget(name: "TierKVCoreTests", dependencies: ["TierKVCore"]),
         .testTarget(name: "TierKVSystemTests", dependencies: ["TierKV", "TierKVTestSupport"]),
+        .testTarget(
+            name: "TierKVHostArenaTests", dependencies: ["TierKVHostArena", "TierKVStorage", "CTierKVLinux", "TierKVTestSupport"]),
+        .testTarget(name: "TierKVAcceleratorTests", dependencies: ["TierKV", "TierKVTestSupport"]),
         .testTarget(name: "TierKVCLITests", dependencies: ["TierKVCore", "TierKVTestSupport"]),
     ]
 )

@@ -1,4 +1,7 @@
+@_exported import TierKVAccelerator
 @_exported import TierKVCore
+@_exported import TierKVHostArena
+@_exported import TierKVStorage
 
 /// The library's version, also printed by `tierkv --version` and the C ABI.
 public enum TierKVVersion {

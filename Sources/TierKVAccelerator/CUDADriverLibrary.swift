@@ -1,4 +1,5 @@
 import CTierKVLinux
+import Synchronization
 import TierKVCore
 
 #if canImport(Glibc)
@@ -21,6 +22,22 @@ public final class CUDADriverLibrary: @unchecked Sendable {
     typealias DeviceTotalMemFunction = @convention(c) (UnsafeMutablePointer<Int>?, Int32) -> CUresult
     typealias DeviceAttributeFunction = @convention(c) (UnsafeMutablePointer<Int32>?, Int32, Int32) -> CUresult
     typealias ErrorStringFunction = @convention(c) (CUresult, UnsafeMutablePointer<UnsafePointer<CChar>?>?) -> CUresult
+    typealias HandleOutFunction = @convention(c) (UnsafeMutablePointer<OpaquePointer?>?, UInt32) -> CUresult
+    typealias ContextRetainFunction = @convention(c) (UnsafeMutablePointer<OpaquePointer?>?, Int32) -> CUresult
+    typealias DeviceFunction = @convention(c) (Int32) -> CUresult
+    typealias HandleFunction = @convention(c) (OpaquePointer?) -> CUresult
+    typealias MemAllocFunction = @convention(c) (UnsafeMutablePointer<UInt64>?, Int) -> CUresult
+    typealias MemFreeFunction = @convention(c) (UInt64) -> CUresult
+    typealias MemGetInfoFunction = @convention(c) (UnsafeMutablePointer<Int>?, UnsafeMutablePointer<Int>?) -> CUresult
+    typealias CopyHtoDFunction = @convention(c) (UInt64, UnsafeRawPointer?, Int, OpaquePointer?) -> CUresult
+    typealias CopyDtoHFunction = @convention(c) (UnsafeMutableRawPointer?, UInt64, Int, OpaquePointer?) -> CUresult
+    typealias EventRecordFunction = @convention(c) (OpaquePointer?, OpaquePointer?) -> CUresult
+    typealias EventElapsedFunction = @convention(c) (UnsafeMutablePointer<Float>?, OpaquePointer?, OpaquePointer?) -> CUresult
+    typealias HostRegisterFunction = @convention(c) (UnsafeMutableRawPointer?, Int, UInt32) -> CUresult
+    typealias HostUnregisterFunction = @convention(c) (UnsafeMutableRawPointer?) -> CUresult
+
+    /// `CUDA_ERROR_NOT_READY`: an event or stream has work pending.
+    static let notReady: CUresult = 600
 
     /// The environment variable that overrides which library is loaded (tests use a test double).
     public static let libraryEnvironmentVariable = "TIERKV_CUDA_LIBRARY"
@@ -40,13 +57,46 @@ public final class CUDADriverLibrary: @unchecked Sendable {
     let cuDeviceGetAttribute: DeviceAttributeFunction
     let cuGetErrorName: ErrorStringFunction
     let cuGetErrorString: ErrorStringFunction
+    let cuDevicePrimaryCtxRetain: ContextRetainFunction
+    let cuDevicePrimaryCtxRelease: DeviceFunction
+    let cuCtxSetCurrent: HandleFunction
+    let cuMemAlloc: MemAllocFunction
+    let cuMemFree: MemFreeFunction
+    let cuMemGetInfo: MemGetInfoFunction
+    let cuMemcpyHtoDAsync: CopyHtoDFunction
+    let cuMemcpyDtoHAsync: CopyDtoHFunction
+    let cuStreamCreate: HandleOutFunction
+    let cuStreamDestroy: HandleFunction
+    let cuStreamSynchronize: HandleFunction
+    let cuEventCreate: HandleOutFunction
+    let cuEventRecord: EventRecordFunction
+    let cuEventQuery: HandleFunction
+    let cuEventSynchronize: HandleFunction
+    let cuEventElapsedTime: EventElapsedFunction
+    let cuEventDestroy: HandleFunction
+    let cuMemHostRegister: HostRegisterFunction
+    let cuMemHostUnregister: HostUnregisterFunction
 
-    /// Loads the driver library and resolves the functions TierKV uses, then calls `cuInit(0)`.
+    /// Libraries already loaded and initialised, by requested path. libcuda is never unloaded:
+    /// after `cuInit` it runs threads of its own, and `dlclose` under them crashes the process.
+    private static let loaded = Mutex<[String: CUDADriverLibrary]>([:])
+
+    /// Loads the driver library once per process and path, resolves the functions TierKV uses,
+    /// and calls `cuInit(0)`. Later calls with the same path return the same instance.
     /// - Parameter path: a path or soname; default `$TIERKV_CUDA_LIBRARY` or `libcuda.so.1`.
     /// - Throws: `.cudaDriver` "no CUDA driver" when the library cannot be loaded, naming the
     ///   `dlerror` text; `.cudaDriver` naming a missing symbol; or `cuInit`'s error.
     public static func load(path: String? = nil) throws(TierKVError) -> CUDADriverLibrary {
         let chosen = path ?? getenv(libraryEnvironmentVariable).map { String(cString: $0) } ?? defaultLibraryName
+        return try loaded.withLock { (cache) throws(TierKVError) -> CUDADriverLibrary in
+            if let library = cache[chosen] { return library }
+            let library = try open(chosen)
+            cache[chosen] = library
+            return library
+        }
+    }
+
+    private static func open(_ chosen: String) throws(TierKVError) -> CUDADriverLibrary {
         guard let handle = dlopen(chosen, ctierkv_rtld_now_local()) else {
             let reason = dlerror().map { String(cString: $0) } ?? "unknown dlopen error"
             throw TierKVError(
@@ -54,16 +104,16 @@ public final class CUDADriverLibrary: @unchecked Sendable {
                 "no CUDA driver: could not load \(chosen) (\(reason)); install the NVIDIA driver or run where a GPU is present",
                 operation: "dlopen", path: chosen)
         }
+        let library: CUDADriverLibrary
         do {
-            let library = try CUDADriverLibrary(path: chosen, handle: handle)
-            try library.check(library.cuInit(0), "cuInit")
-            return library
+            library = try CUDADriverLibrary(path: chosen, handle: handle)
         } catch {
-            // The instance (if built) owns the handle and closes it in deinit; if resolving
-            // symbols failed, no instance exists, so close here.
-            if error.operation == "dlsym" { dlclose(handle) }
+            dlclose(handle)  // no cuInit ran yet, so unloading is safe
             throw error
         }
+        // A failed cuInit leaves the library loaded (unloading after cuInit is not safe).
+        try library.check(library.cuInit(0), "cuInit")
+        return library
     }
 
     private init(path: String, handle: UnsafeMutableRawPointer) throws(TierKVError) {
@@ -87,9 +137,26 @@ public final class CUDADriverLibrary: @unchecked Sendable {
         cuDeviceGetAttribute = try symbol("cuDeviceGetAttribute", as: DeviceAttributeFunction.self)
         cuGetErrorName = try symbol("cuGetErrorName", as: ErrorStringFunction.self)
         cuGetErrorString = try symbol("cuGetErrorString", as: ErrorStringFunction.self)
+        cuDevicePrimaryCtxRetain = try symbol("cuDevicePrimaryCtxRetain", as: ContextRetainFunction.self)
+        cuDevicePrimaryCtxRelease = try symbol("cuDevicePrimaryCtxRelease_v2", as: DeviceFunction.self)
+        cuCtxSetCurrent = try symbol("cuCtxSetCurrent", as: HandleFunction.self)
+        cuMemAlloc = try symbol("cuMemAlloc_v2", as: MemAllocFunction.self)
+        cuMemFree = try symbol("cuMemFree_v2", as: MemFreeFunction.self)
+        cuMemGetInfo = try symbol("cuMemGetInfo_v2", as: MemGetInfoFunction.self)
+        cuMemcpyHtoDAsync = try symbol("cuMemcpyHtoDAsync_v2", as: CopyHtoDFunction.self)
+        cuMemcpyDtoHAsync = try symbol("cuMemcpyDtoHAsync_v2", as: CopyDtoHFunction.self)
+        cuStreamCreate = try symbol("cuStreamCreate", as: HandleOutFunction.self)
+        cuStreamDestroy = try symbol("cuStreamDestroy_v2", as: HandleFunction.self)
+        cuStreamSynchronize = try symbol("cuStreamSynchronize", as: HandleFunction.self)
+        cuEventCreate = try symbol("cuEventCreate", as: HandleOutFunction.self)
+        cuEventRecord = try symbol("cuEventRecord", as: EventRecordFunction.self)
+        cuEventQuery = try symbol("cuEventQuery", as: HandleFunction.self)
+        cuEventSynchronize = try symbol("cuEventSynchronize", as: HandleFunction.self)
+        cuEventElapsedTime = try symbol("cuEventElapsedTime", as: EventElapsedFunction.self)
+        cuEventDestroy = try symbol("cuEventDestroy_v2", as: HandleFunction.self)
+        cuMemHostRegister = try symbol("cuMemHostRegister_v2", as: HostRegisterFunction.self)
+        cuMemHostUnregister = try symbol("cuMemHostUnregister", as: HostUnregisterFunction.self)
     }
-
-    deinit { dlclose(handle) }
 
     /// Turns a non-zero `CUresult` into an error: `cuMemAlloc failed: CUDA_ERROR_OUT_OF_MEMORY (out of memory)`.
     func check(_ result: CUresult, _ function: String) throws(TierKVError) {

@@ -1,4 +1,7 @@
 import CTierKVLinux
+#if canImport(Glibc)
+import Glibc
+#endif
 import TierKVCore
 
 /// The machine's NUMA nodes as libnuma reports them.
@@ -48,5 +51,41 @@ public struct NUMATopology: Sendable {
                 ])
             })),
         ])
+    }
+}
+
+extension NUMATopology {
+    /// The NUMA node a PCI device (a GPU, an NVMe controller) is attached to, from sysfs;
+    /// nil when the platform does not say (single-node machines report -1).
+    /// - Parameter busID: `0000:65:00.0` form (as `cuDeviceGetPCIBusId` prints it), any case.
+    public static func node(ofPCIDevice busID: String) -> Int? {
+        var id = busID.lowercased()
+        // CUDA prints an 8-digit domain (00000000:65:00.0); sysfs uses 4.
+        if let colon = id.firstIndex(of: ":"), id.distance(from: id.startIndex, to: colon) == 8 {
+            id = String(id.dropFirst(4))
+        }
+        guard let text = TextFile.readTrimmed("/sys/bus/pci/devices/\(id)/numa_node"), let node = Int(text), node >= 0
+        else { return nil }
+        return node
+    }
+
+    /// The NUMA node of the block device under `path` (the cache directory's NVMe), if sysfs says.
+    public static func node(ofFilesystemAt path: String) -> Int? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        let major = (info.st_dev >> 8) & 0xFFF
+        let minor = (info.st_dev & 0xFF) | ((info.st_dev >> 12) & 0xFFF00)
+        for candidate in ["/sys/dev/block/\(major):\(minor)/device/numa_node", "/sys/dev/block/\(major):\(minor)/../device/numa_node"] {
+            if let text = TextFile.readTrimmed(candidate), let node = Int(text), node >= 0 { return node }
+        }
+        return nil
+    }
+
+    /// The node to put the warm tier on: the accelerator's if known, else the cache
+    /// directory's device's, else the lowest node with memory.
+    public func nearestNode(acceleratorPCIBusID: String?, cacheDirectory: String?) -> Int? {
+        if let bus = acceleratorPCIBusID, let node = Self.node(ofPCIDevice: bus) { return node }
+        if let directory = cacheDirectory, let node = Self.node(ofFilesystemAt: directory) { return node }
+        return nodes.first?.id
     }
 }

@@ -80,6 +80,11 @@ public struct IORing: ~Copyable {
         try SystemCall.negativeErrno("io_uring_register_buffers", result)
     }
 
+    /// Registers memory regions (an arena's `ioRingBufferRegions`) as fixed buffers, in order.
+    public func registerBuffers(_ regions: [UnsafeMutableRawBufferPointer]) throws(TierKVError) {
+        try registerBuffers(regions.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) })
+    }
+
     /// Drops the fixed buffers registered with `registerBuffers`.
     public func unregisterBuffers() throws(TierKVError) {
         try SystemCall.negativeErrno("io_uring_unregister_buffers", io_uring_unregister_buffers(ring))

@@ -17,17 +17,48 @@ struct DoctorCommand: ParsableCommand {
     @Option(help: "Directory whose filesystem is checked for O_DIRECT (default: the current directory).")
     var cacheDir: String = "."
 
+    @Flag(help: "Also allocate CUDA device slots, copy a pattern host→device→host from the NUMA arena, compare and time it.")
+    var cudaSelftest = false
+
     func run() throws {
         var info = stat()
         guard stat(cacheDir, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else {
             throw CommandFailure("--cache-dir \(cacheDir) is not an existing directory")
         }
         let report = SystemReport.probe(cacheDirectory: cacheDir)
-        if json {
-            Output.printJSON(report.json)
-            return
+        var selftest: JSONValue?
+        var selftestFailed = false
+        if cudaSelftest {
+            do {
+                let outcome = try AcceleratorSelfTest.run(accelerator: try CUDADriver())
+                selftest = outcome.json
+                selftestFailed = !outcome.passed
+            } catch {
+                selftest = .object([("passed", false), ("error", .string(error.description))])
+                selftestFailed = true
+            }
         }
-        printHuman(report)
+        if json {
+            var document = report.json
+            if let selftest, case .object(var members) = document {
+                members.append(("cuda_selftest", selftest))
+                document = .object(members)
+            }
+            Output.printJSON(document)
+        } else {
+            printHuman(report)
+            if let selftest { printSelfTest(selftest) }
+        }
+        if selftestFailed { throw ExitCode(2) }
+    }
+
+    private func printSelfTest(_ outcome: JSONValue) {
+        print()
+        var rows: [(String, String)] = []
+        if case .object(let members) = outcome {
+            for (key, value) in members { rows.append((key, value.rendered())) }
+        }
+        Output.printTable("CUDA self-test", rows)
     }
 
     private func yesNo(_ value: Bool) -> String { value ? "yes" : "no" }

@@ -32,3 +32,14 @@ struct CommandFailure: Error, CustomStringConvertible {
     init(_ error: TierKVError) { description = "error: " + error.description }
     init(_ message: String) { description = "error: " + message }
 }
+
+/// Parses a size option (`512MiB`), naming the option in the error.
+func parseByteCount(_ text: String, option: String) throws -> Int {
+    do {
+        let value = try ByteCount(parsing: text).value
+        guard value <= UInt64(Int.max) else { throw CommandFailure("\(option) \(text) is too large") }
+        return Int(value)
+    } catch let error as TierKVError {
+        throw CommandFailure("\(option): \(error.message)")
+    }
+}

@@ -1,0 +1,87 @@
+import ArgumentParser
+import TierKV
+import TierKVAccelerator
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Measure TierKV's data paths.",
+        subcommands: [BenchTransferCommand.self]
+    )
+}
+
+struct BenchTransferCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "transfer",
+        abstract: "Host↔accelerator copy bandwidth from the NUMA host arena, per block size.",
+        discussion: "One async copy per block on one stream, timed with device events (CUDA) or the modelled clock (emulated)."
+    )
+
+    @Option(help: "Backend: auto (CUDA if present, else emulated, and says so), cuda, emulated.")
+    var device: AcceleratorChoice = .auto
+
+    @Option(help: "CUDA device ordinal.")
+    var ordinal: Int = 0
+
+    @Option(parsing: .upToNextOption, help: "Block sizes (default 64KiB 256KiB 1MiB 2MiB 8MiB).")
+    var blockSize: [String] = ["64KiB", "256KiB", "1MiB", "2MiB", "8MiB"]
+
+    @Option(help: "Bytes copied per pass (default 1GiB on CUDA, 256MiB emulated).")
+    var total: String?
+
+    @Option(help: "Timed passes per direction and size (median reported).")
+    var passes: Int = 5
+
+    @Option(help: "NUMA node for the host arena (default: the device's node).")
+    var numaNode: Int?
+
+    @Flag(help: "Do not mlock the host arena.")
+    var noLock = false
+
+    @Flag(help: "Print one JSON object on stdout.")
+    var json = false
+
+    func run() throws {
+        let accelerator = try device.open(ordinal: ordinal)
+        let description = accelerator.deviceDescription
+        let sizes = try blockSize.map { try parseByteCount($0, option: "--block-size") }
+        let totalBytes = try total.map { try parseByteCount($0, option: "--total") } ?? (description.isEmulated ? 256 << 20 : 1 << 30)
+        let node = numaNode ?? NUMATopology.current().nearestNode(acceleratorPCIBusID: description.pciBusID, cacheDirectory: nil)
+        Output.printError("bench transfer on \(description.displayName), \(ByteCount(UInt64(totalBytes))) per pass, arena on NUMA node \(node.map(String.init) ?? "any")")
+        let benchmark = TransferBenchmark(
+            accelerator: accelerator, totalByteCount: totalBytes, blockByteCounts: sizes, passes: passes, numaNode: node,
+            locksMemory: !noLock)
+        let results: [TransferBenchmark.Result]
+        do { results = try benchmark.run(progress: { Output.printError("  " + $0) }) } catch { throw CommandFailure(error) }
+        let best = results.max(by: { $0.blockByteCount < $1.blockByteCount })!
+        if json {
+            Output.printJSON(.object([
+                ("device", .string(description.name)), ("emulated", .bool(description.isEmulated)),
+                ("block_size", .int(best.blockByteCount)), ("h2d_gb_per_s", .number(best.hostToDeviceGBPerSecond)),
+                ("d2h_gb_per_s", .number(best.deviceToHostGBPerSecond)), ("total_bytes", .int(best.totalByteCount)),
+                ("numa_node", node.map { .int($0) } ?? .null), ("passes", .int(passes)),
+                ("results", .array(results.map { result in
+                    .object([
+                        ("block_size", .int(result.blockByteCount)), ("h2d_gb_per_s", .number(result.hostToDeviceGBPerSecond)),
+                        ("d2h_gb_per_s", .number(result.deviceToHostGBPerSecond)),
+                    ])
+                })),
+            ]))
+        } else {
+            print("device: \(description.displayName)")
+            print("block size    h2d GB/s   d2h GB/s")
+            for result in results {
+                let size = ByteCount(UInt64(result.blockByteCount)).description
+                print(size.padding(12) + "  " + TransferBenchmark.formatted(result.hostToDeviceGBPerSecond).padding(9) + "  " + TransferBenchmark.formatted(result.deviceToHostGBPerSecond))
+            }
+        }
+    }
+}
+
+extension String {
+    func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
+}
+
+extension TransferBenchmark {
+    static func formatted(_ value: Double) -> String { String((value * 100).rounded() / 100) }
+}
