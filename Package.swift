@@ -6,6 +6,7 @@
 //   TierKVStorage cold tier: io_uring and the NVMe block file.
 //   TierKVHostArena warm tier: NUMA topology, pinned host arena.
 //   TierKVAccelerator hot tier: CUDA driver (dlopen) and the emulated accelerator.
+//   TierKVTransfer  the transfer engine: per-link priority scheduling over the tiers' links.
 //   TierKV        what engines import: the hierarchy, system report.
 //   tierkv        the command-line tool.
 import PackageDescription
@@ -40,9 +41,10 @@ let package = Package(
         .target(name: "TierKVStorage", dependencies: ["TierKVCore", "CTierKVLinux"], exclude: ["README.md"]),
         .target(name: "TierKVHostArena", dependencies: ["TierKVCore", "CTierKVLinux"], exclude: ["README.md"]),
         .target(name: "TierKVAccelerator", dependencies: ["TierKVCore", "CTierKVLinux"], exclude: ["README.md"]),
+        .target(name: "TierKVTransfer", dependencies: ["TierKVCore", "TierKVAccelerator"], exclude: ["README.md"]),
         .target(
             name: "TierKV",
-            dependencies: ["TierKVCore", "TierKVStorage", "TierKVHostArena", "TierKVAccelerator"],
+            dependencies: ["TierKVCore", "TierKVStorage", "TierKVHostArena", "TierKVAccelerator", "TierKVTransfer"],
             exclude: ["README.md"]
         ),
         .executableTarget(
@@ -56,6 +58,7 @@ let package = Package(
         .testTarget(
             name: "TierKVHostArenaTests", dependencies: ["TierKVHostArena", "TierKVStorage", "CTierKVLinux", "TierKVTestSupport"]),
         .testTarget(name: "TierKVAcceleratorTests", dependencies: ["TierKV", "TierKVTestSupport"]),
+        .testTarget(name: "TierKVTransferTests", dependencies: ["TierKV", "TierKVTestSupport"]),
         .testTarget(name: "TierKVCLITests", dependencies: ["TierKVCore", "TierKVTestSupport"]),
     ]
 )

@@ -1,7 +1,13 @@
 // swift-tools-version: 6.1
 // TierKV's hot-path benchmarks (ordo-one/package-benchmark), a separate package so the main
 // build and `swift test` stay fast. Run: cd Benchmarks && swift package benchmark
+import Foundation
 import PackageDescription
+
+// SwiftPM names a path dependency by its folder, so the root package's identity is whatever
+// the checkout is called (main, tierkv, a CI clone...): derive it from this file's location.
+let rootPackage = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .lastPathComponent.lowercased()
 
 let package = Package(
     name: "TierKVBenchmarks",
@@ -14,7 +20,7 @@ let package = Package(
         .executableTarget(
             name: "CoreBenchmarks",
             dependencies: [
-                .product(name: "TierKV", package: "main"),
+                .product(name: "TierKV", package: rootPackage),
                 .product(name: "Benchmark", package: "package-benchmark"),
             ],
             path: "Benchmarks/CoreBenchmarks",

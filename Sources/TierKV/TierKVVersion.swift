@@ -2,6 +2,7 @@
 @_exported import TierKVCore
 @_exported import TierKVHostArena
 @_exported import TierKVStorage
+@_exported import TierKVTransfer
 
 /// The library's version, also printed by `tierkv --version` and the C ABI.
 public enum TierKVVersion {

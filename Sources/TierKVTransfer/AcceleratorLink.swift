@@ -1,0 +1,72 @@
+import Dispatch
+import TierKVAccelerator
+import TierKVCore
+
+/// One copy between a host address (a warm slot) and a device address (a hot slot).
+public struct DeviceCopy: Sendable {
+    // Raw addresses: the caller owns both slots and keeps them alive until completion.
+    public var hostAddress: UInt
+    public var deviceAddress: DeviceAddress
+    public var byteCount: Int
+
+    public init(host: UnsafeMutableRawPointer, device: DeviceAddress, byteCount: Int) {
+        self.hostAddress = UInt(bitPattern: host)
+        self.deviceAddress = device
+        self.byteCount = byteCount
+    }
+
+    var host: UnsafeMutableRawPointer { UnsafeMutableRawPointer(bitPattern: hostAddress)! }
+}
+
+/// One direction of the host↔accelerator link. A request is a batch of copies enqueued on the
+/// link's stream and completed by one fence; a dedicated completion queue waits for fences in
+/// order, so submitters never block on the device.
+public final class AcceleratorLink: TransferLink, @unchecked Sendable {
+    // @unchecked: `stream` is thread-safe per the AcceleratorStream contract; the rest is immutable.
+    public enum Direction: String, Sendable {
+        case hostToDevice = "h2d"
+        case deviceToHost = "d2h"
+    }
+
+    public let direction: Direction
+    public let accelerator: any Accelerator
+    private let stream: any AcceleratorStream
+    private let completions: DispatchQueue
+
+    public init(accelerator: any Accelerator, direction: Direction) throws(TierKVError) {
+        self.accelerator = accelerator
+        self.direction = direction
+        self.stream = try accelerator.makeStream()
+        self.completions = DispatchQueue(label: "tierkv.link.\(direction.rawValue).completions")
+    }
+
+    public var name: String { direction.rawValue }
+
+    public func byteCount(of request: [DeviceCopy]) -> Int { request.reduce(0) { $0 + $1.byteCount } }
+
+    public func start(_ request: [DeviceCopy], completion: @escaping @Sendable (TransferOutcome) -> Void) {
+        let fence: any AcceleratorFence
+        do {
+            for copy in request {
+                switch direction {
+                case .hostToDevice: try stream.copyToDevice(from: copy.host, to: copy.deviceAddress, byteCount: copy.byteCount)
+                case .deviceToHost: try stream.copyToHost(from: copy.deviceAddress, to: copy.host, byteCount: copy.byteCount)
+                }
+            }
+            fence = try stream.recordFence(timing: false)
+        } catch {
+            completion(.failed(error))
+            return
+        }
+        completions.async {
+            let outcome: TransferOutcome
+            do throws(TierKVError) {
+                try fence.wait()
+                outcome = .completed
+            } catch {
+                outcome = .failed(error)
+            }
+            completion(outcome)
+        }
+    }
+}

@@ -1,0 +1,169 @@
+import Dispatch
+import Synchronization
+import Testing
+@testable import TierKV
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A link whose transfers finish only when the test says so.
+final class ManualLink: TransferLink, Sendable {
+    struct Started: Sendable {
+        let label: String
+        let completion: @Sendable (TransferOutcome) -> Void
+    }
+    let started = Mutex<[Started]>([])
+    var name: String { "manual" }
+    func byteCount(of request: (String, Int)) -> Int { request.1 }
+    func start(_ request: (String, Int), completion: @escaping @Sendable (TransferOutcome) -> Void) {
+        started.withLock { $0.append(Started(label: request.0, completion: completion)) }
+    }
+    var labels: [String] { started.withLock { $0.map(\.label) } }
+    func finish(_ label: String, _ outcome: TransferOutcome = .completed) {
+        let entry = started.withLock { list in list.first { $0.label == label } }
+        entry?.completion(outcome)
+    }
+}
+
+/// A clock the test moves by hand.
+final class ManualClock: TransferClock, Sendable {
+    let now = Atomic<UInt64>(0)
+    func nanoseconds() -> UInt64 { now.load(ordering: .relaxed) }
+    func advance(_ nanoseconds: UInt64) { now.add(nanoseconds, ordering: .relaxed) }
+}
+
+/// Collects outcomes by label.
+final class Outcomes: Sendable {
+    let values = Mutex<[String: String]>([:])
+    func record(_ label: String) -> @Sendable (TransferOutcome) -> Void {
+        { outcome in
+            let text: String
+            switch outcome {
+            case .completed: text = "completed"
+            case .cancelled: text = "cancelled"
+            case .failed(let error): text = "failed: \(error.message)"
+            }
+            self.values.withLock { $0[label] = text }
+        }
+    }
+    subscript(label: String) -> String? { values.withLock { $0[label] } }
+}
+
+@Suite struct TransferSchedulerTests {
+    @Test func servesDemandBeforePrefetchBeforeWriteBackWithinTheInFlightBound() {
+        let link = ManualLink()
+        let scheduler = TransferScheduler(link: link, maximumBytesInFlight: 100)
+        scheduler.submit(("w1", 60), priority: .writeBack)  // starts at once: the link was idle
+        scheduler.submit(("w2", 60), priority: .writeBack)
+        scheduler.submit(("p1", 60), priority: .prefetch)
+        scheduler.submit(("d1", 60), priority: .demand)
+        #expect(link.labels == ["w1"])
+        link.finish("w1")
+        #expect(link.labels == ["w1", "d1"])
+        link.finish("d1")
+        #expect(link.labels == ["w1", "d1", "p1"])
+        link.finish("p1")
+        #expect(link.labels == ["w1", "d1", "p1", "w2"])
+    }
+
+    @Test func boundsBytesInFlightButAlwaysRunsOne() {
+        let link = ManualLink()
+        let scheduler = TransferScheduler(link: link, maximumBytesInFlight: 100)
+        scheduler.submit(("big", 500), priority: .demand)
+        scheduler.submit(("a", 40), priority: .demand)
+        #expect(link.labels == ["big"])
+        link.finish("big")
+        scheduler.submit(("b", 40), priority: .demand)
+        scheduler.submit(("c", 40), priority: .demand)
+        #expect(link.labels == ["big", "a", "b"])
+        #expect(scheduler.statistics.inFlightBytes == 80)
+        #expect(scheduler.statistics.queuedTransfers == 1)
+    }
+
+    @Test func cancelsQueuedPrefetchesButNotStartedOnes() {
+        let link = ManualLink()
+        let outcomes = Outcomes()
+        let scheduler = TransferScheduler(link: link, maximumBytesInFlight: 10)
+        let running = scheduler.submit(("p1", 10), priority: .prefetch, completion: outcomes.record("p1"))
+        let queued = scheduler.submit(("p2", 10), priority: .prefetch, completion: outcomes.record("p2"))
+        #expect(scheduler.cancel(queued))
+        #expect(outcomes["p2"] == "cancelled")
+        #expect(!scheduler.cancel(running))
+        #expect(!scheduler.cancel(queued), "cancelling twice does nothing")
+        link.finish("p1")
+        #expect(outcomes["p1"] == "completed")
+        #expect(link.labels == ["p1"])
+        #expect(scheduler.statistics.cancelledTransfers == 1)
+    }
+
+    @Test func countsBytesLatencyBusyTimeAndFailures() {
+        let link = ManualLink()
+        let clock = ManualClock()
+        let outcomes = Outcomes()
+        let scheduler = TransferScheduler(link: link, maximumBytesInFlight: 1000, clock: clock)
+        scheduler.submit(("a", 100), priority: .demand)
+        scheduler.submit(("b", 200), priority: .prefetch)
+        clock.advance(1000)
+        link.finish("a")
+        clock.advance(500)
+        link.finish("b", .failed(TierKVError(.systemCall, "EIO")))
+        clock.advance(10_000)  // idle: not busy
+        scheduler.submit(("c", 50), priority: .writeBack, completion: outcomes.record("c"))
+        clock.advance(250)
+        link.finish("c")
+        let statistics = scheduler.statistics
+        #expect(statistics.completedBytes == [.demand: 100, .writeBack: 50])
+        #expect(statistics.failedTransfers == 1)
+        #expect(statistics.busyNanoseconds == 1500 + 250)
+        #expect(statistics.totalLatencyNanoseconds == 1000 + 250)
+        #expect(outcomes["c"] == "completed")
+    }
+}
+
+@Suite struct AcceleratorLinkTests {
+    @Test func scheduledCopiesMoveRealBytesBothWays() throws {
+        let accelerator = EmulatedAccelerator(memoryByteCount: 16 << 20)
+        let arena = try HostArena(.init(slotByteCount: 64 << 10, slotCount: 8, locksMemory: false))
+        let pool = try DeviceSlotPool(accelerator: accelerator, slotByteCount: 64 << 10, slotCount: 4)
+        let upload = TransferScheduler(link: try AcceleratorLink(accelerator: accelerator, direction: .hostToDevice), maximumBytesInFlight: 1 << 20)
+        let download = TransferScheduler(link: try AcceleratorLink(accelerator: accelerator, direction: .deviceToHost), maximumBytesInFlight: 1 << 20)
+        for slot in 0..<4 { memset(arena.address(ofSlot: slot), Int32(slot + 1), 64 << 10) }
+        let copies = (0..<4).map { DeviceCopy(host: arena.address(ofSlot: $0), device: pool.address(ofSlot: $0), byteCount: 64 << 10) }
+        let uploaded = Completion()
+        upload.submit(copies, priority: .demand) { uploaded.signal($0) }
+        uploaded.wait()
+        let back = (0..<4).map { DeviceCopy(host: arena.address(ofSlot: 4 + $0), device: pool.address(ofSlot: $0), byteCount: 64 << 10) }
+        let downloaded = Completion()
+        download.submit(back, priority: .demand) { downloaded.signal($0) }
+        downloaded.wait()
+        #expect(uploaded.succeeded && downloaded.succeeded)
+        for slot in 0..<4 { #expect(memcmp(arena.address(ofSlot: slot), arena.address(ofSlot: 4 + slot), 64 << 10) == 0) }
+        #expect(upload.statistics.completedBytes[.demand] == 256 << 10)
+    }
+
+    @Test func aBadCopyFailsTheTransferWithTheBackendsError() throws {
+        let accelerator = EmulatedAccelerator(memoryByteCount: 1 << 20)
+        let scheduler = TransferScheduler(link: try AcceleratorLink(accelerator: accelerator, direction: .hostToDevice), maximumBytesInFlight: 1 << 20)
+        var host = [UInt8](repeating: 0, count: 64)
+        let done = Completion()
+        host.withUnsafeMutableBytes { bytes in
+            _ = scheduler.submit([DeviceCopy(host: bytes.baseAddress!, device: DeviceAddress(16), byteCount: 64)], priority: .demand) { done.signal($0) }
+        }
+        done.wait()
+        #expect(!done.succeeded)
+        #expect(scheduler.statistics.failedTransfers == 1)
+    }
+}
+
+/// Waits for one completion.
+final class Completion: Sendable {
+    private let outcome = Mutex<Bool?>(nil)
+    private let semaphore = DispatchSemaphore(value: 0)
+    func signal(_ value: TransferOutcome) {
+        outcome.withLock { if case .completed = value { $0 = true } else { $0 = false } }
+        semaphore.signal()
+    }
+    func wait() { semaphore.wait() }
+    var succeeded: Bool { outcome.withLock { $0 } == true }
+}
