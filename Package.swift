@@ -6,6 +6,7 @@
 //   TierKVStorage cold tier: io_uring and the NVMe block file.
 //   TierKVHostArena warm tier: NUMA topology, pinned host arena.
 //   TierKVAccelerator hot tier: CUDA driver (dlopen) and the emulated accelerator.
+//   TierKVAttentionKernels SIMD kernels (x86-64-v3); TierKVAttention CPU decode attention on warm blocks.
 //   TierKVTransfer  the transfer engine: per-link priority scheduling over the tiers' links.
 //   TierKV        what engines import: the hierarchy, system report.
 //   tierkv        the command-line tool.
@@ -41,10 +42,19 @@ let package = Package(
         .target(name: "TierKVStorage", dependencies: ["TierKVCore", "CTierKVLinux"], exclude: ["README.md"]),
         .target(name: "TierKVHostArena", dependencies: ["TierKVCore", "CTierKVLinux"], exclude: ["README.md"]),
         .target(name: "TierKVAccelerator", dependencies: ["TierKVCore", "CTierKVLinux"], exclude: ["README.md"]),
+        // The only target built for x86-64-v3 (AVX2, FMA, F16C): SIMD kernels and nothing else, so
+        // no code that runs before `CPUFeatures.requireKernelSupport()` can contain AVX.
+        .target(
+            name: "TierKVAttentionKernels", dependencies: ["TierKVCore"],
+            swiftSettings: [.unsafeFlags(["-Xcc", "-march=x86-64-v3", "-Ounchecked"])]
+        ),
+        .target(name: "TierKVAttention", dependencies: ["TierKVCore", "TierKVAttentionKernels"], exclude: ["README.md"]),
         .target(name: "TierKVTransfer", dependencies: ["TierKVCore", "TierKVAccelerator"], exclude: ["README.md"]),
         .target(
             name: "TierKV",
-            dependencies: ["TierKVCore", "TierKVStorage", "TierKVHostArena", "TierKVAccelerator", "TierKVTransfer"],
+            dependencies: [
+                "TierKVCore", "TierKVStorage", "TierKVHostArena", "TierKVAccelerator", "TierKVTransfer", "TierKVAttention",
+            ],
             exclude: ["README.md"]
         ),
         .executableTarget(
@@ -59,6 +69,7 @@ let package = Package(
             name: "TierKVHostArenaTests", dependencies: ["TierKVHostArena", "TierKVStorage", "CTierKVLinux", "TierKVTestSupport"]),
         .testTarget(name: "TierKVAcceleratorTests", dependencies: ["TierKV", "TierKVTestSupport"]),
         .testTarget(name: "TierKVTransferTests", dependencies: ["TierKV", "TierKVTestSupport"]),
+        .testTarget(name: "TierKVAttentionTests", dependencies: ["TierKVAttention", "TierKVTestSupport"]),
         .testTarget(name: "TierKVCLITests", dependencies: ["TierKVCore", "TierKVTestSupport"]),
     ]
 )

@@ -1,0 +1,281 @@
+import Synchronization
+import TierKVAttentionKernels
+import TierKVCore
+
+@_exported import struct TierKVAttentionKernels.KVBlockView
+
+/// The shape of a decode-attention problem.
+public struct AttentionShape: Sendable, Hashable {
+    public var queryHeads: Int
+    public var kvHeads: Int
+    public var headDim: Int
+    /// Storage type of K and V (fp16, bf16 or fp32). Queries are fp32.
+    public var dtype: DType
+    /// Softmax scale; default 1/√headDim.
+    public var scale: Float
+
+    public static let supportedHeadDims = [64, 80, 96, 128, 256]
+
+    /// - Throws: `.invalidArgument` naming the bad value.
+    public init(queryHeads: Int, kvHeads: Int, headDim: Int, dtype: DType, scale: Float? = nil) throws(TierKVError) {
+        guard kvHeads >= 1, queryHeads >= kvHeads, queryHeads % kvHeads == 0 else {
+            throw .invalid("queryHeads (\(queryHeads)) must be a positive multiple of kvHeads (\(kvHeads))")
+        }
+        guard Self.supportedHeadDims.contains(headDim) else {
+            throw .invalid("head dim \(headDim) is not supported; CPU attention supports \(Self.supportedHeadDims)")
+        }
+        guard dtype != .fp8E4M3 else { throw .invalid("CPU attention reads fp16, bf16 or fp32 K/V, not \(dtype)") }
+        let resolved = scale ?? 1 / Float(headDim).squareRoot()
+        guard resolved.isFinite, resolved > 0 else { throw .invalid("softmax scale \(resolved) must be positive and finite") }
+        self.queryHeads = queryHeads
+        self.kvHeads = kvHeads
+        self.headDim = headDim
+        self.dtype = dtype
+        self.scale = resolved
+    }
+
+    public init(layout: KVLayout, scale: Float? = nil) throws(TierKVError) {
+        try self.init(queryHeads: layout.queryHeads, kvHeads: layout.kvHeads, headDim: layout.headDim, dtype: layout.dtype, scale: scale)
+    }
+
+    public var groupSize: Int { queryHeads / kvHeads }
+}
+
+/// One sequence of a batched call: its query, its blocks, and where its results go.
+public struct AttentionSequence: @unchecked Sendable {
+    // @unchecked: views of caller memory, alive and unshared for the duration of the call.
+    /// `queryHeads × headDim` fp32.
+    public var query: UnsafePointer<Float>
+    public var blocks: UnsafeBufferPointer<KVBlockView>
+    /// `queryHeads × headDim` fp32: the normalised output over all `blocks`.
+    public var output: UnsafeMutablePointer<Float>
+    /// `queryHeads` each: `m` and `l` of the result, so it can merge with parts computed elsewhere.
+    public var maxima: UnsafeMutablePointer<Float>
+    public var sums: UnsafeMutablePointer<Float>
+
+    public init(
+        query: UnsafePointer<Float>, blocks: UnsafeBufferPointer<KVBlockView>, output: UnsafeMutablePointer<Float>,
+        maxima: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Float>
+    ) {
+        self.query = query
+        self.blocks = blocks
+        self.output = output
+        self.maxima = maxima
+        self.sums = sums
+    }
+}
+
+/// Decode attention on CPU threads over KV blocks in host memory (the warm tier), returning
+/// partials that merge exactly with the GPU's (see `AttentionPartial`).
+///
+/// Work is split over (sequence, KV head, block range) flash-decoding style and the splits are
+/// merged by log-sum-exp; query heads of a GQA group share each K/V read. Calls on one instance
+/// are serialised (it owns one scratch workspace); use one instance per engine thread for
+/// concurrency. After the workspace has grown to a shape, calls allocate nothing.
+public final class CPUAttention: @unchecked Sendable {
+    // @unchecked: the workspace is only touched while `lock` is held.
+    public let pool: WorkerPool
+    private let lock = Mutex<Void>(())
+    private var workspace = Workspace()
+
+    /// - Parameter threadCount: workers (default: every online CPU).
+    /// - Throws: `.unsupported` when the CPU lacks AVX2/FMA/F16C (instead of SIGILL later).
+    public init(threadCount: Int? = nil) throws(TierKVError) {
+        try CPUFeatures.current.requireKernelSupport()
+        pool = WorkerPool(threadCount: threadCount ?? Self.onlineCPUCount)
+    }
+
+    static var onlineCPUCount: Int { Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
+
+    /// Attention for many sequences at once (one decode step of a batch).
+    /// - Parameter splits: block ranges per (sequence, KV head); nil picks enough to keep every
+    ///   thread busy.
+    public func attend(_ shape: AttentionShape, batch: [AttentionSequence], splits: Int? = nil) throws(TierKVError) {
+        if let splits, splits < 1 { throw .invalid("splits must be at least 1, got \(splits)") }
+        for sequence in batch {
+            for block in sequence.blocks where block.tokenCount < 0 {
+                throw .invalid("a block has a negative token count (\(block.tokenCount))")
+            }
+        }
+        lock.withLock { _ in run(shape, batch, splits) }
+    }
+
+    /// Attention for one sequence.
+    public func attend(
+        _ shape: AttentionShape, query: UnsafePointer<Float>, blocks: UnsafeBufferPointer<KVBlockView>,
+        output: UnsafeMutablePointer<Float>, maxima: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Float>,
+        splits: Int? = nil
+    ) throws(TierKVError) {
+        try attend(
+            shape, batch: [AttentionSequence(query: query, blocks: blocks, output: output, maxima: maxima, sums: sums)],
+            splits: splits)
+    }
+
+    /// Array convenience: the partial over `blocks` for a query of `queryHeads × headDim` floats.
+    public func partial(
+        _ shape: AttentionShape, query: [Float], blocks: [KVBlockView], splits: Int? = nil
+    ) throws(TierKVError) -> AttentionPartial {
+        guard query.count == shape.queryHeads * shape.headDim else {
+            throw .invalid("query has \(query.count) floats; expected queryHeads × headDim = \(shape.queryHeads * shape.headDim)")
+        }
+        var result = AttentionPartial.empty(heads: shape.queryHeads, headDim: shape.headDim)
+        try query.withUnsafeBufferPointer { (queryBuffer) throws(TierKVError) in
+            try blocks.withUnsafeBufferPointer { (blockBuffer) throws(TierKVError) in
+                try result.output.withUnsafeMutableBufferPointer { (output) throws(TierKVError) in
+                    try result.maxima.withUnsafeMutableBufferPointer { (maxima) throws(TierKVError) in
+                        try result.sums.withUnsafeMutableBufferPointer { (sums) throws(TierKVError) in
+                            try attend(
+                                shape, query: queryBuffer.baseAddress!, blocks: blockBuffer, output: output.baseAddress!,
+                                maxima: maxima.baseAddress!, sums: sums.baseAddress!, splits: splits)
+                        }
+                    }
+                }
+            }
+        }
+        return result
+    }
+
+    /// Key summaries of one block (per KV head: min, max and mean of its keys), `kvHeads × 3 ×
+    /// headDim` floats in `[head][min, max, mean][dim]` order.
+    public static func keySummary(_ shape: AttentionShape, keys: UnsafeRawPointer, tokenCount: Int, into output: UnsafeMutablePointer<Float>) {
+        KeySummaryKernel.summarize(
+            dtype: shape.dtype, keys: keys, tokenCount: tokenCount, kvHeads: shape.kvHeads, headDim: shape.headDim,
+            output: output)
+    }
+
+    // MARK: Work splitting
+
+    private struct Item {
+        var sequence: Int
+        var kvHead: Int
+        var firstBlock: Int
+        var endBlock: Int
+    }
+
+    /// Scratch that grows to the largest problem seen and is then reused.
+    private struct Workspace {
+        var items: [Item] = []
+        var partialOutputs = GrowableFloats()
+        var partialMaxima = GrowableFloats()
+        var partialSums = GrowableFloats()
+        var scratch = GrowableFloats()
+        var scratchPerThread = 0
+
+        mutating func reserve(items count: Int, groupSize: Int, headDim: Int, threads: Int) {
+            partialOutputs.reserve(count * groupSize * headDim)
+            partialMaxima.reserve(count * groupSize)
+            partialSums.reserve(count * groupSize)
+            scratchPerThread = DecodeAttentionKernel.scratchFloatCount(groupSize: groupSize, headDim: headDim)
+            scratch.reserve(scratchPerThread * threads)
+            items.reserveCapacity(count)
+        }
+    }
+
+    /// A float buffer that only grows (doubling), so steady-state calls allocate nothing.
+    private struct GrowableFloats {
+        var pointer: UnsafeMutablePointer<Float>?
+        var capacity = 0
+
+        mutating func reserve(_ count: Int) {
+            guard count > capacity else { return }
+            pointer?.deallocate()
+            capacity = max(count, capacity * 2)
+            pointer = .allocate(capacity: capacity)
+        }
+
+        func release() { pointer?.deallocate() }
+    }
+
+    private func run(_ shape: AttentionShape, _ batch: [AttentionSequence], _ requestedSplits: Int?) {
+        let group = shape.groupSize
+        let dim = shape.headDim
+        let threads = pool.threadCount
+        let units = max(1, batch.count * shape.kvHeads)
+        // Enough items for 4 per thread (load balance), but no split smaller than one block.
+        let automatic = max(1, (4 * threads + units - 1) / units)
+        let splits = requestedSplits ?? automatic
+        workspace.items.removeAll(keepingCapacity: true)
+        for (index, sequence) in batch.enumerated() {
+            let blocks = sequence.blocks.count
+            let parts = max(1, min(splits, blocks))
+            for kvHead in 0..<shape.kvHeads {
+                for part in 0..<parts {
+                    workspace.items.append(Item(
+                        sequence: index, kvHead: kvHead, firstBlock: part * blocks / parts, endBlock: (part + 1) * blocks / parts))
+                }
+            }
+        }
+        let itemCount = workspace.items.count
+        workspace.reserve(items: itemCount, groupSize: group, headDim: dim, threads: threads)
+        let outputs = workspace.partialOutputs.pointer!
+        let maxima = workspace.partialMaxima.pointer!
+        let sums = workspace.partialSums.pointer!
+        let scratch = workspace.scratch.pointer!
+        let scratchStride = workspace.scratchPerThread
+        let items = workspace.items
+
+        pool.run(count: itemCount) { worker, index in
+            let item = items[index]
+            let sequence = batch[item.sequence]
+            let slot = worker
+            let blocks = UnsafeBufferPointer(rebasing: sequence.blocks[item.firstBlock..<item.endBlock])
+            DecodeAttentionKernel.partial(
+                dtype: shape.dtype, query: sequence.query + item.kvHead * group * dim, scale: shape.scale,
+                groupSize: group, headDim: dim, kvHeads: shape.kvHeads, kvHead: item.kvHead, blocks: blocks,
+                output: outputs + index * group * dim, maxima: maxima + index * group, sums: sums + index * group,
+                scratch: scratch + slot * scratchStride)
+        }
+        mergeSplits(shape, batch, items, outputs, maxima, sums)
+    }
+
+    /// Items of one (sequence, KV head) are adjacent; merge each run into the sequence's output.
+    private func mergeSplits(
+        _ shape: AttentionShape, _ batch: [AttentionSequence], _ items: [Item], _ outputs: UnsafeMutablePointer<Float>,
+        _ maxima: UnsafeMutablePointer<Float>, _ sums: UnsafeMutablePointer<Float>
+    ) {
+        let group = shape.groupSize
+        let dim = shape.headDim
+        var start = 0
+        while start < items.count {
+            var end = start + 1
+            while end < items.count, items[end].sequence == items[start].sequence, items[end].kvHead == items[start].kvHead {
+                end += 1
+            }
+            let sequence = batch[items[start].sequence]
+            for member in 0..<group {
+                let head = items[start].kvHead * group + member
+                var maximum = -Float.infinity
+                for item in start..<end where sums[item * group + member] > 0 {
+                    maximum = max(maximum, maxima[item * group + member])
+                }
+                let destination = sequence.output + head * dim
+                for index in 0..<dim { destination[index] = 0 }
+                var total: Float = 0
+                if maximum > -.infinity {
+                    for item in start..<end where sums[item * group + member] > 0 {
+                        let weight = sums[item * group + member] * expf(maxima[item * group + member] - maximum)
+                        total += weight
+                        let source = outputs + (item * group + member) * dim
+                        for index in 0..<dim { destination[index] += weight * source[index] }
+                    }
+                    let inverse = 1 / total
+                    for index in 0..<dim { destination[index] *= inverse }
+                }
+                sequence.maxima[head] = maximum
+                sequence.sums[head] = total
+            }
+            start = end
+        }
+    }
+
+    deinit {
+        workspace.partialOutputs.release()
+        workspace.partialMaxima.release()
+        workspace.partialSums.release()
+        workspace.scratch.release()
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
