@@ -45,7 +45,7 @@ let package = Package(
         // The only target built for x86-64-v3 (AVX2, FMA, F16C): SIMD kernels and nothing else, so
         // no code that runs before `CPUFeatures.requireKernelSupport()` can contain AVX.
         .target(
-            name: "TierKVAttentionKernels", dependencies: ["TierKVCore"],
+            name: "TierKVAttentionKernels", dependencies: ["TierKVCore", "CTierKVLinux"],
             swiftSettings: [.unsafeFlags(["-Xcc", "-march=x86-64-v3", "-Ounchecked"])]
         ),
         .target(name: "TierKVAttention", dependencies: ["TierKVCore", "TierKVAttentionKernels"], exclude: ["README.md"]),

@@ -1,4 +1,5 @@
 @_exported import TierKVAccelerator
+@_exported import TierKVAttention
 @_exported import TierKVCore
 @_exported import TierKVHostArena
 @_exported import TierKVStorage

@@ -68,8 +68,9 @@ public struct AttentionSequence: @unchecked Sendable {
 /// Decode attention on CPU threads over KV blocks in host memory (the warm tier), returning
 /// partials that merge exactly with the GPU's (see `AttentionPartial`).
 ///
-/// Work is split over (sequence, KV head, block range) flash-decoding style and the splits are
-/// merged by log-sum-exp; query heads of a GQA group share each K/V read. Calls on one instance
+/// Work is split over (sequence, block range) flash-decoding style and the splits are merged
+/// by log-sum-exp; every head of a token row is handled together so K and V stream in address
+/// order, and query heads of a GQA group share each converted row. Calls on one instance
 /// are serialised (it owns one scratch workspace); use one instance per engine thread for
 /// concurrency. After the workspace has grown to a shape, calls allocate nothing.
 public final class CPUAttention: @unchecked Sendable {
@@ -145,9 +146,9 @@ public final class CPUAttention: @unchecked Sendable {
 
     // MARK: Work splitting
 
+    /// One block range of one sequence, all heads (rows are read whole; see the kernel).
     private struct Item {
         var sequence: Int
-        var kvHead: Int
         var firstBlock: Int
         var endBlock: Int
     }
@@ -161,11 +162,12 @@ public final class CPUAttention: @unchecked Sendable {
         var scratch = GrowableFloats()
         var scratchPerThread = 0
 
-        mutating func reserve(items count: Int, groupSize: Int, headDim: Int, threads: Int) {
-            partialOutputs.reserve(count * groupSize * headDim)
-            partialMaxima.reserve(count * groupSize)
-            partialSums.reserve(count * groupSize)
-            scratchPerThread = DecodeAttentionKernel.scratchFloatCount(groupSize: groupSize, headDim: headDim)
+        mutating func reserve(items count: Int, shape: AttentionShape, threads: Int) {
+            partialOutputs.reserve(count * shape.queryHeads * shape.headDim)
+            partialMaxima.reserve(count * shape.queryHeads)
+            partialSums.reserve(count * shape.queryHeads)
+            scratchPerThread = DecodeAttentionKernel.scratchFloatCount(
+                queryHeads: shape.queryHeads, kvHeads: shape.kvHeads, headDim: shape.headDim)
             scratch.reserve(scratchPerThread * threads)
             items.reserveCapacity(count)
         }
@@ -187,26 +189,22 @@ public final class CPUAttention: @unchecked Sendable {
     }
 
     private func run(_ shape: AttentionShape, _ batch: [AttentionSequence], _ requestedSplits: Int?) {
-        let group = shape.groupSize
+        let heads = shape.queryHeads
         let dim = shape.headDim
         let threads = pool.threadCount
-        let units = max(1, batch.count * shape.kvHeads)
         // Enough items for 4 per thread (load balance), but no split smaller than one block.
-        let automatic = max(1, (4 * threads + units - 1) / units)
+        let automatic = max(1, (4 * threads + batch.count - 1) / max(1, batch.count))
         let splits = requestedSplits ?? automatic
         workspace.items.removeAll(keepingCapacity: true)
         for (index, sequence) in batch.enumerated() {
             let blocks = sequence.blocks.count
             let parts = max(1, min(splits, blocks))
-            for kvHead in 0..<shape.kvHeads {
-                for part in 0..<parts {
-                    workspace.items.append(Item(
-                        sequence: index, kvHead: kvHead, firstBlock: part * blocks / parts, endBlock: (part + 1) * blocks / parts))
-                }
+            for part in 0..<parts {
+                workspace.items.append(Item(sequence: index, firstBlock: part * blocks / parts, endBlock: (part + 1) * blocks / parts))
             }
         }
         let itemCount = workspace.items.count
-        workspace.reserve(items: itemCount, groupSize: group, headDim: dim, threads: threads)
+        workspace.reserve(items: itemCount, shape: shape, threads: threads)
         let outputs = workspace.partialOutputs.pointer!
         let maxima = workspace.partialMaxima.pointer!
         let sums = workspace.partialSums.pointer!
@@ -217,45 +215,41 @@ public final class CPUAttention: @unchecked Sendable {
         pool.run(count: itemCount) { worker, index in
             let item = items[index]
             let sequence = batch[item.sequence]
-            let slot = worker
-            let blocks = UnsafeBufferPointer(rebasing: sequence.blocks[item.firstBlock..<item.endBlock])
             DecodeAttentionKernel.partial(
-                dtype: shape.dtype, query: sequence.query + item.kvHead * group * dim, scale: shape.scale,
-                groupSize: group, headDim: dim, kvHeads: shape.kvHeads, kvHead: item.kvHead, blocks: blocks,
-                output: outputs + index * group * dim, maxima: maxima + index * group, sums: sums + index * group,
-                scratch: scratch + slot * scratchStride)
+                dtype: shape.dtype, query: sequence.query, scale: shape.scale, groupSize: shape.groupSize,
+                headDim: dim, kvHeads: shape.kvHeads,
+                blocks: UnsafeBufferPointer(rebasing: sequence.blocks[item.firstBlock..<item.endBlock]),
+                output: outputs + index * heads * dim, maxima: maxima + index * heads, sums: sums + index * heads,
+                scratch: scratch + worker * scratchStride)
         }
         mergeSplits(shape, batch, items, outputs, maxima, sums)
     }
 
-    /// Items of one (sequence, KV head) are adjacent; merge each run into the sequence's output.
+    /// Items of one sequence are adjacent; merge each run into the sequence's output by LSE.
     private func mergeSplits(
         _ shape: AttentionShape, _ batch: [AttentionSequence], _ items: [Item], _ outputs: UnsafeMutablePointer<Float>,
         _ maxima: UnsafeMutablePointer<Float>, _ sums: UnsafeMutablePointer<Float>
     ) {
-        let group = shape.groupSize
+        let heads = shape.queryHeads
         let dim = shape.headDim
         var start = 0
         while start < items.count {
             var end = start + 1
-            while end < items.count, items[end].sequence == items[start].sequence, items[end].kvHead == items[start].kvHead {
-                end += 1
-            }
+            while end < items.count, items[end].sequence == items[start].sequence { end += 1 }
             let sequence = batch[items[start].sequence]
-            for member in 0..<group {
-                let head = items[start].kvHead * group + member
+            for head in 0..<heads {
                 var maximum = -Float.infinity
-                for item in start..<end where sums[item * group + member] > 0 {
-                    maximum = max(maximum, maxima[item * group + member])
+                for item in start..<end where sums[item * heads + head] > 0 {
+                    maximum = max(maximum, maxima[item * heads + head])
                 }
                 let destination = sequence.output + head * dim
                 for index in 0..<dim { destination[index] = 0 }
                 var total: Float = 0
                 if maximum > -.infinity {
-                    for item in start..<end where sums[item * group + member] > 0 {
-                        let weight = sums[item * group + member] * expf(maxima[item * group + member] - maximum)
+                    for item in start..<end where sums[item * heads + head] > 0 {
+                        let weight = sums[item * heads + head] * expf(maxima[item * heads + head] - maximum)
                         total += weight
-                        let source = outputs + (item * group + member) * dim
+                        let source = outputs + (item * heads + head) * dim
                         for index in 0..<dim { destination[index] += weight * source[index] }
                     }
                     let inverse = 1 / total

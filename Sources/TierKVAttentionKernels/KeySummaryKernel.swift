@@ -21,40 +21,34 @@ public enum KeySummaryKernel {
         _ loader: L.Type, _ keys: UnsafeRawPointer, _ tokenCount: Int, _ kvHeads: Int, _ headDim: Int,
         _ output: UnsafeMutablePointer<Float>
     ) {
-        let lanes = headDim / 8
         let rowBytes = kvHeads * headDim * L.elementByteCount
         let out = UnsafeMutableRawPointer(output)
-        for head in 0..<kvHeads {
-            let base = out + head * 3 * headDim * 4
-            for lane in 0..<lanes {
-                base.storeBytes(of: SIMD8<Float>(repeating: .infinity), toByteOffset: lane * 32, as: SIMD8<Float>.self)
-                base.storeBytes(of: SIMD8<Float>(repeating: -.infinity), toByteOffset: (lanes + lane) * 32, as: SIMD8<Float>.self)
-                base.storeBytes(of: SIMD8<Float>(repeating: 0), toByteOffset: (2 * lanes + lane) * 32, as: SIMD8<Float>.self)
-            }
-        }
-        // Token-major so K is read in address order; the 3 × headDim × kvHeads results stay in L1.
-        for token in 0..<tokenCount {
-            let row = keys + token * rowBytes
-            for head in 0..<kvHeads {
-                let source = row + head * headDim * L.elementByteCount
-                let base = out + head * 3 * headDim * 4
-                for lane in 0..<lanes {
-                    let value = L.load8(source, lane * 8)
-                    let low = base.load(fromByteOffset: lane * 32, as: SIMD8<Float>.self)
-                    let high = base.load(fromByteOffset: (lanes + lane) * 32, as: SIMD8<Float>.self)
-                    let sum = base.load(fromByteOffset: (2 * lanes + lane) * 32, as: SIMD8<Float>.self)
-                    base.storeBytes(of: pointwiseMin(low, value), toByteOffset: lane * 32, as: SIMD8<Float>.self)
-                    base.storeBytes(of: pointwiseMax(high, value), toByteOffset: (lanes + lane) * 32, as: SIMD8<Float>.self)
-                    base.storeBytes(of: sum + value, toByteOffset: (2 * lanes + lane) * 32, as: SIMD8<Float>.self)
-                }
-            }
-        }
         let inverse = SIMD8<Float>(repeating: tokenCount > 0 ? 1 / Float(tokenCount) : 0)
+        // Per (head, 16 dims): min, max and sum stay in 6 registers across the block's tokens;
+        // the block (32 KiB of K at Llama-3 shapes) stays in L1 across the passes.
         for head in 0..<kvHeads {
+            let source = keys + head * headDim * L.elementByteCount
             let base = out + head * 3 * headDim * 4
-            for lane in 0..<lanes {
-                let sum = base.load(fromByteOffset: (2 * lanes + lane) * 32, as: SIMD8<Float>.self)
-                base.storeBytes(of: sum * inverse, toByteOffset: (2 * lanes + lane) * 32, as: SIMD8<Float>.self)
+            var lane = 0
+            while lane < headDim / 8 {  // even for every supported head dim
+                var low0 = SIMD8<Float>(repeating: .infinity), low1 = low0
+                var high0 = SIMD8<Float>(repeating: -.infinity), high1 = high0
+                var sum0 = SIMD8<Float>(repeating: 0), sum1 = sum0
+                for token in 0..<tokenCount {
+                    let row = source + token * rowBytes
+                    let x = L.load8(row, lane * 8)
+                    let y = L.load8(row, lane * 8 + 8)
+                    low0 = low0.lanewiseMin(x); low1 = low1.lanewiseMin(y)
+                    high0 = high0.lanewiseMax(x); high1 = high1.lanewiseMax(y)
+                    sum0 += x; sum1 += y
+                }
+                base.storeBytes(of: low0, toByteOffset: lane * 32, as: SIMD8<Float>.self)
+                base.storeBytes(of: low1, toByteOffset: lane * 32 + 32, as: SIMD8<Float>.self)
+                base.storeBytes(of: high0, toByteOffset: headDim * 4 + lane * 32, as: SIMD8<Float>.self)
+                base.storeBytes(of: high1, toByteOffset: headDim * 4 + lane * 32 + 32, as: SIMD8<Float>.self)
+                base.storeBytes(of: sum0 * inverse, toByteOffset: 2 * headDim * 4 + lane * 32, as: SIMD8<Float>.self)
+                base.storeBytes(of: sum1 * inverse, toByteOffset: 2 * headDim * 4 + lane * 32 + 32, as: SIMD8<Float>.self)
+                lane += 2
             }
         }
     }

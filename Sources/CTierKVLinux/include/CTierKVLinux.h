@@ -64,6 +64,15 @@ static inline unsigned ctierkv_ioring_setup_coop_taskrun(void) {
 }
 static inline unsigned ctierkv_ioring_setup_sqpoll(void) { return IORING_SETUP_SQPOLL; }
 
+/// Software prefetch of one cache line for reading, into all cache levels (inlined into Swift).
+static inline void ctierkv_prefetch(const void *address) { __builtin_prefetch(address, 0, 3); }
+
+/// Lane-wise min/max of 8 floats (imported as SIMD8<Float>): one vminps/vmaxps where Swift's
+/// generic `pointwiseMin` is an out-of-line call and `replacing(with:where:)` a scalar loop.
+typedef float ctierkv_float8 __attribute__((ext_vector_type(8)));
+static inline ctierkv_float8 ctierkv_min8(ctierkv_float8 a, ctierkv_float8 b) { return __builtin_elementwise_min(a, b); }
+static inline ctierkv_float8 ctierkv_max8(ctierkv_float8 a, ctierkv_float8 b) { return __builtin_elementwise_max(a, b); }
+
 /// CPUID leaf/subleaf; returns 0 when the leaf is above the maximum supported.
 int ctierkv_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t *eax, uint32_t *ebx, uint32_t *ecx, uint32_t *edx);
 /// XGETBV(index): which register states the OS saves (bit 1 SSE, bit 2 AVX/YMM, bits 5-7 AVX-512).

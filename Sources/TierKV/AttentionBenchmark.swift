@@ -1,0 +1,187 @@
+import TierKVAttention
+import TierKVAttentionKernels
+import TierKVCore
+import TierKVHostArena
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Measures CPU decode attention over a paged KV cache in the NUMA host arena, and in the same
+/// run the memory read bandwidth of the same threads over the same memory (a STREAM-like sum),
+/// so the kernel is judged as a fraction of what the memory can deliver.
+public struct AttentionBenchmark: Sendable {
+    public struct Result: Sendable {
+        public var kvByteCount: Int
+        public var attentionSeconds: Double
+        public var memorySeconds: Double
+        public var summarySeconds: Double
+        public var threads: Int
+        public var batch: Int
+        public var contextTokens: Int
+
+        /// Bytes of K and V read per second by the attention kernel.
+        public var attentionGBPerSecond: Double { Double(kvByteCount) / attentionSeconds / 1e9 }
+        public var memoryGBPerSecond: Double { Double(kvByteCount) / memorySeconds / 1e9 }
+        public var ratioToMemory: Double { attentionGBPerSecond / memoryGBPerSecond }
+        /// Bytes of K read per second by the key-summary kernel (it reads only K: half the cache).
+        public var summaryGBPerSecond: Double { Double(kvByteCount / 2) / summarySeconds / 1e9 }
+        /// KV tokens attended per second (batch × context ÷ time), for one layer.
+        public var tokensPerSecond: Double { Double(batch * contextTokens) / attentionSeconds }
+        /// Decode steps per second for one layer (batch ÷ time).
+        public var decodeStepsPerSecond: Double { Double(batch) / attentionSeconds }
+    }
+
+    public var shape: AttentionShape
+    public var contextTokens: Int
+    public var batch: Int
+    public var threads: Int
+    public var tokensPerBlock: Int
+    public var iterations: Int
+    public var numaNode: Int?
+
+    public init(
+        shape: AttentionShape, contextTokens: Int, batch: Int = 1, threads: Int, tokensPerBlock: Int = 16,
+        iterations: Int = 5, numaNode: Int? = nil
+    ) {
+        self.shape = shape
+        self.contextTokens = contextTokens
+        self.batch = batch
+        self.threads = threads
+        self.tokensPerBlock = tokensPerBlock
+        self.iterations = iterations
+        self.numaNode = numaNode
+    }
+
+    public func run(progress: (String) -> Void = { _ in }) throws(TierKVError) -> Result {
+        guard contextTokens >= 1, batch >= 1, iterations >= 1, tokensPerBlock >= 1 else {
+            throw .invalid("context, batch, iterations and tokens per block must all be at least 1")
+        }
+        let attention = try CPUAttention(threadCount: threads)
+        let elementsPerToken = shape.kvHeads * shape.headDim
+        let halfBlockBytes = tokensPerBlock * elementsPerToken * shape.dtype.byteSize
+        let blocksPerSequence = (contextTokens + tokensPerBlock - 1) / tokensPerBlock
+        let arena = try HostArena(.init(
+            slotByteCount: 2 * halfBlockBytes, slotCount: batch * blocksPerSequence, numaNode: numaNode))
+        progress("filling \(ByteCount(UInt64(arena.slotStride * arena.slotCount))) of KV in the host arena")
+        Self.fill(arena.region, dtype: shape.dtype)
+
+        var blocks: [KVBlockView] = []
+        blocks.reserveCapacity(batch * blocksPerSequence)
+        for sequence in 0..<batch {
+            for block in 0..<blocksPerSequence {
+                let slot = sequence * blocksPerSequence + block
+                let tokens = min(tokensPerBlock, contextTokens - block * tokensPerBlock)
+                blocks.append(KVBlockView(keys: arena.address(ofSlot: slot), values: arena.address(ofSlot: slot) + halfBlockBytes, tokenCount: tokens))
+            }
+        }
+        let kvBytes = batch * contextTokens * elementsPerToken * shape.dtype.byteSize * 2
+        var generator = SplitMix(seed: 42)
+        let query = (0..<(batch * shape.queryHeads * shape.headDim)).map { _ in Float(generator.unit() * 2 - 1) }
+        let output = UnsafeMutablePointer<Float>.allocate(capacity: batch * shape.queryHeads * shape.headDim)
+        let maxima = UnsafeMutablePointer<Float>.allocate(capacity: batch * shape.queryHeads)
+        let sums = UnsafeMutablePointer<Float>.allocate(capacity: batch * shape.queryHeads)
+        let summaries = UnsafeMutablePointer<Float>.allocate(capacity: batch * blocksPerSequence * shape.kvHeads * 3 * shape.headDim)
+        defer { [output, maxima, sums, summaries].forEach { $0.deallocate() } }
+
+        var attentionTimes: [Double] = []
+        var memoryTimes: [Double] = []
+        var summaryTimes: [Double] = []
+        try query.withUnsafeBufferPointer { (queries) throws(TierKVError) in
+            try blocks.withUnsafeBufferPointer { (blockBuffer) throws(TierKVError) in
+                let sequences = (0..<batch).map { index in
+                    AttentionSequence(
+                        query: queries.baseAddress! + index * shape.queryHeads * shape.headDim,
+                        blocks: UnsafeBufferPointer(rebasing: blockBuffer[(index * blocksPerSequence)..<((index + 1) * blocksPerSequence)]),
+                        output: output + index * shape.queryHeads * shape.headDim, maxima: maxima + index * shape.queryHeads,
+                        sums: sums + index * shape.queryHeads)
+                }
+                try attention.attend(shape, batch: sequences)  // warm-up: grows the workspace
+                for iteration in 0..<iterations {
+                    memoryTimes.append(Self.time { _ = Self.readAll(arena, slots: batch * blocksPerSequence, pool: attention.pool) })
+                    attentionTimes.append(try Self.timeThrowing { () throws(TierKVError) in try attention.attend(shape, batch: sequences) })
+                    summaryTimes.append(Self.time {
+                        attention.pool.run(count: blockBuffer.count) { _, index in
+                            CPUAttention.keySummary(
+                                shape, keys: blockBuffer[index].keys, tokenCount: blockBuffer[index].tokenCount,
+                                into: summaries + index * shape.kvHeads * 3 * shape.headDim)
+                        }
+                    })
+                    progress("iteration \(iteration + 1)/\(iterations): attention \(Self.milliseconds(attentionTimes.last!)) ms, memory read \(Self.milliseconds(memoryTimes.last!)) ms")
+                }
+            }
+        }
+        return Result(
+            kvByteCount: kvBytes, attentionSeconds: Self.median(attentionTimes), memorySeconds: Self.median(memoryTimes),
+            summarySeconds: Self.median(summaryTimes), threads: attention.pool.threadCount, batch: batch, contextTokens: contextTokens)
+    }
+
+    /// Reads the K and V bytes of every slot with the STREAM-like kernel on the pool's threads.
+    static func readAll(_ arena: HostArena, slots: Int, pool: WorkerPool) -> Float {
+        let chunkSlots = max(1, (4 << 20) / arena.slotStride)
+        let chunks = (slots + chunkSlots - 1) / chunkSlots
+        let partials = UnsafeMutablePointer<Float>.allocate(capacity: chunks)
+        defer { partials.deallocate() }
+        pool.run(count: chunks) { _, chunk in
+            let first = chunk * chunkSlots
+            let count = min(chunkSlots, slots - first)
+            partials[chunk] = MemoryReadKernel.read(UnsafeRawBufferPointer(start: arena.address(ofSlot: first), count: count * arena.slotStride))
+        }
+        return (0..<chunks).reduce(0) { $0 + partials[$1] }
+    }
+
+    /// Fills memory with finite values of `dtype` in about [-2, 2].
+    static func fill(_ region: UnsafeMutableRawBufferPointer, dtype: DType) {
+        var generator = SplitMix(seed: 7)
+        let words = region.count / 8
+        let base = region.baseAddress!.assumingMemoryBound(to: UInt64.self)
+        for index in 0..<words {
+            let random = generator.next()
+            switch dtype {
+            case .fp32:
+                // Two floats: sign, exponent 126 or 127, random mantissa.
+                let mask: UInt64 = 0x807F_FFFF_807F_FFFF
+                base[index] = (random & mask) | 0x3F00_0000_3F00_0000 | ((random >> 7) & 0x0080_0000_0080_0000)
+            case .bf16:
+                base[index] = (random & 0x807F_807F_807F_807F) | 0x3F00_3F00_3F00_3F00 | ((random >> 7) & 0x0080_0080_0080_0080)
+            default:
+                base[index] = (random & 0x83FF_83FF_83FF_83FF) | 0x3800_3800_3800_3800 | ((random >> 10) & 0x0400_0400_0400_0400)
+            }
+        }
+    }
+
+    static func time(_ body: () -> Void) -> Double {
+        let start = monotonicSeconds()
+        body()
+        return monotonicSeconds() - start
+    }
+
+    static func timeThrowing(_ body: () throws(TierKVError) -> Void) throws(TierKVError) -> Double {
+        let start = monotonicSeconds()
+        try body()
+        return monotonicSeconds() - start
+    }
+
+    static func monotonicSeconds() -> Double {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+    }
+
+    static func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+    static func milliseconds(_ seconds: Double) -> String { String((seconds * 100_000).rounded() / 100) }
+}
+
+/// SplitMix64, for reproducible benchmark data.
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    mutating func unit() -> Double { Double(next() >> 11) / Double(1 << 53) }
+}
