@@ -49,7 +49,8 @@ let package = Package(
             swiftSettings: [.unsafeFlags(["-Xcc", "-march=x86-64-v3", "-Ounchecked"])]
         ),
         .target(name: "TierKVAttention", dependencies: ["TierKVCore", "TierKVAttentionKernels"], exclude: ["README.md"]),
-        .target(name: "TierKVTransfer", dependencies: ["TierKVCore", "TierKVAccelerator"], exclude: ["README.md"]),
+        .target(
+            name: "TierKVTransfer", dependencies: ["TierKVCore", "TierKVAccelerator", "TierKVStorage"], exclude: ["README.md"]),
         .target(
             name: "TierKV",
             dependencies: [
@@ -68,7 +69,7 @@ let package = Package(
         .testTarget(
             name: "TierKVHostArenaTests", dependencies: ["TierKVHostArena", "TierKVStorage", "CTierKVLinux", "TierKVTestSupport"]),
         .testTarget(name: "TierKVAcceleratorTests", dependencies: ["TierKV", "TierKVTestSupport"]),
-        .testTarget(name: "TierKVTransferTests", dependencies: ["TierKV", "TierKVTestSupport"]),
+        .testTarget(name: "TierKVTransferTests", dependencies: ["TierKV", "CTierKVLinux", "TierKVTestSupport"]),
         .testTarget(name: "TierKVAttentionTests", dependencies: ["TierKVAttention", "TierKVTestSupport"]),
         .testTarget(name: "TierKVCLITests", dependencies: ["TierKVCore", "TierKVTestSupport"]),
     ]

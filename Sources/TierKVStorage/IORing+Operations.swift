@@ -38,6 +38,13 @@ extension IORing {
         io_uring_sqe_set_data64(sqe, userData)
     }
 
+    /// Queues a no-op (used to wake a completion thread).
+    public func queueNop(userData: UInt64) throws(TierKVError) {
+        let sqe = try nextSubmission()
+        io_uring_prep_nop(sqe)
+        io_uring_sqe_set_data64(sqe, userData)
+    }
+
     private func nextSubmission() throws(TierKVError) -> UnsafeMutablePointer<io_uring_sqe> {
         guard let sqe = io_uring_get_sqe(ring) else {
             throw TierKVError(.capacityExceeded, "io_uring submission queue is full (\(entryCount) entries); submit first")
