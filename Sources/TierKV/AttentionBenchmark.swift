@@ -162,7 +162,7 @@ public struct AttentionBenchmark: Sendable {
         return monotonicSeconds() - start
     }
 
-    static func monotonicSeconds() -> Double {
+    public static func monotonicSeconds() -> Double {
         var time = timespec()
         clock_gettime(CLOCK_MONOTONIC, &time)
         return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9

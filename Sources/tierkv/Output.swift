@@ -29,8 +29,8 @@ enum Output {
 /// Wraps a `TierKVError` so argument-parser prints its message and exits non-zero.
 struct CommandFailure: Error, CustomStringConvertible {
     let description: String
-    init(_ error: TierKVError) { description = "error: " + error.description }
-    init(_ message: String) { description = "error: " + message }
+    init(_ error: TierKVError) { description = error.description }
+    init(_ message: String) { description = message }
 }
 
 /// Parses a size option (`512MiB`), naming the option in the error.

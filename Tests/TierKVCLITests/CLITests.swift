@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import TierKVCore
+import TierKVTestSupport
 
 /// Runs the built `tierkv` binary (it sits beside the test bundle in the build directory).
 enum CLI {
@@ -94,5 +95,56 @@ enum CLI {
         for section in ["CPU", "io_uring", "O_DIRECT", "NUMA", "Huge pages", "Memory locking", "CUDA"] {
             #expect(result.stdout.contains(section))
         }
+    }
+}
+
+@Suite(.serialized) struct AttendAndBenchCLITests {
+    @Test func attendWritesOutputAndExplainsBadShapes() throws {
+        let directory = try TemporaryDirectory()
+        func save(_ name: String, _ shape: [Int], seed: UInt64) throws {
+            var generator = SeededGenerator(seed: seed)
+            let count = shape.reduce(1, *)
+            try NumpyFile.write(directory.path + "/\(name).npy", shape: shape, values: (0..<count).map { _ in generator.normal() })
+        }
+        try save("q", [8, 64], seed: 1)
+        try save("k", [40, 2, 64], seed: 2)
+        try save("v", [40, 2, 64], seed: 3)
+        try save("bad", [40, 3, 64], seed: 4)
+        let ok = try CLI.run(["attend", "--q", directory.path + "/q.npy", "--k", directory.path + "/k.npy", "--v", directory.path + "/v.npy",
+                              "--out", directory.path + "/o.npy", "--lse", directory.path + "/lse.npy", "--json"])
+        #expect(ok.status == 0, "\(ok.stderr)")
+        #expect(FileManager.default.fileExists(atPath: directory.path + "/o.npy"))
+        let bad = try CLI.run(["attend", "--q", directory.path + "/q.npy", "--k", directory.path + "/k.npy", "--v", directory.path + "/bad.npy",
+                               "--out", directory.path + "/o2.npy"])
+        #expect(bad.status != 0)
+        #expect(bad.stderr.contains("bad.npy"))
+        #expect(bad.stderr.contains("[40, 3, 64]"))
+    }
+
+    @Test func benchTransferOnTheEmulatedDeviceSaysSo() throws {
+        let report = try CLI.json(["bench", "transfer", "--device", "emulated", "--total", "8MiB", "--passes", "1", "--block-size", "64KiB", "1MiB", "--json"])
+        #expect(report["emulated"] as? Bool == true)
+        #expect((report["h2d_gb_per_s"] as? Double).map { $0 > 0 } == true)
+        #expect((report["results"] as? [Any])?.count == 2)
+    }
+
+    @Test func benchAttentionReportsTheContractFields() throws {
+        let report = try CLI.json(["bench", "attention", "--context", "4096", "--heads", "8", "--kv-heads", "2", "--iterations", "1", "--json"])
+        for field in ["gb_per_s", "memory_gb_per_s", "ratio_to_memory", "tokens_per_s", "threads"] {
+            #expect(report[field] != nil, "missing \(field)")
+        }
+    }
+}
+
+/// Writes a float32 .npy file (version 1.0) for CLI tests.
+enum NumpyFile {
+    static func write(_ path: String, shape: [Int], values: [Float]) throws {
+        let shapeText = "(" + shape.map(String.init).joined(separator: ", ") + (shape.count == 1 ? ",)" : ")")
+        var header = "{'descr': '<f4', 'fortran_order': False, 'shape': \(shapeText), }"
+        header += String(repeating: " ", count: (64 - (10 + header.utf8.count + 1) % 64) % 64) + "\n"
+        var data = Data([0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(header.utf8.count & 0xFF), UInt8(header.utf8.count >> 8)])
+        data.append(contentsOf: Array(header.utf8))
+        values.withUnsafeBytes { data.append(contentsOf: $0) }
+        try data.write(to: URL(fileURLWithPath: path))
     }
 }
