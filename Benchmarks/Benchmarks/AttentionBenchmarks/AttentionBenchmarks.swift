@@ -32,10 +32,12 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
-    let parts = (0..<16).map { part in
-        AttentionPartial(
-            heads: 32, headDim: 128, output: (0..<(32 * 128)).map { Float(($0 + part) % 13) / 13 },
-            maxima: (0..<32).map { Float(($0 * part) % 7) }, sums: (0..<32).map { Float($0 + part + 1) })
+    var parts: [AttentionPartial] = []
+    for part in 0..<16 {
+        let output: [Float] = (0..<(32 * 128)).map { index in Float((index + part) % 13) / 13 }
+        let maxima: [Float] = (0..<32).map { head in Float((head * part) % 7) }
+        let sums: [Float] = (0..<32).map { head in Float(head + part + 1) }
+        parts.append(AttentionPartial(heads: 32, headDim: 128, output: output, maxima: maxima, sums: sums))
     }
     Benchmark("merge 16 partials of 32 heads x 128") { benchmark in
         for _ in benchmark.scaledIterations { blackHole(AttentionPartial.merge(parts)) }
