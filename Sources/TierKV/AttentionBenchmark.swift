@@ -2,6 +2,7 @@ import TierKVAttention
 import TierKVAttentionKernels
 import TierKVCore
 import TierKVHostArena
+import TierKVTransfer
 
 #if canImport(Glibc)
 import Glibc
@@ -112,8 +113,8 @@ public struct AttentionBenchmark: Sendable {
             }
         }
         return Result(
-            kvByteCount: kvBytes, attentionSeconds: Self.median(attentionTimes), memorySeconds: Self.median(memoryTimes),
-            summarySeconds: Self.median(summaryTimes), threads: attention.pool.threadCount, batch: batch, contextTokens: contextTokens)
+            kvByteCount: kvBytes, attentionSeconds: median(attentionTimes), memorySeconds: median(memoryTimes),
+            summarySeconds: median(summaryTimes), threads: attention.pool.threadCount, batch: batch, contextTokens: contextTokens)
     }
 
     /// Reads the K and V bytes of every slot with the STREAM-like kernel on the pool's threads.
@@ -162,13 +163,8 @@ public struct AttentionBenchmark: Sendable {
         return monotonicSeconds() - start
     }
 
-    public static func monotonicSeconds() -> Double {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
-    }
+    public static func monotonicSeconds() -> Double { Double(MonotonicClock().nanoseconds()) / 1e9 }
 
-    static func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
     static func milliseconds(_ seconds: Double) -> String { String((seconds * 100_000).rounded() / 100) }
 }
 

@@ -83,8 +83,8 @@ public struct TransferBenchmark: Sendable {
             let bytes = Double(blocks * blockByteCount)
             let result = Result(
                 blockByteCount: blockByteCount, totalByteCount: blocks * blockByteCount,
-                hostToDeviceGBPerSecond: bytes / Self.median(upload) / 1e9,
-                deviceToHostGBPerSecond: bytes / Self.median(download) / 1e9)
+                hostToDeviceGBPerSecond: bytes / median(upload) / 1e9,
+                deviceToHostGBPerSecond: bytes / median(download) / 1e9)
             results.append(result)
             progress(
                 "block \(ByteCount(UInt64(blockByteCount))): h2d \(Self.format(result.hostToDeviceGBPerSecond)) GB/s, d2h \(Self.format(result.deviceToHostGBPerSecond)) GB/s")
@@ -92,10 +92,6 @@ public struct TransferBenchmark: Sendable {
         return results
     }
 
-    static func median(_ values: [Double]) -> Double {
-        let sorted = values.sorted()
-        return sorted[sorted.count / 2]
-    }
 
     static func format(_ value: Double) -> String { String((value * 100).rounded() / 100) }
 }
@@ -170,4 +166,10 @@ public struct AcceleratorSelfTest: Sendable {
             deviceToHostGBPerSecond: Double(bytes) / (try downloaded.seconds(since: uploaded)) / 1e9,
             arenaNode: arena.placement.singleNode)
     }
+}
+
+/// The median of timed repetitions (the upper middle for an even count).
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    return sorted[sorted.count / 2]
 }
