@@ -70,6 +70,7 @@ let package = Package(
             name: "TierKVHostArenaTests", dependencies: ["TierKVHostArena", "TierKVStorage", "CTierKVLinux", "TierKVTestSupport"]),
         .testTarget(name: "TierKVAcceleratorTests", dependencies: ["TierKV", "TierKVTestSupport"]),
         .testTarget(name: "TierKVTransferTests", dependencies: ["TierKV", "CTierKVLinux", "TierKVTestSupport"]),
+        .testTarget(name: "TierKVStorageTests", dependencies: ["TierKVStorage", "TierKVTestSupport"]),
         .testTarget(name: "TierKVAttentionTests", dependencies: ["TierKVAttention", "TierKVTestSupport"]),
         .testTarget(name: "TierKVCLITests", dependencies: ["TierKVCore", "TierKVTestSupport"]),
     ]

@@ -38,6 +38,24 @@ extension IORing {
         io_uring_sqe_set_data64(sqe, userData)
     }
 
+    /// Queues a read into any memory (not a registered buffer).
+    public func queueRead(
+        descriptor: Int32, into destination: UnsafeMutableRawPointer, byteCount: Int, fileOffset: UInt64, userData: UInt64
+    ) throws(TierKVError) {
+        let sqe = try nextSubmission()
+        io_uring_prep_read(sqe, descriptor, destination, UInt32(byteCount), fileOffset)
+        io_uring_sqe_set_data64(sqe, userData)
+    }
+
+    /// Queues a write from any memory (not a registered buffer).
+    public func queueWrite(
+        descriptor: Int32, from source: UnsafeRawPointer, byteCount: Int, fileOffset: UInt64, userData: UInt64
+    ) throws(TierKVError) {
+        let sqe = try nextSubmission()
+        io_uring_prep_write(sqe, descriptor, source, UInt32(byteCount), fileOffset)
+        io_uring_sqe_set_data64(sqe, userData)
+    }
+
     /// Queues a no-op (used to wake a completion thread).
     public func queueNop(userData: UInt64) throws(TierKVError) {
         let sqe = try nextSubmission()
