@@ -130,6 +130,27 @@ public final class BlockFile: @unchecked Sendable {
         keepFile = true
     }
 
+    /// The geometry recorded in an existing cache directory's file header (for tools like fsck
+    /// that open a cache without knowing its shape). Takes no lock.
+    public static func recordedGeometry(directory: String) throws(TierKVError) -> Geometry {
+        let path = directory + "/" + fileName
+        let descriptor = open(path, O_RDONLY | ctierkv_o_nofollow_cloexec())
+        guard descriptor >= 0 else {
+            throw TierKVError(.notFound, "no TierKV block file at \(path): \(TierKVError.errnoName(errno))", operation: "open", path: path, errno: errno)
+        }
+        defer { close(descriptor) }
+        let header = try AlignedBuffer(byteCount: fileHeaderByteCount)
+        let got = pread(descriptor, header.base, fileHeaderByteCount, 0)
+        guard got == fileHeaderByteCount, UInt64(littleEndian: header.base.load(as: UInt64.self)) == magic,
+            UInt64(littleEndian: header.base.load(fromByteOffset: 32, as: UInt64.self)) == XXHash64.hash(UnsafeRawBufferPointer(start: header.base, count: 32))
+        else {
+            throw TierKVError(.invalidArgument, "\(path) is not a TierKV block file (no valid TKVFILE1 header)", path: path)
+        }
+        return Geometry(
+            slotByteCount: Int(UInt64(littleEndian: header.base.load(fromByteOffset: 16, as: UInt64.self))),
+            slotCount: Int(UInt64(littleEndian: header.base.load(fromByteOffset: 24, as: UInt64.self))))
+    }
+
     deinit {
         close(descriptor)
         close(lockDescriptor)  // releases the flock

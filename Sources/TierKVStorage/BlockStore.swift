@@ -27,6 +27,9 @@ public final class BlockStore: @unchecked Sendable {
     private let state: Mutex<State>
     private let allocator: SlotAllocator
     public let syncsWrites: Bool
+    /// Test hook: makes chosen completions report an errno, in the same completion handling a real
+    /// device error goes through (there is no device-mapper here to produce EIO for real).
+    public let faultInjector: IOFaultInjector?
 
     struct Entry {
         var slot: Int
@@ -83,8 +86,9 @@ public final class BlockStore: @unchecked Sendable {
     ///   for benchmarks of the raw device path).
     public init(
         directory: String, geometry: BlockFile.Geometry, allowBufferedFallback: Bool = false, queueDepth: UInt32 = 64,
-        syncsWrites: Bool = true
+        syncsWrites: Bool = true, faultInjector: IOFaultInjector? = nil
     ) throws(TierKVError) {
+        self.faultInjector = faultInjector
         file = try BlockFile(directory: directory, geometry: geometry, allowBufferedFallback: allowBufferedFallback)
         ring = try IORing(entryCount: queueDepth, preferredFlags: 0)
         allocator = try SlotAllocator(slotCount: geometry.slotCount, shardCount: 1)
@@ -246,15 +250,17 @@ public final class BlockStore: @unchecked Sendable {
                 let completion = try ring.waitCompletion()
                 inFlight -= 1
                 let index = Int(completion.userData)
-                if completion.result < 0 {
-                    let code = -completion.result
+                let injected = faultInjector?.errno(isWrite: operations[index].isWrite, slot: operations[index].slot)
+                let result = injected.map { -$0 } ?? completion.result
+                if result < 0 {
+                    let code = -result
                     let what = operations[index].isWrite ? "write" : "read"
                     outcomes[index] = TierKVError(
                         code == ENOSPC ? .capacityExceeded : .systemCall,
                         "cold-tier \(what) of slot \(operations[index].slot) failed: \(TierKVError.errnoName(code))",
                         operation: operations[index].isWrite ? "write" : "read", path: file.path, errno: code)
-                } else if Int(completion.result) != slotBytes {
-                    outcomes[index] = TierKVError(.systemCall, "short cold-tier I/O on slot \(operations[index].slot): \(completion.result) of \(slotBytes) bytes", path: file.path)
+                } else if Int(result) != slotBytes {
+                    outcomes[index] = TierKVError(.systemCall, "short cold-tier I/O on slot \(operations[index].slot): \(result) of \(slotBytes) bytes", path: file.path)
                 }
             } catch {
                 for index in 0..<operations.count where outcomes[index] == nil { outcomes[index] = error }
@@ -338,4 +344,14 @@ public final class BlockStore: @unchecked Sendable {
             state.statistics.blocks = index.count
         }
     }
+}
+
+/// Chooses I/O completions that should fail, for fault tests. Thread-safe.
+public final class IOFaultInjector: Sendable {
+    private let rule: @Sendable (_ isWrite: Bool, _ slot: Int) -> Int32?
+
+    /// - Parameter rule: returns the errno an I/O on `slot` should fail with, or nil to let it be.
+    public init(_ rule: @escaping @Sendable (_ isWrite: Bool, _ slot: Int) -> Int32?) { self.rule = rule }
+
+    func errno(isWrite: Bool, slot: Int) -> Int32? { rule(isWrite, slot) }
 }
