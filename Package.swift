@@ -32,6 +32,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
     ],
     targets: [
         .target(
@@ -55,6 +56,7 @@ let package = Package(
             name: "TierKV",
             dependencies: [
                 "TierKVCore", "TierKVStorage", "TierKVHostArena", "TierKVAccelerator", "TierKVTransfer", "TierKVAttention",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             exclude: ["README.md"]
         ),
@@ -72,6 +74,6 @@ let package = Package(
         .testTarget(name: "TierKVTransferTests", dependencies: ["TierKV", "CTierKVLinux", "TierKVTestSupport"]),
         .testTarget(name: "TierKVStorageTests", dependencies: ["TierKVStorage", "TierKVTestSupport"]),
         .testTarget(name: "TierKVAttentionTests", dependencies: ["TierKVAttention", "TierKVTestSupport"]),
-        .testTarget(name: "TierKVCLITests", dependencies: ["TierKVCore", "TierKVTestSupport"]),
+        .testTarget(name: "TierKVCLITests", dependencies: ["TierKV", "TierKVTestSupport"]),
     ]
 )

@@ -275,7 +275,7 @@ public final class BlockStore: @unchecked Sendable {
     private func recover() throws(TierKVError) {
         let slotCount = geometry.slotCount
         let slotBytes = geometry.slotByteCount
-        let batch = 64
+        let batch = min(64, Int(ring.entryCount))  // never more than the ring holds
         let headers = try AlignedBuffer(byteCount: batch * 4096)
         var candidates: [BlockKey: [(slot: Int, sequence: UInt64, payload: Int)]] = [:]
         var maximumSequence: UInt64 = 0

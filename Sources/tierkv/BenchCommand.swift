@@ -6,7 +6,7 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure TierKV's data paths.",
-        subcommands: [BenchTransferCommand.self, BenchAttentionCommand.self]
+        subcommands: [BenchStorageCommand.self, BenchTransferCommand.self, BenchAttentionCommand.self]
     )
 }
 

@@ -165,3 +165,19 @@ func key(_ index: Int, layer: UInt32 = 0) -> BlockKey {
         })
     }
 }
+
+@Suite struct BlockStoreQueueDepthTests {
+    /// Found by the crash test: recovery must batch its header reads within the ring's size.
+    @Test(arguments: [1, 8, 256] as [UInt32])
+    func reopensWithAnyQueueDepth(_ depth: UInt32) throws {
+        let directory = try TemporaryDirectory()
+        let geometry = BlockFile.Geometry(slotByteCount: 8192, slotCount: 100)
+        let buffers = SlotBuffers(slotBytes: 8192, count: 2)
+        do {
+            let store = try BlockStore(directory: directory.path + "/cache", geometry: geometry, queueDepth: depth)
+            _ = store.write([BlockStore.Write(key: key(1), buffer: buffers[0], payloadByteCount: 10)])
+        }
+        let reopened = try BlockStore(directory: directory.path + "/cache", geometry: geometry, queueDepth: depth)
+        #expect(reopened.read([(key: key(1), buffer: buffers[1])])[0] == .hit(payloadByteCount: 10))
+    }
+}
