@@ -120,14 +120,15 @@ func key(_ index: Int, layer: UInt32 = 0) -> BlockKey {
 
     @Test func aSecondOpenerIsRefusedByName() throws {
         let directory = try TemporaryDirectory()
-        let store = try BlockStore(directory: directory.path + "/cache", geometry: Self.geometry)
-        do {
-            _ = try BlockStore(directory: directory.path + "/cache", geometry: Self.geometry)
-            Issue.record("expected an error")
-        } catch {
-            #expect(error.message.contains("in use by process \(getpid())"))
+        let owner = try BlockStore(directory: directory.path + "/cache", geometry: Self.geometry)
+        withExtendedLifetime(owner) {
+            do {
+                _ = try BlockStore(directory: directory.path + "/cache", geometry: Self.geometry)
+                Issue.record("expected an error")
+            } catch {
+                #expect(error.message.contains("in use by process \(getpid())"))
+            }
         }
-        _ = store
     }
 
     @Test func foreignTruncatedAndMisshapedFilesAreRefused() throws {
