@@ -122,7 +122,7 @@ func key(_ index: Int, layer: UInt32 = 0) -> BlockKey {
         let directory = try TemporaryDirectory()
         let owner = try BlockStore(directory: directory.path + "/cache", geometry: Self.geometry)
         withExtendedLifetime(owner) {
-            do {
+            do throws(TierKVError) {
                 _ = try BlockStore(directory: directory.path + "/cache", geometry: Self.geometry)
                 Issue.record("expected an error")
             } catch {
