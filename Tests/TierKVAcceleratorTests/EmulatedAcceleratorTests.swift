@@ -11,7 +11,11 @@ import Glibc
         hostToDeviceBytesPerSecond: 1e9, deviceToHostBytesPerSecond: 1e9, latencySeconds: 2e-3)
 
     @Test func readingBeforeTheFenceCompletesSeesStaleBytes() throws {
-        let accelerator = EmulatedAccelerator(memoryByteCount: 8 << 20, link: Self.slowLink)
+        // 250 ms of modelled latency: far longer than the few instructions between enqueue and
+        // the checks, even on a loaded CI machine.
+        let accelerator = EmulatedAccelerator(
+            memoryByteCount: 8 << 20,
+            link: .init(hostToDeviceBytesPerSecond: 1e9, deviceToHostBytesPerSecond: 1e9, latencySeconds: 0.25))
         #expect(accelerator.deviceDescription.isEmulated)
         #expect(accelerator.deviceDescription.displayName.contains("EMULATED"))
         let device = try accelerator.allocateMemory(byteCount: 1 << 20)
