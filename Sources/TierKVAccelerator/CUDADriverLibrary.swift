@@ -1,4 +1,4 @@
-import CTierKVLinux
+internal import CTierKVLinux
 import Synchronization
 import TierKVCore
 

@@ -1,4 +1,4 @@
-import CTierKVLinux
+internal import CTierKVLinux
 import TierKVCore
 
 /// Where one block's keys and values are: `tokenCount` rows of `[kvHeads][headDim]` elements

@@ -1,4 +1,4 @@
-import CTierKVLinux
+internal import CTierKVLinux
 
 /// Loads 8 key or value elements of one storage type as fp32 lanes. With x86-64-v3 the fp16
 /// conversion is one `vcvtph2ps`, bf16 a widen-and-shift, fp32 a plain load.

@@ -1,4 +1,4 @@
-import CTierKVLinux
+internal import CTierKVLinux
 
 /// What the CPU (and the OS, via XSAVE state) supports, read with CPUID/XGETBV.
 public struct CPUFeatures: Sendable, Codable, Hashable {

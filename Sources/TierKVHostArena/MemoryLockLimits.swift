@@ -1,4 +1,4 @@
-import CTierKVLinux
+internal import CTierKVLinux
 import TierKVCore
 
 #if canImport(Glibc)

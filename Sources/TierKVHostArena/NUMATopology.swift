@@ -1,4 +1,4 @@
-import CTierKVLinux
+internal import CTierKVLinux
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,5 +1,9 @@
-import CTierKVLinux
+internal import CTierKVLinux
 import TierKVCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A completed operation: the `userData` it was submitted with and its result (bytes moved).
 public struct IORingCompletion: Sendable, Hashable {
@@ -23,9 +27,7 @@ extension IORing {
         descriptor: Int32, into destination: UnsafeMutableRawPointer, byteCount: Int, fileOffset: UInt64,
         bufferIndex: Int, userData: UInt64
     ) throws(TierKVError) {
-        let sqe = try nextSubmission()
-        io_uring_prep_read_fixed(sqe, descriptor, destination, UInt32(byteCount), fileOffset, Int32(bufferIndex))
-        io_uring_sqe_set_data64(sqe, userData)
+        try queued(ctierkv_ring_queue_read(handle, descriptor, destination, UInt32(byteCount), fileOffset, Int32(bufferIndex), userData))
     }
 
     /// Queues a write from a registered (fixed) buffer.
@@ -33,48 +35,40 @@ extension IORing {
         descriptor: Int32, from source: UnsafeRawPointer, byteCount: Int, fileOffset: UInt64, bufferIndex: Int,
         userData: UInt64
     ) throws(TierKVError) {
-        let sqe = try nextSubmission()
-        io_uring_prep_write_fixed(sqe, descriptor, source, UInt32(byteCount), fileOffset, Int32(bufferIndex))
-        io_uring_sqe_set_data64(sqe, userData)
+        try queued(ctierkv_ring_queue_write(handle, descriptor, source, UInt32(byteCount), fileOffset, Int32(bufferIndex), userData))
     }
 
     /// Queues a read into any memory (not a registered buffer).
     public func queueRead(
         descriptor: Int32, into destination: UnsafeMutableRawPointer, byteCount: Int, fileOffset: UInt64, userData: UInt64
     ) throws(TierKVError) {
-        let sqe = try nextSubmission()
-        io_uring_prep_read(sqe, descriptor, destination, UInt32(byteCount), fileOffset)
-        io_uring_sqe_set_data64(sqe, userData)
+        try queued(ctierkv_ring_queue_read(handle, descriptor, destination, UInt32(byteCount), fileOffset, -1, userData))
     }
 
     /// Queues a write from any memory (not a registered buffer).
     public func queueWrite(
         descriptor: Int32, from source: UnsafeRawPointer, byteCount: Int, fileOffset: UInt64, userData: UInt64
     ) throws(TierKVError) {
-        let sqe = try nextSubmission()
-        io_uring_prep_write(sqe, descriptor, source, UInt32(byteCount), fileOffset)
-        io_uring_sqe_set_data64(sqe, userData)
+        try queued(ctierkv_ring_queue_write(handle, descriptor, source, UInt32(byteCount), fileOffset, -1, userData))
     }
 
     /// Queues a no-op (used to wake a completion thread).
     public func queueNop(userData: UInt64) throws(TierKVError) {
-        let sqe = try nextSubmission()
-        io_uring_prep_nop(sqe)
-        io_uring_sqe_set_data64(sqe, userData)
+        try queued(ctierkv_ring_queue_nop(handle, userData))
     }
 
-    private func nextSubmission() throws(TierKVError) -> UnsafeMutablePointer<io_uring_sqe> {
-        guard let sqe = io_uring_get_sqe(ring) else {
+    private func queued(_ result: Int32) throws(TierKVError) {
+        if result == -EBUSY {
             throw TierKVError(.capacityExceeded, "io_uring submission queue is full (\(entryCount) entries); submit first")
         }
-        return sqe
+        try SystemCall.negativeErrno("io_uring_get_sqe", result)
     }
 
     /// Sends every queued operation to the kernel; returns how many were sent.
     @discardableResult
     public func submit() throws(TierKVError) -> Int {
         while true {
-            let result = io_uring_submit(ring)
+            let result = ctierkv_ring_submit(handle)
             if result == -EINTR { continue }
             return Int(try SystemCall.negativeErrno("io_uring_submit", result))
         }
@@ -82,16 +76,13 @@ extension IORing {
 
     /// Blocks until one completion is available and consumes it.
     public func waitCompletion() throws(TierKVError) -> IORingCompletion {
-        var cqe: UnsafeMutablePointer<io_uring_cqe>?
+        var userData: UInt64 = 0
+        var result: Int32 = 0
         while true {
-            let result = io_uring_wait_cqe(ring, &cqe)
-            if result == -EINTR { continue }
-            try SystemCall.negativeErrno("io_uring_wait_cqe", result)
-            break
+            let status = ctierkv_ring_wait(handle, &userData, &result)
+            if status == -EINTR { continue }
+            try SystemCall.negativeErrno("io_uring_wait_cqe", status)
+            return IORingCompletion(userData: userData, result: result)
         }
-        guard let cqe else { throw TierKVError(.systemCall, "io_uring_wait_cqe returned no completion") }
-        let completion = IORingCompletion(userData: io_uring_cqe_get_data64(cqe), result: cqe.pointee.res)
-        io_uring_cqe_seen(ring, cqe)
-        return completion
     }
 }

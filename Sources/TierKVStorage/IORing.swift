@@ -1,4 +1,4 @@
-import CTierKVLinux
+internal import CTierKVLinux
 import TierKVCore
 
 #if canImport(Glibc)
@@ -15,7 +15,9 @@ public struct IORing: ~Copyable {
     public let setupFlags: UInt32
     /// Submission queue entries.
     public let entryCount: UInt32
-    let ring: UnsafeMutablePointer<io_uring>
+    /// The shim's opaque ring (liburing's `struct io_uring` on the heap, so its address never
+    /// changes when the owner moves). Untyped here so no liburing type reaches clients.
+    let handle: OpaquePointer
 
     /// Creates a ring with `entryCount` SQ entries. Tries `preferredFlags` and falls back to
     /// no flags when the kernel rejects them with EINVAL (older kernels); `setupFlags` tells
@@ -23,16 +25,14 @@ public struct IORing: ~Copyable {
     /// - Throws: `.systemCall` with the errno of `io_uring_queue_init` (ENOSYS: no io_uring
     ///   in this kernel; EPERM: disabled by `kernel.io_uring_disabled` or a seccomp filter).
     public init(entryCount: UInt32, preferredFlags: UInt32 = IORing.defaultFlags) throws(TierKVError) {
-        let ring = UnsafeMutablePointer<io_uring>.allocate(capacity: 1)
-        ring.initialize(to: io_uring())
+        var ring: OpaquePointer?
         var flags = preferredFlags
-        var result = io_uring_queue_init(entryCount, ring, flags)
+        var result = ctierkv_ring_create(entryCount, flags, &ring)
         if result == -EINVAL, flags != 0 {
             flags = 0
-            result = io_uring_queue_init(entryCount, ring, flags)
+            result = ctierkv_ring_create(entryCount, flags, &ring)
         }
-        if result < 0 {
-            ring.deallocate()
+        guard result >= 0, let ring else {
             let hint =
                 switch -result {
                 case ENOSYS: "this kernel has no io_uring"
@@ -44,7 +44,7 @@ public struct IORing: ~Copyable {
                 .systemCall, "\(hint): \(TierKVError.errnoName(-result))", operation: "io_uring_queue_init",
                 errno: -result)
         }
-        self.ring = ring
+        self.handle = ring
         self.setupFlags = flags
         self.entryCount = entryCount
     }
@@ -52,31 +52,24 @@ public struct IORing: ~Copyable {
     /// SINGLE_ISSUER | COOP_TASKRUN: one submitting thread, completions run at its next
     /// syscall instead of by interrupting it (fewer IPIs).
     public static var defaultFlags: UInt32 {
-        ctierkv_ioring_setup_single_issuer() | ctierkv_ioring_setup_coop_taskrun()
+        ctierkv_ring_flag_single_issuer() | ctierkv_ring_flag_coop_taskrun()
     }
 
-    deinit {
-        io_uring_queue_exit(ring)
-        ring.deallocate()
-    }
+    deinit { ctierkv_ring_destroy(handle) }
 
     /// Which opcodes the running kernel supports (`IORING_REGISTER_PROBE`).
     public func supportedOpcodes() throws(TierKVError) -> Set<UInt8> {
-        guard let probe = io_uring_get_probe_ring(ring) else {
-            throw TierKVError(.unsupported, "the kernel does not support io_uring opcode probing",
-                operation: "io_uring_get_probe_ring")
+        var table = [UInt8](repeating: 0, count: 256)
+        let count = ctierkv_ring_probe(handle, &table)
+        guard count >= 0 else {
+            throw TierKVError(.unsupported, "the kernel does not support io_uring opcode probing", operation: "io_uring_get_probe_ring", errno: -count)
         }
-        defer { io_uring_free_probe(probe) }
-        var supported: Set<UInt8> = []
-        for opcode in 0..<Int32(ctierkv_ioring_op_last()) where io_uring_opcode_supported(probe, opcode) != 0 {
-            supported.insert(UInt8(opcode))
-        }
-        return supported
+        return Set((0..<256).filter { table[$0] != 0 }.map { UInt8($0) })
     }
 
     /// Registers `buffers` as fixed buffers (pinned by the kernel once, not per I/O).
-    public func registerBuffers(_ buffers: [iovec]) throws(TierKVError) {
-        let result = buffers.withUnsafeBufferPointer { io_uring_register_buffers(ring, $0.baseAddress, UInt32($0.count)) }
+    func registerBuffers(_ buffers: [iovec]) throws(TierKVError) {
+        let result = buffers.withUnsafeBufferPointer { ctierkv_ring_register_buffers(handle, $0.baseAddress, UInt32($0.count)) }
         try SystemCall.negativeErrno("io_uring_register_buffers", result)
     }
 
@@ -87,17 +80,17 @@ public struct IORing: ~Copyable {
 
     /// Drops the fixed buffers registered with `registerBuffers`.
     public func unregisterBuffers() throws(TierKVError) {
-        try SystemCall.negativeErrno("io_uring_unregister_buffers", io_uring_unregister_buffers(ring))
+        try SystemCall.negativeErrno("io_uring_unregister_buffers", ctierkv_ring_unregister_buffers(handle))
     }
 
     /// Registers file descriptors so SQEs can name them by index (IOSQE_FIXED_FILE).
     public func registerFiles(_ descriptors: [Int32]) throws(TierKVError) {
-        let result = descriptors.withUnsafeBufferPointer { io_uring_register_files(ring, $0.baseAddress, UInt32($0.count)) }
+        let result = descriptors.withUnsafeBufferPointer { ctierkv_ring_register_files(handle, $0.baseAddress, UInt32($0.count)) }
         try SystemCall.negativeErrno("io_uring_register_files", result)
     }
 
     /// Drops the registered files.
     public func unregisterFiles() throws(TierKVError) {
-        try SystemCall.negativeErrno("io_uring_unregister_files", io_uring_unregister_files(ring))
+        try SystemCall.negativeErrno("io_uring_unregister_files", ctierkv_ring_unregister_files(handle))
     }
 }

@@ -1,4 +1,4 @@
-import CTierKVLinux
+internal import CTierKVLinux
 import TierKVCore
 
 #if canImport(Glibc)
@@ -49,23 +49,22 @@ public struct IORingCapabilities: Sendable {
                 disabledSysctl: sysctl)
         }
         var flagNames: [String] = []
-        if ring.setupFlags & ctierkv_ioring_setup_single_issuer() != 0, ctierkv_ioring_setup_single_issuer() != 0 {
+        if ring.setupFlags & ctierkv_ring_flag_single_issuer() != 0, ctierkv_ring_flag_single_issuer() != 0 {
             flagNames.append("SINGLE_ISSUER")
         }
-        if ring.setupFlags & ctierkv_ioring_setup_coop_taskrun() != 0, ctierkv_ioring_setup_coop_taskrun() != 0 {
+        if ring.setupFlags & ctierkv_ring_flag_coop_taskrun() != 0, ctierkv_ring_flag_coop_taskrun() != 0 {
             flagNames.append("COOP_TASKRUN")
         }
         let supported = (try? ring.supportedOpcodes()) ?? []
-        let named: [(String, io_uring_op)] = [
-            ("read", IORING_OP_READ), ("write", IORING_OP_WRITE), ("read_fixed", IORING_OP_READ_FIXED),
-            ("write_fixed", IORING_OP_WRITE_FIXED), ("readv", IORING_OP_READV), ("writev", IORING_OP_WRITEV),
-            ("fsync", IORING_OP_FSYNC), ("fallocate", IORING_OP_FALLOCATE), ("nop", IORING_OP_NOP),
-        ]
+        let named = ["read", "write", "read_fixed", "write_fixed", "readv", "writev", "fsync", "fallocate", "nop"]
         let buffersWork = probeRegisteredBuffer(ring)
         let filesWork = probeRegisteredFile(ring)
         return IORingCapabilities(
             isSupported: true, error: nil, acceptedSetupFlags: flagNames,
-            opcodes: named.map { ($0.0, supported.contains(UInt8($0.1.rawValue))) },
+            opcodes: named.map { name in
+                let opcode = ctierkv_ring_opcode(name)
+                return (name, opcode >= 0 && supported.contains(UInt8(opcode)))
+            },
             supportedOpcodeCount: supported.count, registeredBuffersWork: buffersWork,
             registeredFilesWork: filesWork, disabledSysctl: sysctl)
     }

@@ -22,7 +22,6 @@
 #include <dlfcn.h>
 #include <unistd.h>
 
-#include <liburing.h>
 #include <numa.h>
 #include <numaif.h>
 
@@ -42,27 +41,36 @@ static inline int ctierkv_rlimit_memlock(void) { return RLIMIT_MEMLOCK; }
 static inline int ctierkv_numa_node_has_memory(int node) {
     return numa_all_nodes_ptr != NULL && numa_bitmask_isbitset(numa_all_nodes_ptr, (unsigned)node);
 }
-/// `IORING_OP_LAST`: the number of opcodes this liburing knows.
-static inline int ctierkv_ioring_op_last(void) { return IORING_OP_LAST; }
-/// `IOSQE_*` flags are macros over enum bits.
-static inline uint8_t ctierkv_iosqe_io_link(void) { return IOSQE_IO_LINK; }
-static inline uint8_t ctierkv_iosqe_fixed_file(void) { return IOSQE_FIXED_FILE; }
-/// io_uring setup flags this liburing may or may not define (0 when unknown).
-static inline unsigned ctierkv_ioring_setup_single_issuer(void) {
-#ifdef IORING_SETUP_SINGLE_ISSUER
-    return IORING_SETUP_SINGLE_ISSUER;
-#else
-    return 0;
-#endif
-}
-static inline unsigned ctierkv_ioring_setup_coop_taskrun(void) {
-#ifdef IORING_SETUP_COOP_TASKRUN
-    return IORING_SETUP_COOP_TASKRUN;
-#else
-    return 0;
-#endif
-}
-static inline unsigned ctierkv_ioring_setup_sqpoll(void) { return IORING_SETUP_SQPOLL; }
+/// io_uring through liburing, behind an opaque handle. liburing.h is included only by shim.c:
+/// its struct definitions clash with swift-system's copy of the kernel header (CSystem) when a
+/// client imports both, so none of them may appear in this header. Every function returns 0 (or
+/// a count) on success and -errno on failure.
+typedef struct ctierkv_ring ctierkv_ring;
+
+/// Setup flags (0 when this liburing does not know them).
+unsigned ctierkv_ring_flag_single_issuer(void);
+unsigned ctierkv_ring_flag_coop_taskrun(void);
+unsigned ctierkv_ring_flag_sqpoll(void);
+
+int ctierkv_ring_create(unsigned entries, unsigned flags, ctierkv_ring **ring);
+void ctierkv_ring_destroy(ctierkv_ring *ring);
+/// Queues a read/write; `buffer_index` >= 0 uses that registered buffer (READ_FIXED/WRITE_FIXED).
+/// Returns -EBUSY when the submission queue is full.
+int ctierkv_ring_queue_read(ctierkv_ring *ring, int fd, void *buffer, unsigned length, uint64_t offset, int buffer_index, uint64_t user_data);
+int ctierkv_ring_queue_write(ctierkv_ring *ring, int fd, const void *buffer, unsigned length, uint64_t offset, int buffer_index, uint64_t user_data);
+int ctierkv_ring_queue_nop(ctierkv_ring *ring, uint64_t user_data);
+/// Submits queued entries; returns how many.
+int ctierkv_ring_submit(ctierkv_ring *ring);
+/// Waits for and consumes one completion.
+int ctierkv_ring_wait(ctierkv_ring *ring, uint64_t *user_data, int32_t *result);
+int ctierkv_ring_register_buffers(ctierkv_ring *ring, const struct iovec *buffers, unsigned count);
+int ctierkv_ring_unregister_buffers(ctierkv_ring *ring);
+int ctierkv_ring_register_files(ctierkv_ring *ring, const int *descriptors, unsigned count);
+int ctierkv_ring_unregister_files(ctierkv_ring *ring);
+/// Fills `supported[op]` (256 entries) with 1 for each opcode the kernel supports; returns the count.
+int ctierkv_ring_probe(ctierkv_ring *ring, uint8_t *supported);
+/// The opcode number of a named operation this liburing knows ("read_fixed", ...), or -1.
+int ctierkv_ring_opcode(const char *name);
 
 /// Software prefetch of one cache line for reading, into all cache levels (inlined into Swift).
 static inline void ctierkv_prefetch(const void *address) { __builtin_prefetch(address, 0, 3); }
