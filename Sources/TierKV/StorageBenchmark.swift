@@ -13,8 +13,9 @@ import Glibc
 /// checks and a reopen recovers. Block content depends only on the key (`fillPayload`), as KV
 /// content depends only on its prefix, so any valid copy of a key can be checked byte for byte.
 ///
-/// This first version submits batches of `queueDepth` blocks and waits for each batch (and its
-/// flush, for writes) before the next; per-block latency is its batch's submit→acknowledge time.
+/// It keeps `queueDepth` I/Os in flight through the store's pipelined path (refilling as each
+/// completes). Writes are flushed and acknowledged in groups of `queueDepth`; a block's latency is
+/// submit→acknowledge (flush included) for writes and submit→verified completion for reads.
 public struct StorageBenchmark: Sendable {
     public enum Mode: String, Sendable, CaseIterable {
         case read, write, randread, randwrite
@@ -96,15 +97,15 @@ public struct StorageBenchmark: Sendable {
         }
         guard queueDepth >= 1, queueDepth <= 4096 else { throw .invalid("--queue-depth \(queueDepth) must be 1...4096") }
         let slotCount = fileByteCount / blockByteCount
-        guard slotCount > queueDepth else {
-            throw .invalid("--size \(ByteCount(UInt64(fileByteCount))) holds \(slotCount) blocks; it needs more than the queue depth \(queueDepth)")
+        guard slotCount > 4 * queueDepth else {
+            throw .invalid("--size \(ByteCount(UInt64(fileByteCount))) holds \(slotCount) blocks; it needs more than 4 × the queue depth \(queueDepth)")
         }
         let store = try BlockStore(
             directory: directory, geometry: .init(slotByteCount: blockByteCount, slotCount: slotCount),
             queueDepth: UInt32(min(queueDepth, 4096)), syncsWrites: syncsWrites)
         let payload = store.payloadCapacity
-        // Live keys stay below the slot count by a queue depth, so copy-on-write always finds slots.
-        let keySpace = slotCount - queueDepth
+        // Live keys leave room for a queue depth in flight and one awaiting its flush (copy-on-write).
+        let keySpace = slotCount - 2 * queueDepth
         let arena = try HostArena(.init(slotByteCount: blockByteCount, slotCount: queueDepth, locksMemory: false))
         if !mode.isWrite, store.statistics.blocks < keySpace {
             progress("filling \(keySpace) blocks to read")
@@ -121,49 +122,67 @@ public struct StorageBenchmark: Sendable {
         }
         var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
         var random = UInt64(0x5EED)
-        var sequential = 0
+        func keyIndex(_ operation: Int) -> Int {
+            guard mode.isRandom else { return operation % keySpace }
+            random = random &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return Int((random >> 33) % UInt64(keySpace))
+        }
+        let buffers = (0..<queueDepth).map { arena.address(ofSlot: $0) }
+        var submittedByOperation: [Int: UInt64] = [:]
         var operations = 0
-        var bytes = 0
         let start = monotonicNanoseconds()
         let deadline = start + UInt64(seconds * 1e9)
         var lastReport = start
-        var now = start
-        while now < deadline {
-            let keys: [Int] = (0..<queueDepth).map { _ in
-                if mode.isRandom {
-                    random = random &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-                    return Int((random >> 33) % UInt64(keySpace))
-                }
-                defer { sequential = (sequential + 1) % keySpace }
-                return sequential
-            }
-            let unique = Array(Set(keys))
-            let batchStart = monotonicNanoseconds()
-            if mode.isWrite {
-                let writes = unique.enumerated().map { position, key in
-                    Self.fillPayload(arena.address(ofSlot: position) + ColdSlotHeader.byteCount, byteCount: payload, index: key)
-                    return BlockStore.Write(key: Self.key(key), buffer: arena.address(ofSlot: position), payloadByteCount: payload)
-                }
-                let results = store.write(writes)
-                for result in results { if case .failed(let error) = result { throw error } }
-                onAcknowledged(unique)
-            } else {
-                let reads = unique.enumerated().map { (key: Self.key($0.element), buffer: arena.address(ofSlot: $0.offset)) }
-                for (position, result) in store.read(reads).enumerated() where result != .hit(payloadByteCount: payload) {
-                    throw TierKVError(.corruption, "read of block \(unique[position]) gave \(result)")
-                }
-            }
-            now = monotonicNanoseconds()
-            let latency = (now - batchStart) / 1000
-            _ = histogram.record(latency, count: UInt64(unique.count))
-            operations += unique.count
-            bytes += unique.count * blockByteCount
-            if now - lastReport > 1_000_000_000 {
-                lastReport = now
-                let elapsed = Double(now - start) / 1e9
-                progress("\(String(Int(elapsed))) s: \(Int(Double(bytes) / elapsed / 1_048_576)) MiB/s, \(Int(Double(operations) / elapsed)) IOPS")
-            }
+        func report(_ now: UInt64) {
+            guard now - lastReport > 1_000_000_000 else { return }
+            lastReport = now
+            let elapsed = Double(now - start) / 1e9
+            progress("\(Int(elapsed)) s: \(Int(Double(operations * blockByteCount) / elapsed / 1_048_576)) MiB/s, \(Int(Double(operations) / elapsed)) IOPS")
         }
+        if mode.isWrite {
+            var keys: [Int: Int] = [:]
+            let summary = store.writePipelined(
+                count: Int.max, buffers: buffers, flushEvery: queueDepth,
+                prepare: { operation, position in
+                    let index = keyIndex(operation)
+                    keys[operation] = index
+                    Self.fillPayload(buffers[position] + ColdSlotHeader.byteCount, byteCount: payload, index: index)
+                    submittedByOperation[operation] = monotonicNanoseconds()
+                    return (Self.key(index), payload)
+                },
+                shouldContinue: { monotonicNanoseconds() < deadline },
+                acknowledged: { done in
+                    let now = monotonicNanoseconds()
+                    for operation in done {
+                        if let time = submittedByOperation.removeValue(forKey: operation) { _ = histogram.record((now - time) / 1000) }
+                    }
+                    operations += done.count
+                    onAcknowledged(done.compactMap { keys.removeValue(forKey: $0) })
+                    report(now)
+                })
+            if summary.failed > 0 { throw TierKVError(.systemCall, "\(summary.failed) writes failed during the benchmark") }
+        } else {
+            var failure: TierKVError?
+            _ = store.readPipelined(
+                count: Int.max, buffers: buffers,
+                key: { operation in
+                    submittedByOperation[operation] = monotonicNanoseconds()
+                    return Self.key(keyIndex(operation))
+                },
+                shouldContinue: { monotonicNanoseconds() < deadline && failure == nil },
+                completed: { operation, _, result in
+                    let now = monotonicNanoseconds()
+                    if let time = submittedByOperation.removeValue(forKey: operation) { _ = histogram.record((now - time) / 1000) }
+                    if result != .hit(payloadByteCount: payload) {
+                        failure = failure ?? TierKVError(.corruption, "read \(operation) gave \(result)")
+                    }
+                    operations += 1
+                    report(now)
+                })
+            if let failure { throw failure }
+        }
+        let now = monotonicNanoseconds()
+        let bytes = operations * blockByteCount
         return Result(
             mode: mode, blockByteCount: blockByteCount, queueDepth: queueDepth, seconds: Double(now - start) / 1e9,
             byteCount: bytes, operations: operations,

@@ -23,9 +23,9 @@ import Glibc
 public final class BlockStore: @unchecked Sendable {
     // @unchecked: `ring` and `state` are only used while `state`'s lock is held.
     public let file: BlockFile
-    private let ring: IORing
-    private let state: Mutex<State>
-    private let allocator: SlotAllocator
+    let ring: IORing
+    let state: Mutex<State>
+    let allocator: SlotAllocator
     public let syncsWrites: Bool
     /// Test hook: makes chosen completions report an errno, in the same completion handling a real
     /// device error goes through (there is no device-mapper here to produce EIO for real).

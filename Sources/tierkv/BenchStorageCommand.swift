@@ -11,8 +11,8 @@ struct BenchStorageCommand: ParsableCommand {
         abstract: "Cold-tier throughput through the real block store: real blocks with headers and checksums.",
         discussion: """
             A write run leaves a valid cache directory (even if killed) that `tierkv store fsck` checks. \
-            This version waits for each batch of --queue-depth blocks (and its flush, for writes) \
-            before the next; latency is a block's submit-to-acknowledge time.
+            --queue-depth I/Os stay in flight; writes are flushed and acknowledged in groups of \
+            --queue-depth. Latency is submit-to-acknowledge (writes) or submit-to-verified (reads).
             """
     )
 
