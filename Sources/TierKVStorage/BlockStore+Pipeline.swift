@@ -58,7 +58,7 @@ extension BlockStore {
                 done.removeAll(keepingCapacity: true)
             }
             while true {
-                var queued = false
+                var queuedNow: [Int] = []
                 while next < count, let position = free.last, shouldContinue() {
                     // Copy-on-write needs a free slot; old copies are freed at the flush, so a
                     // transient shortage is resolved by flushing or by waiting, not by failing.
@@ -94,10 +94,17 @@ extension BlockStore {
                     }
                     free.removeLast()
                     positions[position] = (next, key, slot, sequence, payload)
-                    queued = true
+                    queuedNow.append(position)
                     next += 1
                 }
-                if queued { _ = try? ring.submit() }
+                if !queuedNow.isEmpty, (try? ring.submit()) == nil {
+                    // Nothing queued in this round reached the kernel: fail it rather than wait forever.
+                    for position in queuedNow {
+                        if let item = positions.removeValue(forKey: position) { try? allocator.free(item.slot) }
+                        free.append(position)
+                        summary.failed += 1
+                    }
+                }
                 if positions.isEmpty { break }
                 guard let completion = try? ring.waitCompletion() else { break }
                 let position = Int(completion.userData)
@@ -136,7 +143,7 @@ extension BlockStore {
             var free = Array((0..<min(buffers.count, Int(ring.entryCount))).reversed())
             var next = 0
             while true {
-                var queued = false
+                var queuedNow: [Int] = []
                 while next < count, let position = free.last, shouldContinue() {
                     let wanted = key(next)
                     guard let entry = state.index[wanted] else {
@@ -153,26 +160,29 @@ extension BlockStore {
                     }
                     free.removeLast()
                     positions[position] = (next, wanted, entry.slot)
-                    queued = true
+                    queuedNow.append(position)
                     next += 1
                 }
-                if queued { _ = try? ring.submit() }
+                if !queuedNow.isEmpty, (try? ring.submit()) == nil {
+                    for position in queuedNow {
+                        if let item = positions.removeValue(forKey: position) {
+                            summary.corrupt += 1
+                            completed(item.index, position, .corrupt(reason: "io_uring submission failed"))
+                        }
+                        free.append(position)
+                    }
+                }
                 if positions.isEmpty { break }
                 guard let completion = try? ring.waitCompletion() else { break }
                 let position = Int(completion.userData)
                 guard let item = positions.removeValue(forKey: position) else { continue }
                 let injected = faultInjector?.errno(isWrite: false, slot: item.slot)
                 let result = injected.map { -$0 } ?? completion.result
-                var outcome: ReadResult
+                let outcome: ReadResult
                 if Int(result) != geometry.slotByteCount {
                     outcome = .corrupt(reason: result < 0 ? "read failed: \(TierKVError.errnoName(-result))" : "short read")
                 } else {
-                    switch ColdSlotHeader.verify(buffers[position], slotByteCount: geometry.slotByteCount) {
-                    case .valid(let header) where header.key == item.key: outcome = .hit(payloadByteCount: header.payloadByteCount)
-                    case .valid(let header): outcome = .corrupt(reason: "slot \(item.slot) holds \(header.key), not \(item.key)")
-                    case .empty: outcome = .corrupt(reason: "slot \(item.slot) is empty")
-                    case .corrupt(let reason): outcome = .corrupt(reason: "slot \(item.slot): \(reason)")
-                    }
+                    outcome = verifiedRead(buffers[position], key: item.key, slot: item.slot)
                 }
                 if case .corrupt = outcome {
                     summary.corrupt += 1

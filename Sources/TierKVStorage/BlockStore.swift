@@ -189,16 +189,7 @@ public final class BlockStore: @unchecked Sendable {
                 if let error = outcomes[position] {
                     results[item.index] = .corrupt(reason: "read failed: \(error.message)")
                 } else {
-                    switch ColdSlotHeader.verify(requests[item.index].buffer, slotByteCount: geometry.slotByteCount) {
-                    case .valid(let header) where header.key == key:
-                        results[item.index] = .hit(payloadByteCount: header.payloadByteCount)
-                    case .valid(let header):
-                        results[item.index] = .corrupt(reason: "slot \(item.slot) holds \(header.key), not \(key)")
-                    case .empty:
-                        results[item.index] = .corrupt(reason: "slot \(item.slot) is empty")
-                    case .corrupt(let reason):
-                        results[item.index] = .corrupt(reason: "slot \(item.slot): \(reason)")
-                    }
+                    results[item.index] = verifiedRead(requests[item.index].buffer, key: key, slot: item.slot)
                 }
                 if case .corrupt = results[item.index] {
                     state.statistics.corruptions += 1
@@ -211,6 +202,16 @@ public final class BlockStore: @unchecked Sendable {
             state.statistics.reads += requests.count
             state.statistics.blocks = state.index.count
             return results
+        }
+    }
+
+    /// Judges a slot just read into `buffer`: a hit only when it verifies and names `key`.
+    func verifiedRead(_ buffer: UnsafeRawPointer, key: BlockKey, slot: Int) -> ReadResult {
+        switch ColdSlotHeader.verify(buffer, slotByteCount: geometry.slotByteCount) {
+        case .valid(let header) where header.key == key: .hit(payloadByteCount: header.payloadByteCount)
+        case .valid(let header): .corrupt(reason: "slot \(slot) holds \(header.key), not \(key)")
+        case .empty: .corrupt(reason: "slot \(slot) is empty")
+        case .corrupt(let reason): .corrupt(reason: "slot \(slot): \(reason)")
         }
     }
 
