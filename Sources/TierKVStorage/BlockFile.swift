@@ -84,6 +84,9 @@ public final class BlockFile: @unchecked Sendable {
         var direct = true
         var descriptor = open(path, base | ctierkv_o_direct(), 0o600)
         if descriptor < 0, errno == EINVAL {
+            // Some filesystems (ramfs) create the file before refusing O_DIRECT: remove it, so
+            // neither this error nor the buffered retry (O_EXCL) trips over an empty file.
+            if !exists { unlink(path) }
             guard allowBufferedFallback else {
                 throw TierKVError(
                     .unsupported,

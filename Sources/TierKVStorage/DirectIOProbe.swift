@@ -65,7 +65,7 @@ public struct DirectIOCapability: Sendable {
         guard statfs(path, &info) == 0 else { return "unknown" }
         let names: [Int: String] = [
             0xEF53: "ext4", 0x5846_5342: "xfs", 0x0102_1994: "tmpfs", 0x9123_683E: "btrfs",
-            0x794C_7630: "overlayfs", 0x6969: "nfs", 0x2FC1_2FC1: "zfs", 0x6573_5546: "fuse",
+            0x794C_7630: "overlayfs", 0x6969: "nfs", 0x2FC1_2FC1: "zfs", 0x6573_5546: "fuse", 0x8584_58F6: "ramfs",
             0x0102_1997: "9p", 0xF2F5_2010: "f2fs",
         ]
         return names[Int(info.f_type)] ?? "0x" + String(UInt64(bitPattern: Int64(info.f_type)), radix: 16)

@@ -126,3 +126,35 @@ final class LoopFilesystem {
         guard status == 0 else { throw TierKVError(.systemCall, "`\(command)` failed with status \(status)") }
     }
 }
+
+@Suite struct DirectIOFallbackTests {
+    static var canMountRamfs: Bool { geteuid() == 0 }
+
+    /// ramfs refuses O_DIRECT (EINVAL): without the fallback that is a clear error naming the
+    /// filesystem; with it the store works buffered and says so in `isDirect`.
+    @Test(.enabled(if: canMountRamfs, "needs root to mount a ramfs"))
+    func aFilesystemWithoutODirectIsAClearErrorOrAnExplicitFallback() throws {
+        let directory = try TemporaryDirectory()
+        let mountPoint = directory.path + "/ram"
+        mkdir(mountPoint, 0o700)
+        try LoopFilesystem.shell("mount -t ramfs ramfs \(mountPoint)")
+        defer { _ = try? LoopFilesystem.shell("umount \(mountPoint)") }
+        let geometry = BlockFile.Geometry(slotByteCount: 8192, slotCount: 8)
+        do {
+            _ = try BlockStore(directory: mountPoint + "/cache", geometry: geometry)
+            Issue.record("expected O_DIRECT to be refused")
+        } catch {
+            #expect(error.code == .unsupported)
+            #expect(error.message.contains("does not support O_DIRECT"))
+            #expect(error.message.contains("ramfs"))
+        }
+        #expect(access(mountPoint + "/cache/" + BlockFile.fileName, F_OK) != 0)
+        let store = try BlockStore(directory: mountPoint + "/cache", geometry: geometry, allowBufferedFallback: true)
+        #expect(!store.file.isDirect)
+        let buffers = SlotBuffers(slotBytes: 8192, count: 2)
+        buffers.fill(0, payload: 5000, seed: 8)
+        _ = store.write([BlockStore.Write(key: key(1), buffer: buffers[0], payloadByteCount: 5000)])
+        #expect(store.read([(key: key(1), buffer: buffers[1])])[0] == .hit(payloadByteCount: 5000))
+        #expect(buffers.payloadEquals(1, buffers, 0, payload: 5000))
+    }
+}
