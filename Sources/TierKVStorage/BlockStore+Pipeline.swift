@@ -5,6 +5,13 @@ import Glibc
 #endif
 
 extension BlockStore {
+    /// Registers host memory (a warm arena's `ioRingBufferRegions`) with the store's ring, so
+    /// pipelined I/O can name buffers by index: the kernel maps them once, not per I/O, and NVMe
+    /// data lands directly in warm slots.
+    public func registerBuffers(_ regions: [UnsafeMutableRawBufferPointer]) throws(TierKVError) {
+        try state.withLock { (_) throws(TierKVError) in try ring.registerBuffers(regions) }
+    }
+
     /// How a pipelined run ended.
     public struct PipelineSummary: Sendable, Equatable {
         public var completed = 0
@@ -24,8 +31,10 @@ extension BlockStore {
     ///   - prepare: fills `buffers[position]` with block `index`'s payload (at
     ///     `ColdSlotHeader.byteCount`) and returns its key and payload length.
     ///   - shouldContinue: asked before each new submission (a time limit, say).
+    ///   - bufferIndices: for each position, the registered buffer (see `registerBuffers`) that
+    ///     holds it, to use fixed-buffer I/O; nil for plain I/O.
     public func writePipelined(
-        count: Int, buffers: [UnsafeMutableRawPointer], flushEvery: Int = 64,
+        count: Int, buffers: [UnsafeMutableRawPointer], bufferIndices: [Int]? = nil, flushEvery: Int = 64,
         prepare: (_ index: Int, _ position: Int) -> (key: BlockKey, payloadByteCount: Int),
         shouldContinue: () -> Bool = { true }, acknowledged: ([Int]) -> Void = { _ in }
     ) -> PipelineSummary {
@@ -84,8 +93,13 @@ extension BlockStore {
                     state.nextSequence += 1
                     ColdSlotHeader(key: key, payloadByteCount: payload, sequence: sequence).seal(into: buffers[position])
                     do {
-                        try ring.queueWrite(descriptor: file.descriptor, from: buffers[position], byteCount: geometry.slotByteCount,
-                            fileOffset: file.offset(ofSlot: slot), userData: UInt64(position))
+                        if let bufferIndices {
+                            try ring.queueWriteFixed(descriptor: file.descriptor, from: buffers[position], byteCount: geometry.slotByteCount,
+                                fileOffset: file.offset(ofSlot: slot), bufferIndex: bufferIndices[position], userData: UInt64(position))
+                        } else {
+                            try ring.queueWrite(descriptor: file.descriptor, from: buffers[position], byteCount: geometry.slotByteCount,
+                                fileOffset: file.offset(ofSlot: slot), userData: UInt64(position))
+                        }
                     } catch {
                         try? allocator.free(slot)
                         summary.failed += 1
@@ -131,9 +145,9 @@ extension BlockStore {
 
     /// Reads `count` blocks keeping `queueDepth` reads in flight, verifying each; `completed` is
     /// called per block (in completion order) with its queue position, whose buffer holds the
-    /// block until the call returns.
+    /// block until the call returns. `bufferIndices` as for `writePipelined`.
     public func readPipelined(
-        count: Int, buffers: [UnsafeMutableRawPointer], key: (_ index: Int) -> BlockKey,
+        count: Int, buffers: [UnsafeMutableRawPointer], bufferIndices: [Int]? = nil, key: (_ index: Int) -> BlockKey,
         shouldContinue: () -> Bool = { true },
         completed: (_ index: Int, _ position: Int, _ result: ReadResult) -> Void
     ) -> PipelineSummary {
@@ -153,8 +167,13 @@ extension BlockStore {
                         continue
                     }
                     do {
-                        try ring.queueRead(descriptor: file.descriptor, into: buffers[position], byteCount: geometry.slotByteCount,
-                            fileOffset: file.offset(ofSlot: entry.slot), userData: UInt64(position))
+                        if let bufferIndices {
+                            try ring.queueReadFixed(descriptor: file.descriptor, into: buffers[position], byteCount: geometry.slotByteCount,
+                                fileOffset: file.offset(ofSlot: entry.slot), bufferIndex: bufferIndices[position], userData: UInt64(position))
+                        } else {
+                            try ring.queueRead(descriptor: file.descriptor, into: buffers[position], byteCount: geometry.slotByteCount,
+                                fileOffset: file.offset(ofSlot: entry.slot), userData: UInt64(position))
+                        }
                     } catch {
                         break
                     }
@@ -166,8 +185,8 @@ extension BlockStore {
                 if !queuedNow.isEmpty, (try? ring.submit()) == nil {
                     for position in queuedNow {
                         if let item = positions.removeValue(forKey: position) {
-                            summary.corrupt += 1
-                            completed(item.index, position, .corrupt(reason: "io_uring submission failed"))
+                            summary.failed += 1
+                            completed(item.index, position, .ioError(reason: "io_uring submission failed"))
                         }
                         free.append(position)
                     }
@@ -180,11 +199,14 @@ extension BlockStore {
                 let result = injected.map { -$0 } ?? completion.result
                 let outcome: ReadResult
                 if Int(result) != geometry.slotByteCount {
-                    outcome = .corrupt(reason: result < 0 ? "read failed: \(TierKVError.errnoName(-result))" : "short read")
+                    outcome = .ioError(reason: result < 0 ? "read failed: \(TierKVError.errnoName(-result))" : "short read of \(result) bytes")
                 } else {
                     outcome = verifiedRead(buffers[position], key: item.key, slot: item.slot)
                 }
-                if case .corrupt = outcome {
+                if case .ioError = outcome {
+                    summary.failed += 1
+                    state.statistics.readErrors += 1
+                } else if case .corrupt = outcome {
                     summary.corrupt += 1
                     state.statistics.corruptions += 1
                     if let entry = state.index.removeValue(forKey: item.key) { try? allocator.free(entry.slot) }
@@ -194,9 +216,9 @@ extension BlockStore {
                 completed(item.index, position, outcome)
                 free.append(position)
             }
-            state.statistics.reads += summary.completed + summary.corrupt + summary.misses
+            state.statistics.reads += summary.completed + summary.corrupt + summary.misses + summary.failed
             state.statistics.hits += summary.completed
-            state.statistics.misses += summary.corrupt + summary.misses
+            state.statistics.misses += summary.corrupt + summary.misses + summary.failed
             state.statistics.blocks = state.index.count
             return summary
         }

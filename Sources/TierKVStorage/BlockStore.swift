@@ -50,6 +50,7 @@ public final class BlockStore: @unchecked Sendable {
         public var hits = 0
         public var misses = 0
         public var corruptions = 0
+        public var readErrors = 0
         public var writeFailures = 0
         /// Slots found at open: valid copies indexed, corrupt or superseded ones freed.
         public var recoveredBlocks = 0
@@ -79,6 +80,9 @@ public final class BlockStore: @unchecked Sendable {
         case miss
         /// The slot failed verification: treated as a miss, counted, and dropped from the index.
         case corrupt(reason: String)
+        /// The read itself failed (EIO, EFAULT...): a miss for now, but the block stays indexed,
+        /// since its copy on disk may be fine (a transient error must not lose acknowledged data).
+        case ioError(reason: String)
     }
 
     /// Opens or creates the store and rebuilds its index from the slots.
@@ -187,10 +191,11 @@ public final class BlockStore: @unchecked Sendable {
             for (position, item) in pending.enumerated() {
                 let key = requests[item.index].key
                 if let error = outcomes[position] {
-                    results[item.index] = .corrupt(reason: "read failed: \(error.message)")
+                    results[item.index] = .ioError(reason: "read failed: \(error.message)")
                 } else {
                     results[item.index] = verifiedRead(requests[item.index].buffer, key: key, slot: item.slot)
                 }
+                if case .ioError = results[item.index] { state.statistics.readErrors += 1 }
                 if case .corrupt = results[item.index] {
                     state.statistics.corruptions += 1
                     if let entry = state.index.removeValue(forKey: key) { try? allocator.free(entry.slot) }

@@ -99,3 +99,34 @@ import Glibc
         #expect(summary.completed == 10 && summary.failed == 20)
     }
 }
+
+@Suite struct BlockStoreFixedBufferTests {
+    /// Pipelined I/O through registered (fixed) buffers: cold reads land directly in them.
+    @Test func fixedBufferPipelinesRoundTripAndRefuseUnregisteredMemory() throws {
+        let directory = try TemporaryDirectory()
+        let store = try BlockStore(directory: directory.path + "/cache", geometry: .init(slotByteCount: 16384, slotCount: 64), queueDepth: 4)
+        let region = try AlignedBuffer(byteCount: 8 * 16384)
+        try store.registerBuffers([region.bytes])
+        let writeBuffers = (0..<4).map { region.base + $0 * 16384 }
+        let readBuffers = (4..<8).map { region.base + $0 * 16384 }
+        let summary = store.writePipelined(count: 40, buffers: writeBuffers, bufferIndices: [0, 0, 0, 0], flushEvery: 4, prepare: { index, position in
+            (writeBuffers[position] + ColdSlotHeader.byteCount).storeBytes(of: UInt64(index) &* 0x9E37_79B9, as: UInt64.self)
+            return (key(index), 8)
+        })
+        #expect(summary.completed == 40)
+        var seen = 0
+        _ = store.readPipelined(count: 40, buffers: readBuffers, bufferIndices: [0, 0, 0, 0], key: { key($0) }) { index, position, result in
+            #expect(result == .hit(payloadByteCount: 8))
+            #expect((readBuffers[position] + ColdSlotHeader.byteCount).load(as: UInt64.self) == UInt64(index) &* 0x9E37_79B9)
+            seen += 1
+        }
+        #expect(seen == 40)
+        // Memory outside every registered buffer: the kernel refuses the fixed read (EFAULT).
+        let outside = try AlignedBuffer(byteCount: 16384)
+        var outcome: BlockStore.ReadResult?
+        _ = store.readPipelined(count: 1, buffers: [outside.base], bufferIndices: [0], key: { key($0) }) { _, _, result in outcome = result }
+        guard case .ioError(let reason) = outcome else { Issue.record("expected a refused read, got \(String(describing: outcome))"); return }
+        #expect(reason.contains("Bad address"))
+        #expect(store.contains(key(0)), "an I/O error keeps the block indexed")
+    }
+}

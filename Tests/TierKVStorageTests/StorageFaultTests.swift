@@ -38,8 +38,11 @@ import Glibc
         let buffers = SlotBuffers(slotBytes: 16384, count: 2)
         _ = store.write([BlockStore.Write(key: key(4), buffer: buffers[0], payloadByteCount: 100)])
         let result = store.read([(key: key(4), buffer: buffers[1])])[0]
-        guard case .corrupt(let reason) = result else { Issue.record("expected a failed read, got \(result)"); return }
+        guard case .ioError(let reason) = result else { Issue.record("expected a failed read, got \(result)"); return }
         #expect(reason.contains("Input/output error"))
+        // The block stays indexed: a transient error must not lose it.
+        #expect(store.contains(key(4)))
+        #expect(store.statistics.readErrors == 1 && store.statistics.corruptions == 0)
     }
 
     @Test func fsckFindsAndQuarantinesCorruptSlots() throws {
