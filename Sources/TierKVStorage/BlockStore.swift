@@ -51,6 +51,8 @@ public final class BlockStore: @unchecked Sendable {
         public var misses = 0
         public var corruptions = 0
         public var readErrors = 0
+        /// I/Os submitted by batch reads and writes (adjacent slots coalesce into one).
+        public var ios = 0
         public var writeFailures = 0
         /// Slots found at open: valid copies indexed, corrupt or superseded ones freed.
         public var recoveredBlocks = 0
@@ -146,7 +148,7 @@ public final class BlockStore: @unchecked Sendable {
             let pending = (0..<blocks.count).filter { slots[$0] >= 0 }
             let outcomes = runBatch(pending.map { index in
                 (isWrite: true, buffer: blocks[index].buffer, slot: slots[index])
-            })
+            }, ios: &state.statistics.ios)
             var completed: [Int] = []
             for (position, index) in pending.enumerated() {
                 if let error = outcomes[position] {
@@ -187,7 +189,8 @@ public final class BlockStore: @unchecked Sendable {
             for (index, request) in requests.enumerated() {
                 if let entry = state.index[request.key] { pending.append((index, entry.slot)) }
             }
-            let outcomes = runBatch(pending.map { (isWrite: false, buffer: requests[$0.index].buffer, slot: $0.slot) })
+            let outcomes = runBatch(
+                pending.map { (isWrite: false, buffer: requests[$0.index].buffer, slot: $0.slot) }, ios: &state.statistics.ios)
             for (position, item) in pending.enumerated() {
                 let key = requests[item.index].key
                 if let error = outcomes[position] {
@@ -222,27 +225,49 @@ public final class BlockStore: @unchecked Sendable {
 
     // MARK: I/O
 
+    /// Largest single I/O that adjacent slots are merged into.
+    public static let maximumCoalescedByteCount = 1 << 20
+
     /// Runs whole-slot reads or writes on the ring, at most `entryCount` in flight; returns per
-    /// operation nil (done, full length) or the error. Call with the state lock held.
-    private func runBatch(_ operations: [(isWrite: Bool, buffer: UnsafeMutableRawPointer, slot: Int)]) -> [TierKVError?] {
+    /// operation nil (done, full length) or the error. Operations on adjacent slots whose buffers
+    /// are also adjacent are merged into one I/O of up to `maximumCoalescedByteCount` bytes (a
+    /// failed or short merged I/O fails every member). Call with the state lock held.
+    private func runBatch(
+        _ operations: [(isWrite: Bool, buffer: UnsafeMutableRawPointer, slot: Int)], ios: inout Int
+    ) -> [TierKVError?] {
         var outcomes = [TierKVError?](repeating: nil, count: operations.count)
+        let slotBytes = geometry.slotByteCount
+        // Group by slot order: a run continues while slot, buffer and direction continue.
+        var groups: [[Int]] = []
+        for index in operations.indices.sorted(by: { operations[$0].slot < operations[$1].slot }) {
+            let operation = operations[index]
+            if let lastIndex = groups.last?.last, groups[groups.count - 1].count * slotBytes + slotBytes <= Self.maximumCoalescedByteCount {
+                let last = operations[lastIndex]
+                if last.isWrite == operation.isWrite, last.slot + 1 == operation.slot, last.buffer + slotBytes == operation.buffer {
+                    groups[groups.count - 1].append(index)
+                    continue
+                }
+            }
+            groups.append([index])
+        }
         var next = 0
         var inFlight = 0
-        let slotBytes = geometry.slotByteCount
-        while next < operations.count || inFlight > 0 {
-            while next < operations.count, inFlight < Int(ring.entryCount) {
-                let operation = operations[next]
+        func fail(_ group: [Int], _ error: TierKVError) { for index in group { outcomes[index] = error } }
+        while next < groups.count || inFlight > 0 {
+            while next < groups.count, inFlight < Int(ring.entryCount) {
+                let first = operations[groups[next][0]]
+                let byteCount = groups[next].count * slotBytes
                 do {
-                    if operation.isWrite {
-                        try ring.queueWrite(descriptor: file.descriptor, from: operation.buffer, byteCount: slotBytes,
-                            fileOffset: file.offset(ofSlot: operation.slot), userData: UInt64(next))
+                    if first.isWrite {
+                        try ring.queueWrite(descriptor: file.descriptor, from: first.buffer, byteCount: byteCount,
+                            fileOffset: file.offset(ofSlot: first.slot), userData: UInt64(next))
                     } else {
-                        try ring.queueRead(descriptor: file.descriptor, into: operation.buffer, byteCount: slotBytes,
-                            fileOffset: file.offset(ofSlot: operation.slot), userData: UInt64(next))
+                        try ring.queueRead(descriptor: file.descriptor, into: first.buffer, byteCount: byteCount,
+                            fileOffset: file.offset(ofSlot: first.slot), userData: UInt64(next))
                     }
                     inFlight += 1
                 } catch {
-                    outcomes[next] = error
+                    fail(groups[next], error)
                 }
                 next += 1
             }
@@ -255,18 +280,21 @@ public final class BlockStore: @unchecked Sendable {
             do {
                 let completion = try ring.waitCompletion()
                 inFlight -= 1
-                let index = Int(completion.userData)
-                let injected = faultInjector?.errno(isWrite: operations[index].isWrite, slot: operations[index].slot)
+                let group = groups[Int(completion.userData)]
+                let first = operations[group[0]]
+                ios += 1
+                let injected = group.lazy.compactMap { self.faultInjector?.errno(isWrite: first.isWrite, slot: operations[$0].slot) }.first
                 let result = injected.map { -$0 } ?? completion.result
+                let what = first.isWrite ? "write" : "read"
+                let slots = group.count == 1 ? "slot \(first.slot)" : "slots \(first.slot)...\(first.slot + group.count - 1)"
                 if result < 0 {
                     let code = -result
-                    let what = operations[index].isWrite ? "write" : "read"
-                    outcomes[index] = TierKVError(
+                    fail(group, TierKVError(
                         code == ENOSPC ? .capacityExceeded : .systemCall,
-                        "cold-tier \(what) of slot \(operations[index].slot) failed: \(TierKVError.errnoName(code))",
-                        operation: operations[index].isWrite ? "write" : "read", path: file.path, errno: code)
-                } else if Int(result) != slotBytes {
-                    outcomes[index] = TierKVError(.systemCall, "short cold-tier I/O on slot \(operations[index].slot): \(result) of \(slotBytes) bytes", path: file.path)
+                        "cold-tier \(what) of \(slots) failed: \(TierKVError.errnoName(code))",
+                        operation: what, path: file.path, errno: code))
+                } else if Int(result) != group.count * slotBytes {
+                    fail(group, TierKVError(.systemCall, "short cold-tier \(what) of \(slots): \(result) of \(group.count * slotBytes) bytes", path: file.path))
                 }
             } catch {
                 for index in 0..<operations.count where outcomes[index] == nil { outcomes[index] = error }

@@ -182,3 +182,36 @@ func key(_ index: Int, layer: UInt32 = 0) -> BlockKey {
         #expect(reopened.read([(key: key(1), buffer: buffers[1])])[0] == .hit(payloadByteCount: 10))
     }
 }
+
+@Suite struct BlockStoreCoalescingTests {
+    static let geometry = BlockFile.Geometry(slotByteCount: 16384, slotCount: 128)
+
+    @Test func adjacentSlotsFromAdjacentBuffersBecomeOneIO() throws {
+        let directory = try TemporaryDirectory()
+        let store = try BlockStore(directory: directory.path + "/cache", geometry: Self.geometry)
+        let source = SlotBuffers(slotBytes: 16384, count: 16)
+        for index in 0..<16 { source.fill(index, payload: 9000, seed: UInt64(index)) }
+        _ = store.write((0..<16).map { BlockStore.Write(key: key($0), buffer: source[$0], payloadByteCount: 9000) })
+        #expect(store.statistics.ios == 1, "16 × 16 KiB adjacent slots: one 256 KiB write")
+        let target = SlotBuffers(slotBytes: 16384, count: 16)
+        let inOrder = store.read((0..<16).map { (key: key($0), buffer: target[$0]) })
+        #expect(inOrder.allSatisfy { $0 == .hit(payloadByteCount: 9000) })
+        #expect(store.statistics.ios == 2, "and one read")
+        for index in 0..<16 { #expect(target.payloadEquals(index, source, index, payload: 9000)) }
+        // Destinations in reverse order are not adjacent to their slots' neighbours: 16 reads.
+        let reversed = store.read((0..<16).map { (key: key($0), buffer: target[15 - $0]) })
+        #expect(reversed.allSatisfy { $0 == .hit(payloadByteCount: 9000) })
+        #expect(store.statistics.ios == 18)
+        for index in 0..<16 { #expect(target.payloadEquals(15 - index, source, index, payload: 9000)) }
+    }
+
+    @Test func aFaultInAMergedIOFailsEveryMemberAndIndexesNone() throws {
+        let directory = try TemporaryDirectory()
+        let injector = IOFaultInjector { isWrite, slot in isWrite && slot == 5 ? EIO : nil }
+        let store = try BlockStore(directory: directory.path + "/cache", geometry: Self.geometry, faultInjector: injector)
+        let source = SlotBuffers(slotBytes: 16384, count: 8)
+        let results = store.write((0..<8).map { BlockStore.Write(key: key($0), buffer: source[$0], payloadByteCount: 100) })
+        #expect(results.allSatisfy { if case .failed(let error) = $0 { error.errno == EIO } else { false } })
+        #expect(store.statistics.blocks == 0)
+    }
+}
