@@ -79,7 +79,7 @@ public final class CUDADriverLibrary: @unchecked Sendable {
 
     /// Libraries already loaded and initialised, by requested path. libcuda is never unloaded:
     /// after `cuInit` it runs threads of its own, and `dlclose` under them crashes the process.
-    private static let loaded = Mutex<[String: CUDADriverLibrary]>([:])
+    private static let loaded = Locked<[String: CUDADriverLibrary]>([:])
 
     /// Loads the driver library once per process and path, resolves the functions TierKV uses,
     /// and calls `cuInit(0)`. Later calls with the same path return the same instance.

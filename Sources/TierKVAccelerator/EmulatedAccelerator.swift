@@ -14,7 +14,7 @@ import Glibc
 /// Always reported as emulated (`deviceDescription.isEmulated`). Used by tests, the simulator and
 /// machines without a GPU; it never stands in for a GPU silently. Thread-safe.
 public final class EmulatedAccelerator: Accelerator, @unchecked Sendable {
-    // @unchecked: mutable state (the allocation table) is behind a Mutex; device memory is
+    // @unchecked: mutable state (the allocation table) is behind a lock; device memory is
     // written only by stream queues, the way a DMA engine would.
 
     /// Bandwidth and per-copy latency of the modelled host link.
@@ -40,7 +40,7 @@ public final class EmulatedAccelerator: Accelerator, @unchecked Sendable {
 
     public let link: LinkModel
     public let deviceDescription: AcceleratorDescription
-    private let allocations = Mutex<[UInt64: Int]>([:])
+    private let allocations = Locked<[UInt64: Int]>([:])
     private let usedByteCount = Atomic<Int>(0)
 
     public init(memoryByteCount: Int, link: LinkModel = .pcieGen5) {
@@ -111,11 +111,11 @@ public final class EmulatedAccelerator: Accelerator, @unchecked Sendable {
 
 /// An emulated stream: a serial queue that applies each copy at its modelled completion time.
 final class EmulatedStream: AcceleratorStream, @unchecked Sendable {
-    // @unchecked: `tailNanoseconds` is behind a Mutex; pointers handed to the queue follow the
+    // @unchecked: `tailNanoseconds` is behind a lock; pointers handed to the queue follow the
     // stream contract (unchanged until a later fence completes).
     let accelerator: EmulatedAccelerator
     private let queue = DispatchQueue(label: "tierkv.emulated-stream")
-    private let tailNanoseconds = Mutex<UInt64>(0)
+    private let tailNanoseconds = Locked<UInt64>(0)
 
     init(accelerator: EmulatedAccelerator) { self.accelerator = accelerator }
 

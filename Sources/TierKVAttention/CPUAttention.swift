@@ -76,7 +76,7 @@ public struct AttentionSequence: @unchecked Sendable {
 public final class CPUAttention: @unchecked Sendable {
     // @unchecked: the workspace is only touched while `lock` is held.
     public let pool: WorkerPool
-    private let lock = Mutex<Void>(())
+    private let lock = Locked<Void>(())
     private var workspace = Workspace()
 
     /// - Parameter threadCount: workers (default: every online CPU).

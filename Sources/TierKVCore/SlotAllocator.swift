@@ -2,12 +2,12 @@ import Synchronization
 
 /// Hands out slot indices `0..<slotCount` in O(1), from many threads, without one global lock.
 ///
-/// Free slots live in `shardCount` stacks, each behind its own `Mutex`; a thread starts at the
+/// Free slots live in `shardCount` stacks, each behind its own lock; a thread starts at the
 /// shard its thread id hashes to and steals from the others when that one is empty. A per-slot
 /// atomic state catches double frees and frees of slots never handed out. Used by the host
 /// arena (warm slots) and by device slot pools (hot slots).
 public final class SlotAllocator: @unchecked Sendable {
-    // @unchecked: `states` points to atomics only, and each shard's stack is behind its Mutex.
+    // @unchecked: `states` points to atomics only, and each shard's stack is behind its lock.
     public let slotCount: Int
     private let shards: [Shard]
     private let states: UnsafeMutablePointer<Atomic<UInt8>>
@@ -88,8 +88,8 @@ public final class SlotAllocator: @unchecked Sendable {
     }
 
     private final class Shard: Sendable {
-        let stack: Mutex<[UInt32]>
-        init(_ slots: [UInt32]) { stack = Mutex(slots) }
+        let stack: Locked<[UInt32]>
+        init(_ slots: [UInt32]) { stack = Locked(slots) }
     }
 
     private static func homeShard(shardCount: Int) -> Int {

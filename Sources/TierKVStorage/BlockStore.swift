@@ -24,7 +24,7 @@ public final class BlockStore: @unchecked Sendable {
     // @unchecked: `ring` and `state` are only used while `state`'s lock is held.
     public let file: BlockFile
     let ring: IORing
-    let state: Mutex<State>
+    let state: Locked<State>
     let allocator: SlotAllocator
     public let syncsWrites: Bool
     /// Test hook: makes chosen completions report an errno, in the same completion handling a real
@@ -98,7 +98,7 @@ public final class BlockStore: @unchecked Sendable {
         file = try BlockFile(directory: directory, geometry: geometry, allowBufferedFallback: allowBufferedFallback)
         ring = try IORing(entryCount: queueDepth, preferredFlags: 0)
         allocator = try SlotAllocator(slotCount: geometry.slotCount, shardCount: 1)
-        state = Mutex(State())
+        state = Locked(State())
         self.syncsWrites = syncsWrites
         if !file.wasCreated { try recover() }
     }

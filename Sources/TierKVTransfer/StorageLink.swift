@@ -32,7 +32,7 @@ public struct StorageTransfer: Sendable {
 /// the operation and errno (the data is not acknowledged).
 public final class StorageLink: TransferLink, @unchecked Sendable {
     // @unchecked: the ring's submission side is used only under `submission`; the completion
-    // side only by the completion thread; `pending` is behind its Mutex.
+    // side only by the completion thread; `pending` is behind its lock.
     public enum Direction: String, Sendable {
         case read = "nvme_read"
         case write = "nvme_write"
@@ -40,8 +40,8 @@ public final class StorageLink: TransferLink, @unchecked Sendable {
 
     public let direction: Direction
     private let ring: RingBox
-    private let submission = Mutex<UInt64>(1)
-    private let pending = Mutex<[UInt64: Batch]>([:])
+    private let submission = Locked<UInt64>(1)
+    private let pending = Locked<[UInt64: Batch]>([:])
     private var thread = pthread_t()
     /// user_data of the NOP that tells the completion thread to stop.
     private static let shutdownTag: UInt64 = .max

@@ -30,7 +30,7 @@ public final class TransferScheduler<Link: TransferLink>: Sendable {
     public let link: Link
     public let maximumBytesInFlight: Int
     private let clock: any TransferClock
-    private let state: Mutex<State>
+    private let state: Locked<State>
 
     private struct Pending: Sendable {
         let ticket: TransferTicket
@@ -54,7 +54,7 @@ public final class TransferScheduler<Link: TransferLink>: Sendable {
         self.link = link
         self.maximumBytesInFlight = max(1, maximumBytesInFlight)
         self.clock = clock
-        self.state = Mutex(State())
+        self.state = Locked(State())
     }
 
     /// Queues `request`; `completion` is called exactly once (completed, cancelled or failed).

@@ -59,8 +59,8 @@ import Testing
 
 /// Which worker holds each slot, to catch two holders at once.
 final class OwnerTable: Sendable {
-    private let owners: Mutex<[Int]>
-    init(slotCount: Int) { owners = Mutex(Array(repeating: -1, count: slotCount)) }
+    private let owners: Locked<[Int]>
+    init(slotCount: Int) { owners = Locked(Array(repeating: -1, count: slotCount)) }
     func claim(_ slot: Int, by worker: Int) -> Bool {
         owners.withLock { table in
             guard table[slot] == -1 else { return false }

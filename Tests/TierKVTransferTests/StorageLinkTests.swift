@@ -78,10 +78,10 @@ import Glibc
 
 /// Counts completions down and calls `finished` after the last.
 final class Countdown: Sendable {
-    private let state: Mutex<(left: Int, failures: Int)>
+    private let state: Locked<(left: Int, failures: Int)>
     private let finished: @Sendable () -> Void
     init(_ count: Int, finished: @escaping @Sendable () -> Void) {
-        state = Mutex((count, 0))
+        state = Locked((count, 0))
         self.finished = finished
     }
     func tick(_ outcome: TransferOutcome) {
@@ -96,7 +96,7 @@ final class Countdown: Sendable {
 }
 
 final class OutcomeBox: Sendable {
-    private let value = Mutex<Int32?>(nil)
+    private let value = Locked<Int32?>(nil)
     func set(_ outcome: TransferOutcome) {
         if case .failed(let error) = outcome { value.withLock { $0 = error.errno } }
     }

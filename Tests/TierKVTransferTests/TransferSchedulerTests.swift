@@ -13,7 +13,7 @@ final class ManualLink: TransferLink, Sendable {
         let label: String
         let completion: @Sendable (TransferOutcome) -> Void
     }
-    let started = Mutex<[Started]>([])
+    let started = Locked<[Started]>([])
     var name: String { "manual" }
     func byteCount(of request: (String, Int)) -> Int { request.1 }
     func start(_ request: (String, Int), completion: @escaping @Sendable (TransferOutcome) -> Void) {
@@ -35,7 +35,7 @@ final class ManualClock: TransferClock, Sendable {
 
 /// Collects outcomes by label.
 final class Outcomes: Sendable {
-    let values = Mutex<[String: String]>([:])
+    let values = Locked<[String: String]>([:])
     func record(_ label: String) -> @Sendable (TransferOutcome) -> Void {
         { outcome in
             let text: String
@@ -158,7 +158,7 @@ final class Outcomes: Sendable {
 
 /// Waits for one completion.
 final class Completion: Sendable {
-    private let outcome = Mutex<Bool?>(nil)
+    private let outcome = Locked<Bool?>(nil)
     private let semaphore = DispatchSemaphore(value: 0)
     func signal(_ value: TransferOutcome) {
         outcome.withLock { if case .completed = value { $0 = true } else { $0 = false } }
