@@ -58,7 +58,7 @@ extension BlockStore {
                                 try? allocator.free(item.slot)
                                 continue
                             }
-                            try? allocator.free(previous.slot)
+                            retire(previous.slot, &state)
                         }
                         state.index[item.key] = Entry(slot: item.slot, sequence: item.sequence, payloadByteCount: item.payload)
                     }
@@ -71,10 +71,10 @@ extension BlockStore {
                 while next < count, let position = free.last, shouldContinue() {
                     // Copy-on-write needs a free slot; old copies are freed at the flush, so a
                     // transient shortage is resolved by flushing or by waiting, not by failing.
-                    var slot = allocator.allocate()
+                    var slot = allocateSlot(&state)
                     if slot == nil, !done.isEmpty {
                         flushAndAcknowledge()
-                        slot = allocator.allocate()
+                        slot = allocateSlot(&state)
                     }
                     guard let slot else {
                         if !positions.isEmpty { break }  // wait for in-flight writes, then retry
@@ -209,7 +209,7 @@ extension BlockStore {
                 } else if case .corrupt = outcome {
                     summary.corrupt += 1
                     state.statistics.corruptions += 1
-                    if let entry = state.index.removeValue(forKey: item.key) { try? allocator.free(entry.slot) }
+                    if let entry = state.index.removeValue(forKey: item.key) { retire(entry.slot, &state) }
                 } else {
                     summary.completed += 1
                 }

@@ -41,6 +41,8 @@ public final class BlockStore: @unchecked Sendable {
         var index: [BlockKey: Entry] = [:]
         var nextSequence: UInt64 = 1
         var statistics = Statistics()
+        /// Indexed slots freed since the last checkpoint: not reused until the next one.
+        var retired: [Int] = []
     }
 
     public struct Statistics: Sendable, Equatable {
@@ -57,6 +59,11 @@ public final class BlockStore: @unchecked Sendable {
         /// Slots found at open: valid copies indexed, corrupt or superseded ones freed.
         public var recoveredBlocks = 0
         public var discardedSlots = 0
+        /// Slot headers read at open (all of them without a valid checkpoint).
+        public var scannedSlots = 0
+        public var checkpoints = 0
+        /// Whether the open used a valid checkpoint.
+        public var openedFromCheckpoint = false
     }
 
     public struct Write: @unchecked Sendable {
@@ -100,7 +107,17 @@ public final class BlockStore: @unchecked Sendable {
         allocator = try SlotAllocator(slotCount: geometry.slotCount, shardCount: 1)
         state = Locked(State())
         self.syncsWrites = syncsWrites
-        if !file.wasCreated { try recover() }
+        let checkpointPath = file.directory + "/" + Self.checkpointFileName
+        if file.wasCreated {
+            unlink(checkpointPath)  // an index from an earlier file must not describe this one
+        } else {
+            try recover()
+            // The old checkpoint may name slots recovery just freed; replace it now, or remove it
+            // (the next open then scans everything) so it can never hide a later write.
+            if (try? state.withLock { (state) throws(TierKVError) in try writeCheckpoint(&state) }) == nil {
+                unlink(checkpointPath)
+            }
+        }
     }
 
     public var geometry: BlockFile.Geometry { file.geometry }
@@ -116,7 +133,7 @@ public final class BlockStore: @unchecked Sendable {
     public func remove(_ key: BlockKey) -> Bool {
         state.withLock { state in
             guard let entry = state.index.removeValue(forKey: key) else { return false }
-            try? allocator.free(entry.slot)
+            retire(entry.slot, &state)
             state.statistics.blocks = state.index.count
             return true
         }
@@ -136,7 +153,7 @@ public final class BlockStore: @unchecked Sendable {
                     results[index] = .failed(.invalid("payload of \(block.payloadByteCount) bytes does not fit a \(payloadCapacity)-byte slot"))
                     continue
                 }
-                guard let slot = allocator.allocate() else {
+                guard let slot = allocateSlot(&state) else {
                     results[index] = .failed(TierKVError(.capacityExceeded, "the cold tier is full (\(geometry.slotCount) slots)"))
                     continue
                 }
@@ -168,7 +185,7 @@ public final class BlockStore: @unchecked Sendable {
             }
             for index in completed {
                 let key = blocks[index].key
-                if let previous = state.index[key] { try? allocator.free(previous.slot) }
+                if let previous = state.index[key] { retire(previous.slot, &state) }
                 state.index[key] = Entry(slot: slots[index], sequence: sequences[index], payloadByteCount: blocks[index].payloadByteCount)
                 results[index] = .stored
             }
@@ -201,7 +218,7 @@ public final class BlockStore: @unchecked Sendable {
                 if case .ioError = results[item.index] { state.statistics.readErrors += 1 }
                 if case .corrupt = results[item.index] {
                     state.statistics.corruptions += 1
-                    if let entry = state.index.removeValue(forKey: key) { try? allocator.free(entry.slot) }
+                    if let entry = state.index.removeValue(forKey: key) { retire(entry.slot, &state) }
                 }
             }
             for result in results {
@@ -313,12 +330,25 @@ public final class BlockStore: @unchecked Sendable {
         let headers = try AlignedBuffer(byteCount: batch * 4096)
         var candidates: [BlockKey: [(slot: Int, sequence: UInt64, payload: Int)]] = [:]
         var maximumSequence: UInt64 = 0
+        // With a valid checkpoint, its slots are known (they are never reused before the next
+        // checkpoint) and only the others can hold newer writes; without one, scan them all.
+        var toScan = Array(0..<slotCount)
+        let checkpoint = loadCheckpoint()
+        if let checkpoint {
+            var covered = Set<Int>()
+            for entry in checkpoint {
+                candidates[entry.key, default: []].append((entry.slot, entry.sequence, entry.payload))
+                maximumSequence = max(maximumSequence, entry.sequence)
+                covered.insert(entry.slot)
+            }
+            toScan = toScan.filter { !covered.contains($0) }
+        }
         var first = 0
-        while first < slotCount {
-            let count = min(batch, slotCount - first)
+        while first < toScan.count {
+            let count = min(batch, toScan.count - first)
             for index in 0..<count {
                 try ring.queueRead(descriptor: file.descriptor, into: headers.base + index * 4096, byteCount: 4096,
-                    fileOffset: file.offset(ofSlot: first + index), userData: UInt64(index))
+                    fileOffset: file.offset(ofSlot: toScan[first + index]), userData: UInt64(index))
             }
             try ring.submit()
             for _ in 0..<count {
@@ -338,7 +368,7 @@ public final class BlockStore: @unchecked Sendable {
                     layer: UInt32(littleEndian: base.load(fromByteOffset: 32, as: UInt32.self)))
                 let sequence = UInt64(littleEndian: base.load(fromByteOffset: 40, as: UInt64.self))
                 maximumSequence = max(maximumSequence, sequence)
-                candidates[key, default: []].append((first + index, sequence, payload))
+                candidates[key, default: []].append((toScan[first + index], sequence, payload))
             }
             first += count
         }
@@ -375,6 +405,8 @@ public final class BlockStore: @unchecked Sendable {
             state.nextSequence = maximumSequence + 1
             state.statistics.recoveredBlocks = recovered
             state.statistics.discardedSlots = discarded
+            state.statistics.scannedSlots = toScan.count
+            state.statistics.openedFromCheckpoint = checkpoint != nil
             state.statistics.blocks = index.count
         }
     }
