@@ -17,6 +17,8 @@ public struct AttentionBenchmark: Sendable {
         public var attentionSeconds: Double
         public var memorySeconds: Double
         public var summarySeconds: Double
+        /// The same summaries over keys packed contiguously (no V between blocks' keys).
+        public var contiguousSummarySeconds: Double
         public var threads: Int
         public var batch: Int
         public var contextTokens: Int
@@ -27,6 +29,9 @@ public struct AttentionBenchmark: Sendable {
         public var ratioToMemory: Double { attentionGBPerSecond / memoryGBPerSecond }
         /// Bytes of K read per second by the key-summary kernel (it reads only K: half the cache).
         public var summaryGBPerSecond: Double { Double(kvByteCount / 2) / summarySeconds / 1e9 }
+        /// Bytes of K per second when the keys are contiguous: the kernel without the paged
+        /// layout's cost (the hardware prefetcher also pulls in the V that follows each block's K).
+        public var contiguousSummaryGBPerSecond: Double { Double(kvByteCount / 2) / contiguousSummarySeconds / 1e9 }
         /// KV tokens attended per second (batch × context ÷ time), for one layer.
         public var tokensPerSecond: Double { Double(batch * contextTokens) / attentionSeconds }
         /// Decode steps per second for one layer (batch ÷ time).
@@ -88,6 +93,10 @@ public struct AttentionBenchmark: Sendable {
         var attentionTimes: [Double] = []
         var memoryTimes: [Double] = []
         var summaryTimes: [Double] = []
+        var contiguousSummaryTimes: [Double] = []
+        let keysOnly = try HostArena(.init(
+            slotByteCount: halfBlockBytes, slotCount: batch * blocksPerSequence, numaNode: numaNode))
+        Self.fill(keysOnly.region, dtype: shape.dtype)
         try query.withUnsafeBufferPointer { (queries) throws(TierKVError) in
             try blocks.withUnsafeBufferPointer { (blockBuffer) throws(TierKVError) in
                 let sequences = (0..<batch).map { index in
@@ -108,13 +117,20 @@ public struct AttentionBenchmark: Sendable {
                                 into: summaries + index * shape.kvHeads * 3 * shape.headDim)
                         }
                     })
+                    contiguousSummaryTimes.append(Self.time {
+                        attention.pool.run(count: blockBuffer.count) { _, index in
+                            CPUAttention.keySummary(
+                                shape, keys: keysOnly.address(ofSlot: index), tokenCount: blockBuffer[index].tokenCount,
+                                into: summaries + index * shape.kvHeads * 3 * shape.headDim)
+                        }
+                    })
                     progress("iteration \(iteration + 1)/\(iterations): attention \(Self.milliseconds(attentionTimes.last!)) ms, memory read \(Self.milliseconds(memoryTimes.last!)) ms")
                 }
             }
         }
         return Result(
             kvByteCount: kvBytes, attentionSeconds: median(attentionTimes), memorySeconds: median(memoryTimes),
-            summarySeconds: median(summaryTimes), threads: attention.pool.threadCount, batch: batch, contextTokens: contextTokens)
+            summarySeconds: median(summaryTimes), contiguousSummarySeconds: median(contiguousSummaryTimes), threads: attention.pool.threadCount, batch: batch, contextTokens: contextTokens)
     }
 
     /// Reads the K and V bytes of every slot with the STREAM-like kernel on the pool's threads.

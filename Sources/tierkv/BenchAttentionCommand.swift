@@ -58,6 +58,8 @@ struct BenchAttentionCommand: ParsableCommand {
                 ("decode_steps_per_s", .number(result.decodeStepsPerSecond)), ("attention_ms", .number(result.attentionSeconds * 1000)),
                 ("key_summary_gb_per_s", .number(result.summaryGBPerSecond)),
                 ("key_summary_ratio_to_memory", .number(result.summaryGBPerSecond / result.memoryGBPerSecond)),
+                ("key_summary_contiguous_gb_per_s", .number(result.contiguousSummaryGBPerSecond)),
+                ("key_summary_contiguous_ratio_to_memory", .number(result.contiguousSummaryGBPerSecond / result.memoryGBPerSecond)),
             ]))
         } else {
             Output.printTable(nil, [
@@ -66,7 +68,8 @@ struct BenchAttentionCommand: ParsableCommand {
                 ("memory read (same threads)", "\(Self.format(result.memoryGBPerSecond)) GB/s"),
                 ("ratio to memory", Self.format(result.ratioToMemory)),
                 ("KV tokens/s (one layer)", Self.format(result.tokensPerSecond)),
-                ("key summaries", "\(Self.format(result.summaryGBPerSecond)) GB/s of K (\(Self.format(result.summaryGBPerSecond / result.memoryGBPerSecond)) of memory)"),
+                ("key summaries (paged)", "\(Self.format(result.summaryGBPerSecond)) GB/s of K (\(Self.format(result.summaryGBPerSecond / result.memoryGBPerSecond)) of memory)"),
+                ("key summaries (contiguous K)", "\(Self.format(result.contiguousSummaryGBPerSecond)) GB/s (\(Self.format(result.contiguousSummaryGBPerSecond / result.memoryGBPerSecond)) of memory)"),
                 ("threads", "\(result.threads)"),
             ])
         }
