@@ -7,6 +7,7 @@
 //   TierKVHostArena warm tier: NUMA topology, pinned host arena.
 //   TierKVAccelerator hot tier: CUDA driver (dlopen) and the emulated accelerator.
 //   TierKVAttentionKernels SIMD kernels (x86-64-v3); TierKVAttention CPU decode attention on warm blocks.
+//   TierKVPolicies  eviction policies (LRU, LFU, S3-FIFO, H2O, TOVA, StreamingLLM): no dependencies.
 //   TierKVTransfer  the transfer engine: per-link priority scheduling over the tiers' links.
 //   TierKV        what engines import: the hierarchy, system report.
 //   tierkv        the command-line tool.
@@ -33,6 +34,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     ],
     targets: [
         .target(
@@ -49,6 +52,7 @@ let package = Package(
             name: "TierKVAttentionKernels", dependencies: ["TierKVCore", "CTierKVLinux"],
             swiftSettings: [.unsafeFlags(["-Xcc", "-march=x86-64-v3", "-Ounchecked"])]
         ),
+        .target(name: "TierKVPolicies", exclude: ["README.md"]),
         .target(name: "TierKVAttention", dependencies: ["TierKVCore", "TierKVAttentionKernels"], exclude: ["README.md"]),
         .target(
             name: "TierKVTransfer", dependencies: ["TierKVCore", "TierKVAccelerator", "TierKVStorage"], exclude: ["README.md"]),
@@ -56,9 +60,20 @@ let package = Package(
             name: "TierKV",
             dependencies: [
                 "TierKVCore", "TierKVStorage", "TierKVHostArena", "TierKVAccelerator", "TierKVTransfer", "TierKVAttention",
+                "TierKVPolicies",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ],
             exclude: ["README.md"]
+        ),
+        // Prometheus export for engines that scrape: kept out of `TierKV` so engines with their own
+        // metrics backend do not pull it in.
+        .target(
+            name: "TierKVPrometheus",
+            dependencies: [
+                "TierKV", .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]
         ),
         .executableTarget(
             name: "tierkv",
@@ -74,6 +89,8 @@ let package = Package(
         .testTarget(name: "TierKVTransferTests", dependencies: ["TierKV", "CTierKVLinux", "TierKVTestSupport"]),
         .testTarget(name: "TierKVStorageTests", dependencies: ["TierKVStorage", "TierKVTestSupport"]),
         .testTarget(name: "TierKVAttentionTests", dependencies: ["TierKVAttention", "TierKVTestSupport"]),
+        .testTarget(name: "TierKVPoliciesTests", dependencies: ["TierKVPolicies"]),
+        .testTarget(name: "HierarchyTests", dependencies: ["TierKV", "TierKVPrometheus", "TierKVTestSupport"]),
         .testTarget(name: "TierKVCLITests", dependencies: ["TierKV", "TierKVTestSupport"]),
     ]
 )

@@ -35,3 +35,60 @@ public final class Locked<Value>: @unchecked Sendable {
         return try body(&value)
     }
 }
+
+/// A value behind a pthread mutex with a condition variable, for code that must wait until
+/// another thread changes the value (a free slot, a finished transfer).
+public final class ConditionLocked<Value>: @unchecked Sendable {
+    // @unchecked: `value` is only touched with the mutex held.
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let condition: UnsafeMutablePointer<pthread_cond_t>
+    private var value: Value
+
+    /// What a `waitingWithLock` step decided.
+    public enum Step<Result> {
+        case done(Result)
+        /// Release the lock until another thread calls `broadcast`, then run the step again.
+        case wait
+    }
+
+    public init(_ value: Value) {
+        self.value = value
+        mutex = .allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(mutex, nil)
+        condition = .allocate(capacity: 1)
+        condition.initialize(to: pthread_cond_t())
+        pthread_cond_init(condition, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        condition.deinitialize(count: 1)
+        condition.deallocate()
+        mutex.deinitialize(count: 1)
+        mutex.deallocate()
+    }
+
+    @inline(__always)
+    public func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body(&value)
+    }
+
+    /// Runs `step` under the lock until it returns `.done`, sleeping on the condition after each `.wait`.
+    public func waitingWithLock<Result, Failure: Error>(_ step: (inout Value) throws(Failure) -> Step<Result>) throws(Failure) -> Result {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        while true {
+            switch try step(&value) {
+            case .done(let result): return result
+            case .wait: pthread_cond_wait(condition, mutex)
+            }
+        }
+    }
+
+    /// Wakes every waiter; call after changing what they wait for (with or without the lock held).
+    public func broadcast() { pthread_cond_broadcast(condition) }
+}

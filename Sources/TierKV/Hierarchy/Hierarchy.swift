@@ -1,0 +1,391 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import TierKVAccelerator
+import TierKVCore
+import TierKVHostArena
+import TierKVPolicies
+import TierKVStorage
+import TierKVTransfer
+
+/// A live sequence in the engine (a request); blocks it stores are referenced by it until `drop`.
+public struct SequenceID: Hashable, Sendable, CustomStringConvertible {
+    public var rawValue: UInt64
+    public init(_ rawValue: UInt64) { self.rawValue = rawValue }
+    public var description: String { "seq\(rawValue)" }
+}
+
+/// What `store` did with a block.
+public enum StoreOutcome: Sendable, Equatable {
+    /// The bytes were copied into the warm tier (and queued for hot when admission says so).
+    case stored
+    /// A block with this key was already cached (a shared prefix): nothing was copied.
+    case alreadyCached
+}
+
+/// The longest cached prefix of a token sequence, in blocks (every layer of a block must be
+/// present for it to count), per tier: load from hot, load from warm (host→device copy), load
+/// from cold (NVMe read first), or recompute what is beyond `cached`.
+public struct PrefixLookup: Sendable, Equatable {
+    /// Leading blocks whose every layer is in hot.
+    public var inHot: Int
+    /// Leading blocks whose every layer is in hot or warm.
+    public var inHotOrWarm: Int
+    /// Leading blocks whose every layer is in some tier.
+    public var cached: Int
+    /// Blocks asked about.
+    public var requested: Int
+}
+
+/// What `flush` made durable.
+public struct FlushSummary: Sendable, Equatable {
+    public var written = 0
+    public var failed = 0
+}
+
+/// The tiered KV cache an inference engine talks to: one residency table over hot (accelerator),
+/// warm (NUMA-pinned host RAM) and cold (NVMe) tiers, with eviction policies per tier, pins,
+/// prefix sharing and prioritised movement between tiers.
+///
+/// Typical use per request: compute keys with `blockKeys(tokens:layer:)`, ask `lookupPrefix` how
+/// much is cached, `store` the KV of new blocks, and before each layer `makeResident` its blocks
+/// in hot, `wait`, run attention, `release`. `drop(sequence:)` when the request ends.
+///
+/// Thread-safe: any thread may call any method. One lock guards the residency table and is
+/// never held across I/O or a device copy; transfers run on the links' threads.
+public final class Hierarchy: @unchecked Sendable {
+    // @unchecked: all mutable state is in `state` (a lock); the tiers and links are thread-safe.
+    public let configuration: HierarchyConfiguration
+    public let accelerator: any Accelerator
+    public let hasher: PrefixHasher
+    let hotPool: DeviceSlotPool
+    let warmArena: HostArena
+    let coldStore: BlockStore?
+    let hostToDevice: TransferScheduler<AcceleratorLink>
+    let deviceToHost: TransferScheduler<AcceleratorLink>
+    let coldReads: TransferScheduler<ColdStoreLink>?
+    let coldWrites: TransferScheduler<ColdStoreLink>?
+    let state: ConditionLocked<HierarchyState>
+    let metrics: HierarchyMetrics
+    /// Offset of the payload in a warm slot: the cold slot header goes in front, so a warm slot
+    /// is written to NVMe as it is.
+    let warmPayloadOffset = ColdSlotHeader.byteCount
+    let blockByteCount: Int
+
+    /// Opens the tiers: allocates the hot slots on the accelerator, maps the warm arena, opens (or
+    /// creates) the cold block file and indexes the blocks it holds, so a restarted engine finds
+    /// its cache again.
+    /// - Throws: an invalid configuration (naming the field), a cache directory another process
+    ///   holds, a backend that cannot be opened, memory that cannot be allocated or locked.
+    public init(_ configuration: HierarchyConfiguration) throws(TierKVError) {
+        try configuration.validate()
+        self.configuration = configuration
+        let layout = configuration.layout
+        blockByteCount = layout.blockByteCount
+        hasher = try PrefixHasher(namespace: configuration.namespace, tokensPerBlock: layout.tokensPerBlock)
+        switch configuration.accelerator {
+        case .cuda(let ordinal): accelerator = try CUDADriver(ordinal: ordinal)
+        case .emulated(let link):
+            accelerator = EmulatedAccelerator(memoryByteCount: configuration.hotCapacityBlocks * blockByteCount + (1 << 20), link: link)
+        case .custom(let backend): accelerator = backend
+        }
+        hotPool = try DeviceSlotPool(accelerator: accelerator, slotByteCount: blockByteCount, slotCount: configuration.hotCapacityBlocks)
+        let slotByteCount = BlockFile.Geometry.slotByteCount(forPayload: blockByteCount)
+        warmArena = try HostArena(HostArena.Configuration(
+            slotByteCount: slotByteCount, slotCount: configuration.warmCapacityBlocks, numaNode: configuration.numaNode,
+            hugePages: configuration.hugePages, locksMemory: configuration.locksWarmMemory))
+        try accelerator.registerHostMemory(warmArena.region)
+        if configuration.coldCapacityBlocks > 0, let directory = configuration.cacheDirectory {
+            let store = try BlockStore(
+                directory: directory, geometry: BlockFile.Geometry(slotByteCount: slotByteCount, slotCount: configuration.coldCapacityBlocks),
+                allowBufferedFallback: configuration.coldAllowsBufferedFallback, faultInjector: configuration.coldFaultInjector)
+            coldStore = store
+            coldReads = TransferScheduler(link: ColdStoreLink(store: store, isWrite: false),
+                maximumBytesInFlight: configuration.maximumBytesInFlightPerLink, clock: configuration.clock)
+            coldWrites = TransferScheduler(link: ColdStoreLink(store: store, isWrite: true),
+                maximumBytesInFlight: configuration.maximumBytesInFlightPerLink, clock: configuration.clock)
+        } else {
+            coldStore = nil
+            coldReads = nil
+            coldWrites = nil
+        }
+        hostToDevice = TransferScheduler(link: try AcceleratorLink(accelerator: accelerator, direction: .hostToDevice),
+            maximumBytesInFlight: configuration.maximumBytesInFlightPerLink, clock: configuration.clock)
+        deviceToHost = TransferScheduler(link: try AcceleratorLink(accelerator: accelerator, direction: .deviceToHost),
+            maximumBytesInFlight: configuration.maximumBytesInFlightPerLink, clock: configuration.clock)
+        metrics = HierarchyMetrics(policies: [configuration.hotPolicy.name, configuration.warmPolicy.name, configuration.coldPolicy.name])
+        var initial = HierarchyState(
+            policies: [configuration.hotPolicy.makePolicy(), configuration.warmPolicy.makePolicy(), configuration.coldPolicy.makePolicy()],
+            capacity: [configuration.hotCapacityBlocks, configuration.warmCapacityBlocks, configuration.coldCapacityBlocks])
+        initial.statistics.hot.capacityBlocks = configuration.hotCapacityBlocks
+        initial.statistics.warm.capacityBlocks = configuration.warmCapacityBlocks
+        initial.statistics.cold.capacityBlocks = configuration.coldCapacityBlocks
+        if let coldStore {
+            initial.statistics.coldIsBuffered = !coldStore.file.isDirect
+            // Blocks durable from an earlier run: cache-only (no live sequence) until stored again.
+            for key in coldStore.keys.sorted() {
+                let id = initial.addRecord(key, position: -1)
+                initial.records[Int(id)].flags.insert(.inCold)
+                initial.used[Tier.cold.rawValue] += 1
+                initial.policies[Tier.cold.rawValue].insert(id, context: PolicyBlockContext(position: -1, layer: Int32(key.layer)))
+            }
+            initial.statistics.cold.residentBlocks = initial.used[Tier.cold.rawValue]
+        }
+        state = ConditionLocked(initial)
+    }
+
+    deinit {
+        try? accelerator.unregisterHostMemory(warmArena.region)
+    }
+
+    // MARK: Keys
+
+    /// The keys of `tokens`' full blocks at `layer` (a trailing partial block has no key yet).
+    public func blockKeys(tokens: [UInt32], layer: Int) -> [BlockKey] { hasher.blockKeys(tokens, layer: layer) }
+
+    /// The prefix hashes of `tokens`' full blocks (one per block, shared by all layers).
+    public func prefixHashes(tokens: [UInt32]) -> [PrefixHash] { hasher.blockHashes(tokens) }
+
+    // MARK: Storing
+
+    /// Stores one block's KV (`layout.blockByteCount` bytes: K then V, as the engine lays them
+    /// out) for `sequence`. Returns once the bytes are copied into pinned host memory: the caller
+    /// may reuse `bytes` at once. A key the hierarchy already holds is not copied again; the
+    /// sequence just references it (prefix sharing).
+    /// - Parameters:
+    ///   - position: the block's index in its sequence (policies such as StreamingLLM use it).
+    ///   - sequence: the sequence that references the block until `drop`; nil stores it as cache only.
+    /// - Throws: a wrong byte count; `.capacityExceeded` when no tier can take the block because
+    ///   every block is pinned or referenced and dropping is not allowed; `.closed`.
+    @discardableResult
+    public func store(
+        _ key: BlockKey, position: Int, bytes: UnsafeRawBufferPointer, sequence: SequenceID? = nil
+    ) throws(TierKVError) -> StoreOutcome {
+        guard bytes.count == blockByteCount, bytes.baseAddress != nil else {
+            throw .invalid("block \(key) has \(bytes.count) bytes; the layout's blocks have \(blockByteCount) (2 × \(configuration.layout.tokensPerBlock) tokens × \(configuration.layout.kvHeads) KV heads × \(configuration.layout.headDim) × \(configuration.layout.dtype.byteSize) bytes)")
+        }
+        guard Int(key.layer) < configuration.layout.layers else {
+            throw .invalid("block \(key) names layer \(key.layer); the layout has \(configuration.layout.layers) layers")
+        }
+        let reservation = try reserveForStore(key, position: Int32(clamping: position), sequence: sequence)
+        guard let (id, slot) = reservation else { return .alreadyCached }
+        memcpy(warmPayload(ofSlot: slot).baseAddress!, bytes.baseAddress!, blockByteCount)
+        commitStore(id)
+        return .stored
+    }
+
+    /// Stores every full block of `tokens` at `layer` from `kv(blockIndex)`, returning the keys.
+    @discardableResult
+    public func storeSequence(
+        tokens: [UInt32], layer: Int, sequence: SequenceID?, kv: (Int) -> UnsafeRawBufferPointer
+    ) throws(TierKVError) -> [BlockKey] {
+        let keys = blockKeys(tokens: tokens, layer: layer)
+        for (index, key) in keys.enumerated() { try store(key, position: index, bytes: kv(index), sequence: sequence) }
+        return keys
+    }
+
+    // MARK: Lookup
+
+    /// The longest prefix of `prefixHashes` (from `prefixHashes(tokens:)`) cached per tier.
+    public func lookupPrefix(_ prefixHashes: [PrefixHash]) -> PrefixLookup {
+        let layers = configuration.layout.layers
+        return state.withLock { state in
+            var lookup = PrefixLookup(inHot: 0, inHotOrWarm: 0, cached: 0, requested: prefixHashes.count)
+            var hotRun = true, warmRun = true
+            for hash in prefixHashes {
+                var allHot = true, allWarm = true, allCached = true
+                for layer in 0..<layers {
+                    guard let id = state.index[BlockKey(prefixHash: hash, layer: UInt32(layer))] else {
+                        allCached = false
+                        break
+                    }
+                    let flags = state.records[Int(id)].flags
+                    if !flags.contains(.inHot) { allHot = false }
+                    if flags.isDisjoint(with: [.inHot, .inWarm]) { allWarm = false }
+                    if flags.isDisjoint(with: [.inHot, .inWarm, .inCold]) { allCached = false; break }
+                }
+                guard allCached else { break }
+                lookup.cached += 1
+                warmRun = warmRun && allWarm
+                hotRun = hotRun && allHot
+                if warmRun { lookup.inHotOrWarm += 1 }
+                if hotRun { lookup.inHot += 1 }
+            }
+            return lookup
+        }
+    }
+
+    /// The longest cached prefix of `tokens`.
+    public func lookupPrefix(tokens: [UInt32]) -> PrefixLookup { lookupPrefix(prefixHashes(tokens: tokens)) }
+
+    /// Whether the hierarchy holds a copy of `key`, and the fastest tier holding it.
+    public func fastestTier(of key: BlockKey) -> Tier? {
+        state.withLock { state in
+            guard let id = state.index[key] else { return nil }
+            let flags = state.records[Int(id)].flags
+            if flags.contains(.inHot) { return .hot }
+            if flags.contains(.inWarm) { return .warm }
+            if flags.contains(.inCold) { return .cold }
+            return nil
+        }
+    }
+
+    // MARK: Residency
+
+    /// Makes `keys` resident in `tier` (hot for GPU attention, warm for CPU attention) and pins
+    /// them until `release`. Returns at once; blocks move on the links in the background, demand
+    /// fetches ahead of prefetches and write-backs. Keys the hierarchy lacks are listed in the
+    /// request's `missingKeys`.
+    /// - Throws: duplicate keys, a cold tier as target, or `.closed`.
+    public func makeResident(
+        _ keys: [BlockKey], in tier: Tier = .hot, priority: TransferPriority = .demand
+    ) throws(TierKVError) -> ResidencyRequest {
+        guard tier != .cold else { throw .invalid("blocks are made resident in the hot or warm tier, not cold") }
+        guard Set(keys).count == keys.count else { throw .invalid("makeResident was given the same key more than once") }
+        let request = try state.withLock { (state) throws(TierKVError) -> ResidencyRequest in
+            guard !state.isClosed else { throw TierKVError(.closed, "the hierarchy is closed") }
+            let ids = keys.map { key -> Int32? in
+                guard let id = state.index[key], state.records[Int(id)].flags.contains(.live) else { return nil }
+                return id
+            }
+            let request = ResidencyRequest(keys: keys, ids: ids, tier: tier, hierarchy: self)
+            admit(request, priority: priority, &state)
+            pump(&state)
+            return request
+        }
+        drainActions()
+        return request
+    }
+
+    /// Unpins the blocks of `request`; they stay resident until a policy evicts them. Releasing
+    /// twice is harmless.
+    public func release(_ request: ResidencyRequest) {
+        guard request.markReleased() else { return }
+        state.withLock { state in
+            unpin(request, &state)
+            pump(&state)
+        }
+        state.broadcast()
+        drainActions()
+    }
+
+    /// Copies a block's bytes out of whatever tier holds it (bringing it to warm if needed).
+    /// - Throws: `.notFound` when the hierarchy does not hold it, `.corruption` or an I/O error
+    ///   when its only copy cannot be read back.
+    public func read(_ key: BlockKey, into destination: UnsafeMutableRawBufferPointer) throws(TierKVError) {
+        guard destination.count >= blockByteCount else {
+            throw .invalid("destination has \(destination.count) bytes; a block has \(blockByteCount)")
+        }
+        let request = try makeResident([key], in: .warm)
+        defer { release(request) }
+        request.wait()
+        if !request.missingKeys.isEmpty { throw TierKVError(.notFound, "block \(key) is not cached") }
+        guard let bytes = request.hostBytes(at: 0) else {
+            throw TierKVError(.corruption, "block \(key) could not be read back: \(request.failures[key] ?? "unknown")")
+        }
+        destination.baseAddress!.copyMemory(from: bytes.baseAddress!, byteCount: blockByteCount)
+    }
+
+    // MARK: Feedback and lifetime
+
+    /// Reports the attention mass each block received in the last step (summed over its query
+    /// heads), for attention-aware policies (H2O, TOVA). Unknown keys are ignored.
+    public func reportAttention(_ keys: [BlockKey], mass: [Float]) throws(TierKVError) {
+        guard keys.count == mass.count else { throw .invalid("reportAttention got \(keys.count) keys and \(mass.count) masses") }
+        state.withLock { state in
+            for (key, value) in zip(keys, mass) {
+                guard let id = state.index[key] else { continue }
+                for policy in state.policies { policy.reportAttention(id, mass: value) }
+            }
+        }
+    }
+
+    /// Ends `sequence`: its blocks lose its reference. Blocks other sequences share stay
+    /// referenced; the rest stay cached (evictable, droppable) for future prefix hits.
+    public func drop(sequence: SequenceID) {
+        state.withLock { state in
+            guard let keys = state.sequences.removeValue(forKey: sequence.rawValue) else { return }
+            for key in keys {
+                guard let id = state.index[key] else { continue }
+                if state.records[Int(id)].references == 0 {
+                    state.statistics.referenceUnderflows += 1
+                } else {
+                    state.records[Int(id)].references -= 1
+                }
+            }
+            state.statistics.liveSequences = state.sequences.count
+            pump(&state)
+        }
+        state.broadcast()
+        drainActions()
+    }
+
+    /// Makes every block durable in the cold tier (ignoring the admission filter), waits for the
+    /// writes, and checkpoints the cold index so a restart opens fast.
+    @discardableResult
+    public func flush() throws(TierKVError) -> FlushSummary {
+        guard let coldStore else { return FlushSummary() }
+        let target = state.withLock { state in enqueueFlush(&state) }
+        drainActions()
+        let summary = state.waitingWithLock { state -> ConditionLocked<HierarchyState>.Step<FlushSummary> in
+            state.flushWritten + state.flushFailed >= target.total
+                ? .done(FlushSummary(written: state.flushWritten - target.written, failed: state.flushFailed - target.failed)) : .wait
+        }
+        try coldStore.checkpoint()
+        return summary
+    }
+
+    /// Waits for transfers in flight, optionally flushes, and closes. Later calls throw `.closed`.
+    public func close(flushing: Bool = false) throws(TierKVError) {
+        if flushing { try flush() }
+        state.waitingWithLock { state -> ConditionLocked<HierarchyState>.Step<Void> in
+            guard state.inFlight.isEmpty else { return .wait }
+            state.isClosed = true
+            return .done(())
+        }
+        try coldStore?.checkpoint()
+    }
+
+    // MARK: Observation
+
+    /// Counters and occupancy now.
+    public var statistics: HierarchyStatistics {
+        state.withLock { state in
+            var statistics = state.statistics
+            for tier in Tier.allCases {
+                var pinned = 0
+                for record in state.records where record.flags.contains(.live) {
+                    if tier == .hot, record.hotPins > 0 { pinned += 1 }
+                    if tier == .warm, record.warmPins > 0 { pinned += 1 }
+                }
+                switch tier {
+                case .hot: statistics.hot.pinnedBlocks = pinned
+                case .warm: statistics.warm.pinnedBlocks = pinned
+                case .cold: break
+                }
+            }
+            return statistics
+        }
+    }
+
+    /// Residency-table bytes per block: the record, its share of the key index, and the three
+    /// policies' metadata (measured from the structures' strides, not a malloc count).
+    public static func metadataBytesPerBlock(policies: [EvictionPolicyKind]) -> Int {
+        let record = MemoryLayout<BlockRecord>.stride
+        // Swift's Dictionary keeps its load factor ≤ 3/4: key + value + a metadata byte per bucket.
+        let indexEntry = (MemoryLayout<BlockKey>.stride + MemoryLayout<Int32>.stride + 1) * 4 / 3
+        let policyBytes = policies.reduce(0) { $0 + $1.metadataBytesPerBlock }
+        return record + indexEntry + policyBytes
+    }
+
+    /// Every invariant, checked over the whole table now, plus any violation seen while running.
+    /// Empty when all hold. Tests call it after every operation.
+    public func checkInvariants() -> [String] {
+        state.withLock { state in invariantViolations(state) }
+    }
+
+    /// The host bytes of a warm slot's payload.
+    func warmPayload(ofSlot slot: Int32) -> UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(start: warmArena.address(ofSlot: Int(slot)) + warmPayloadOffset, count: blockByteCount)
+    }
+}

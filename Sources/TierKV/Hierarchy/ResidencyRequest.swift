@@ -1,0 +1,116 @@
+import Dispatch
+import TierKVAccelerator
+import TierKVCore
+
+/// A set of blocks being made resident in one tier for one step (typically one layer), returned
+/// by `Hierarchy.makeResident`. Its blocks are pinned from the call until `Hierarchy.release`:
+/// they cannot be evicted or moved while the engine uses them.
+///
+/// Wait with `wait()` (blocks the calling thread) or poll `isReady`. Then read each block's
+/// address: `deviceAddress(at:)` for the hot tier, `hostBytes(at:)` for the warm tier. Blocks the
+/// hierarchy does not hold, or could not bring back (a corrupt cold copy), are listed in
+/// `missingKeys` and `failures`: the engine recomputes them. Thread-safe.
+public final class ResidencyRequest: @unchecked Sendable {
+    // @unchecked: mutable state is behind `state`'s lock; the rest is immutable.
+    public let keys: [BlockKey]
+    public let tier: Tier
+    let ids: [Int32?]
+    private let indexByID: [Int32: Int]
+    private let hierarchy: Hierarchy
+    private let group = DispatchGroup()
+    private let state: Locked<State>
+
+    struct State {
+        var slots: [Int32]
+        var remaining: Int
+        var failures: [Int: String] = [:]
+        var isReleased = false
+        var readyNanoseconds: UInt64?
+    }
+
+    init(keys: [BlockKey], ids: [Int32?], tier: Tier, hierarchy: Hierarchy) {
+        self.keys = keys
+        self.ids = ids
+        self.tier = tier
+        self.hierarchy = hierarchy
+        var indexByID: [Int32: Int] = [:]
+        for (index, id) in ids.enumerated() { if let id { indexByID[id] = index } }
+        self.indexByID = indexByID
+        let pending = ids.count { $0 != nil }
+        state = Locked(State(slots: Array(repeating: -1, count: keys.count), remaining: pending))
+        if pending > 0 { group.enter() }
+    }
+
+    /// Blocks until every block arrived or failed.
+    public func wait() { group.wait() }
+
+    /// Waits at most `seconds`; returns whether the request is ready.
+    public func wait(seconds: Double) -> Bool {
+        group.wait(timeout: .now() + .nanoseconds(Int(seconds * 1e9))) == .success
+    }
+
+    public var isReady: Bool { state.withLock { $0.remaining == 0 } }
+
+    /// Keys the hierarchy does not hold at all.
+    public var missingKeys: [BlockKey] { zip(keys, ids).compactMap { $1 == nil ? $0 : nil } }
+
+    /// Blocks that could not be made resident, with the reason (corrupt cold copy, I/O error).
+    public var failures: [BlockKey: String] {
+        state.withLock { state in Dictionary(uniqueKeysWithValues: state.failures.map { (keys[$0.key], $0.value) }) }
+    }
+
+    /// When the last block arrived, on the hierarchy's clock (virtual time in the simulator).
+    public var readyNanoseconds: UInt64? { state.withLock { $0.readyNanoseconds } }
+
+    /// The hot-tier address of block `index`, or nil when it is missing or failed (or the request
+    /// is not ready). Valid until `release`.
+    public func deviceAddress(at index: Int) -> DeviceAddress? {
+        guard tier == .hot, let slot = resolvedSlot(index) else { return nil }
+        return hierarchy.hotPool.address(ofSlot: Int(slot))
+    }
+
+    /// The warm-tier bytes of block `index` (pinned host memory), or nil when missing or failed.
+    /// Valid until `release`.
+    public func hostBytes(at index: Int) -> UnsafeRawBufferPointer? {
+        guard tier == .warm, let slot = resolvedSlot(index) else { return nil }
+        return UnsafeRawBufferPointer(hierarchy.warmPayload(ofSlot: slot))
+    }
+
+    private func resolvedSlot(_ index: Int) -> Int32? {
+        state.withLock { state in
+            guard index >= 0, index < keys.count, state.slots[index] >= 0, state.failures[index] == nil else { return nil }
+            return state.slots[index]
+        }
+    }
+
+    // Called by the hierarchy with its lock held.
+
+    func arrived(_ id: Int32, slot: Int32, nanoseconds: UInt64) {
+        guard let index = indexByID[id] else { return }
+        finish(index, nanoseconds: nanoseconds) { $0.slots[index] = slot }
+    }
+
+    func failed(_ id: Int32, reason: String, nanoseconds: UInt64) {
+        guard let index = indexByID[id] else { return }
+        finish(index, nanoseconds: nanoseconds) { $0.failures[index] = reason }
+    }
+
+    private func finish(_ index: Int, nanoseconds: UInt64, _ update: (inout State) -> Void) {
+        let isComplete = state.withLock { state -> Bool in
+            guard state.slots[index] < 0, state.failures[index] == nil, state.remaining > 0 else { return false }
+            update(&state)
+            state.remaining -= 1
+            if state.remaining == 0 { state.readyNanoseconds = nanoseconds }
+            return state.remaining == 0
+        }
+        if isComplete { group.leave() }
+    }
+
+    /// Marks the request released; false when it already was.
+    func markReleased() -> Bool {
+        state.withLock { state in
+            defer { state.isReleased = true }
+            return !state.isReleased
+        }
+    }
+}
