@@ -4,6 +4,7 @@
 @_exported import TierKVHostArena
 @_exported import TierKVStorage
 @_exported import TierKVTransfer
+@_exported import TierKVPolicies
 
 /// The library's version, also printed by `tierkv --version` and the C ABI.
 public enum TierKVVersion {

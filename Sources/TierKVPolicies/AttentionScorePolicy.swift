@@ -13,6 +13,8 @@ public final class AttentionScorePolicy: EvictionPolicy {
 
     private var heap = IndexedHeap<Key>()
     private var insertions: UInt64 = 0
+    /// Insertion number per id, apart from the heap so the victim search can read it.
+    private var insertionOf: [UInt64] = []
     public let mode: Mode
     public let recentWindow: Int
 
@@ -27,6 +29,10 @@ public final class AttentionScorePolicy: EvictionPolicy {
     public func insert(_ id: Int32, context: PolicyBlockContext) {
         guard !heap.contains(id) else { return }
         insertions += 1
+        if Int(id) >= insertionOf.count {
+            insertionOf.append(contentsOf: repeatElement(0, count: max(Int(id) + 1, insertionOf.count * 2, 64) - insertionOf.count))
+        }
+        insertionOf[Int(id)] = insertions
         heap.set(id, key: Key(score: 0, insertion: insertions))
     }
 
@@ -42,8 +48,7 @@ public final class AttentionScorePolicy: EvictionPolicy {
 
     public func victim(where isEvictable: (Int32) -> Bool) -> Int32? {
         let newestProtected = insertions >= UInt64(recentWindow) ? insertions - UInt64(recentWindow) : 0
-        return heap.firstMinimum { id in
-            (heap.key(of: id).map { $0.insertion <= newestProtected } ?? false) && isEvictable(id)
-        }
+        let insertionOf = insertionOf
+        return heap.firstMinimum { id in insertionOf[Int(id)] <= newestProtected && isEvictable(id) }
     }
 }

@@ -48,6 +48,7 @@ public final class BlockFile: @unchecked Sendable {
     /// Whether the file was created by this open (versus an existing cache reopened).
     public let wasCreated: Bool
     private let lockDescriptor: Int32
+    private let isLockReleased = Locked(false)
 
     /// Opens (or creates) the block file in `directory`.
     /// - Parameter allowBufferedFallback: on a filesystem without O_DIRECT (EINVAL), open buffered
@@ -156,7 +157,17 @@ public final class BlockFile: @unchecked Sendable {
 
     deinit {
         close(descriptor)
-        close(lockDescriptor)  // releases the flock
+        releaseDirectoryLock()
+    }
+
+    /// Gives up the directory lock now (on close), so another opener can take the directory even
+    /// while a completion thread still holds the last reference to this file. Idempotent.
+    public func releaseDirectoryLock() {
+        let shouldClose = isLockReleased.withLock { released in
+            defer { released = true }
+            return !released
+        }
+        if shouldClose { close(lockDescriptor) }  // releases the flock
     }
 
     /// Byte offset of a slot in the file.

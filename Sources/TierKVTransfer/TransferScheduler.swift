@@ -119,7 +119,12 @@ public final class TransferScheduler<Link: TransferLink>: Sendable {
                     let fits = state.statistics.inFlightBytes + candidate.byteCount <= maximumBytesInFlight
                     guard fits || state.inFlightCount == 0 else { return nil }
                     state.queueHeads[queue] += 1
-                    if state.queueHeads[queue] > 64, state.queueHeads[queue] * 2 > state.queues[queue].count {
+                    // Drop started entries (they hold their completion closures and whatever those
+                    // capture): at once when the queue empties, else in amortised chunks.
+                    if state.queueHeads[queue] == state.queues[queue].count {
+                        state.queues[queue].removeAll(keepingCapacity: true)
+                        state.queueHeads[queue] = 0
+                    } else if state.queueHeads[queue] > 64, state.queueHeads[queue] * 2 > state.queues[queue].count {
                         state.queues[queue].removeFirst(state.queueHeads[queue])
                         state.queueHeads[queue] = 0
                     }

@@ -232,6 +232,7 @@ extension Hierarchy {
         startWarmArrivals(&state)
         startHotArrivals(&state)
         startFlushWrites(&state)
+        failArrivalsThatCannotProceed(&state)
         for tier in [Tier.hot, .warm] {
             let high = Int((Double(state.capacity[tier.rawValue]) * configuration.highWatermark).rounded(.down))
             let low = Int((Double(state.capacity[tier.rawValue]) * configuration.lowWatermark).rounded(.down))
@@ -244,6 +245,28 @@ extension Hierarchy {
                 if evictOne(tier, urgent: false, &state) == .none { break }
             }
         }
+    }
+
+    /// With nothing in flight or queued to start, an arrival that still finds no slot never will
+    /// (every slot is pinned or holds a block that cannot move down): its requests fail with the
+    /// reason instead of waiting forever. Releasing requests or larger tiers fix it.
+    private func failArrivalsThatCannotProceed(_ state: inout HierarchyState) {
+        guard state.inFlight.isEmpty, state.actions.isEmpty else { return }
+        while let next = state.wantWarm.first {
+            state.wantWarm.removeFirst()
+            failStuckArrival(next.id, tier: .warm, &state)
+        }
+        while let next = state.wantHot.first {
+            state.wantHot.removeFirst()
+            failStuckArrival(next.id, tier: .hot, &state)
+        }
+    }
+
+    private func failStuckArrival(_ id: Int32, tier: Tier, _ state: inout HierarchyState) {
+        state.records[Int(id)].flags.subtract([.queuedHot, .queuedWarm])
+        let capacity = state.capacity[tier.rawValue]
+        let reason = "the \(tier) tier has no slot it can free: its \(capacity) slots hold pinned blocks or blocks that cannot move down; release requests or enlarge the tier"
+        failWaiters(id, reason: reason, &state)
     }
 
     private func startWarmArrivals(_ state: inout HierarchyState) {
@@ -389,7 +412,7 @@ extension Hierarchy {
         }
         // Waiting to go up to hot (pinned for hot, not there yet): its warm copy is the source.
         if record.hotPins > 0, !flags.contains(.inHot) { return false }
-        if record.copyCount > 1 { return true }
+        if hasCopyBesidesWarm(record) { return true }
         if isDroppable(record) { return true }
         return coldStore != nil && !flags.contains(.coldWriteFailed)
     }
@@ -408,12 +431,16 @@ extension Hierarchy {
         case .hot:
             guard let id = policy.victim(where: { isEvictableFromHot(state.records[Int($0)]) }) else { return .none }
             let record = state.records[Int(id)]
-            let needsCopyDown = !record.flags.contains(.inWarm) && !(configuration.warmTierIsInclusive && record.flags.contains(.inCold))
-            if !needsCopyDown {
+            if record.flags.contains(.inWarm) || (configuration.warmTierIsInclusive && record.flags.contains(.inCold)) {
                 freeHotCopy(id, &state)
                 return .freed
             }
-            guard let slot = takeSlot(.warm, urgent: urgent, &state) else { return .none }
+            guard let slot = takeSlot(.warm, urgent: urgent, &state) else {
+                // No warm room for the copy down: a durable or cache-only block may just leave hot.
+                guard record.flags.contains(.inCold) || isDroppable(record) else { return .none }
+                freeHotCopy(id, &state)
+                return .freed
+            }
             state.records[Int(id)].flags.formUnion([.loadingWarmFromHot, .evictingHot])
             state.records[Int(id)].warmSlot = slot
             state.demoting[Tier.hot.rawValue] += 1
@@ -422,7 +449,7 @@ extension Hierarchy {
         case .warm:
             guard let id = policy.victim(where: { isEvictableFromWarm(state.records[Int($0)]) }) else { return .none }
             let record = state.records[Int(id)]
-            if record.copyCount > 1 {
+            if hasCopyBesidesWarm(record) {
                 freeWarmCopy(id, &state)
                 return .freed
             }
@@ -449,6 +476,14 @@ extension Hierarchy {
         case .cold:
             return evictCold(&state) ? .freed : .none
         }
+    }
+
+    /// Whether freeing the warm copy leaves a copy that needs no warm slot later: durable in cold,
+    /// or in hot when the warm tier is exclusive. (With an inclusive warm tier a hot copy does
+    /// not count: hot evictions then never need a warm slot, which keeps a full warm tier from
+    /// blocking hot.)
+    func hasCopyBesidesWarm(_ record: BlockRecord) -> Bool {
+        record.flags.contains(.inCold) || (!configuration.warmTierIsInclusive && record.flags.contains(.inHot))
     }
 
     /// Whether the block's last copy may be freed: no live sequence needs it, or dropping is allowed.
@@ -587,7 +622,10 @@ extension Hierarchy {
                 state.isDraining = false
                 return !state.actions.isEmpty
             }
-            if !more { return }
+            if !more {
+                state.broadcast()  // `close` waits for the drain to end
+                return
+            }
         }
     }
 

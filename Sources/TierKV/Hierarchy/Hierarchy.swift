@@ -337,13 +337,15 @@ public final class Hierarchy: @unchecked Sendable {
 
     /// Waits for transfers in flight, optionally flushes, and closes. Later calls throw `.closed`.
     public func close(flushing: Bool = false) throws(TierKVError) {
+        if state.withLock({ $0.isClosed }) { return }
         if flushing { try flush() }
         state.waitingWithLock { state -> ConditionLocked<HierarchyState>.Step<Void> in
-            guard state.inFlight.isEmpty else { return .wait }
+            guard state.inFlight.isEmpty, !state.isDraining else { return .wait }
             state.isClosed = true
             return .done(())
         }
         try coldStore?.checkpoint()
+        coldStore?.file.releaseDirectoryLock()
     }
 
     // MARK: Observation

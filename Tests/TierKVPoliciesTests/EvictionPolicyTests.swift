@@ -1,0 +1,126 @@
+import Testing
+import TierKVPolicies
+
+private func context(_ position: Int32) -> PolicyBlockContext { PolicyBlockContext(position: position, layer: 0) }
+
+/// Evicts until `count` victims are found (removing each), with nothing pinned.
+private func evictions(_ policy: any EvictionPolicy, _ count: Int, pinned: Set<Int32> = []) -> [Int32] {
+    var out: [Int32] = []
+    for _ in 0..<count {
+        guard let victim = policy.victim(where: { !pinned.contains($0) }) else { break }
+        policy.remove(victim)
+        out.append(victim)
+    }
+    return out
+}
+
+@Suite struct EvictionPolicyTests {
+    @Test func lruEvictsTheLeastRecentlyUsedAndSkipsPinned() {
+        let policy = LRUPolicy()
+        for id in Int32(0)..<5 { policy.insert(id, context: context(id)) }
+        policy.access(0)
+        policy.access(2)
+        #expect(evictions(policy, 2, pinned: [1]) == [3, 4])
+        #expect(evictions(policy, 3) == [1, 0, 2])
+        #expect(policy.count == 0)
+    }
+
+    @Test func lfuEvictsTheLeastFrequentAndAgingLetsOldFavouritesGo() {
+        let policy = LFUPolicy(agingInterval: 1_000_000)
+        for id in Int32(0)..<3 { policy.insert(id, context: context(id)) }
+        for _ in 0..<5 { policy.access(0) }
+        policy.access(1)
+        #expect(evictions(policy, 1) == [2])
+        // With aging every 4 accesses, block 0's early popularity halves away while 1 keeps being used.
+        let aging = LFUPolicy(agingInterval: 4)
+        aging.insert(0, context: context(0))
+        aging.insert(1, context: context(1))
+        for _ in 0..<8 { aging.access(0) }
+        for _ in 0..<40 { aging.access(1); aging.access(1); aging.access(0) }
+        for _ in 0..<40 { aging.access(1) }
+        #expect(evictions(aging, 1) == [0])
+    }
+
+    @Test func s3fifoEvictsOneHitWondersBeforeReusedBlocks() {
+        let policy = S3FIFOPolicy(smallFraction: 0.1)
+        // Blocks 0..9 are reused; 100..109 are seen once.
+        for id in Int32(0)..<10 { policy.insert(id, context: context(id)) }
+        for id in Int32(0)..<10 { policy.access(id) }
+        for id in Int32(100)..<110 { policy.insert(id, context: context(id)) }
+        let victims = evictions(policy, 10)
+        #expect(Set(victims) == Set(Int32(100)..<110))
+        // A ghost hit goes straight to main: evicted 100 comes back and outlives fresh one-hit wonders.
+        policy.insert(100, context: context(0))
+        for id in Int32(200)..<203 { policy.insert(id, context: context(id)) }
+        #expect(!evictions(policy, 3).contains(100))
+    }
+
+    @Test(arguments: [AttentionScorePolicy.Mode.accumulated, .latest])
+    func attentionPoliciesEvictTheLowestMassOutsideTheWindow(mode: AttentionScorePolicy.Mode) {
+        let policy = AttentionScorePolicy(mode: mode, recentWindow: 2)
+        for id in Int32(0)..<6 { policy.insert(id, context: context(id)) }
+        // Step 1: block 1 is heavy, block 3 light. Step 2 reverses it (TOVA follows, H2O remembers).
+        for (id, mass) in [(0, 0.2), (1, 0.9), (2, 0.5), (3, 0.1)] as [(Int32, Float)] { policy.reportAttention(id, mass: mass) }
+        for (id, mass) in [(0, 0.2), (1, 0.0), (2, 0.5), (3, 0.8)] as [(Int32, Float)] { policy.reportAttention(id, mass: mass) }
+        let first = evictions(policy, 1)
+        #expect(first == (mode == .accumulated ? [0] : [1]))
+        // Blocks 4 and 5 (the window) are never chosen, even with zero mass.
+        let rest = evictions(policy, 10)
+        #expect(!rest.contains(4) && !rest.contains(5))
+        #expect(policy.count == 2)
+    }
+
+    @Test func streamingLLMKeepsSinksAndTheRecentWindow() {
+        let policy = StreamingLLMPolicy(sinks: 2, recentWindow: 3)
+        for id in Int32(0)..<10 { policy.insert(id, context: context(id)) }
+        #expect(evictions(policy, 20) == [2, 3, 4, 5, 6])
+        #expect(policy.count == 5)
+    }
+
+    @Test func kindsParseAndBuildTheirPolicies() {
+        for kind in EvictionPolicyKind.all {
+            #expect(EvictionPolicyKind(parsing: kind.name) == kind)
+            #expect(kind.makePolicy().name == kind.name)
+            #expect(kind.metadataBytesPerBlock > 0 && kind.metadataBytesPerBlock <= 40)
+        }
+        #expect(EvictionPolicyKind(parsing: "streamingllm:1:8") == .streamingLLM(sinks: 1, recentWindow: 8))
+        #expect(EvictionPolicyKind(parsing: "s3fifo:2") == nil)
+        #expect(EvictionPolicyKind(parsing: "mru") == nil)
+    }
+
+    @Test func indexedHeapOrdersUpdatesAndRemovals() {
+        var heap = IndexedHeap<Int>()
+        var generator = SplitMix(seed: 7)
+        var reference: [Int32: Int] = [:]
+        for step in 0..<2000 {
+            let id = Int32(generator.next() % 64)
+            if generator.next() % 4 == 0 {
+                heap.remove(id)
+                reference[id] = nil
+            } else {
+                let key = Int(generator.next() % 1000)
+                heap.set(id, key: key)
+                reference[id] = key
+            }
+            if step % 50 == 0, let minimum = heap.minimum {
+                #expect(reference[minimum] == reference.values.min())
+            }
+        }
+        var popped: [Int] = []
+        while let id = heap.popMinimum() { popped.append(reference[id]!) }
+        #expect(popped == popped.sorted())
+        #expect(popped.count == reference.count)
+    }
+}
+
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
