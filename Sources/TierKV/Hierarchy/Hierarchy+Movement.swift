@@ -203,7 +203,7 @@ extension Hierarchy {
 
     // MARK: Flush
 
-    func enqueueFlush(_ state: inout HierarchyState) -> (total: Int, written: Int, failed: Int) {
+    func enqueueFlush(_ state: inout HierarchyState) -> (written: Int, failed: Int) {
         let start = (written: state.flushWritten, failed: state.flushFailed)
         var count = 0
         for id in 0..<Int32(state.records.count) {
@@ -221,7 +221,8 @@ extension Hierarchy {
             }
         }
         pump(&state)
-        return (start.written + start.failed + count, start.written, start.failed)
+        _ = count
+        return start
     }
 
     // MARK: The pump
@@ -263,7 +264,8 @@ extension Hierarchy {
     }
 
     private func failStuckArrival(_ id: Int32, tier: Tier, _ state: inout HierarchyState) {
-        state.records[Int(id)].flags.subtract([.queuedHot, .queuedWarm])
+        if state.records[Int(id)].flags.contains(.queuedFlush) { state.flushFailed += 1 }
+        state.records[Int(id)].flags.subtract([.queuedHot, .queuedWarm, .queuedFlush])
         let capacity = state.capacity[tier.rawValue]
         let reason = "the \(tier) tier has no slot it can free: its \(capacity) slots hold pinned blocks or blocks that cannot move down; release requests or enlarge the tier"
         failWaiters(id, reason: reason, &state)
@@ -437,7 +439,9 @@ extension Hierarchy {
             }
             guard let slot = takeSlot(.warm, urgent: urgent, &state) else {
                 // No warm room for the copy down: a durable or cache-only block may just leave hot.
-                guard record.flags.contains(.inCold) || isDroppable(record) else { return .none }
+                // (Re-read: making warm room may have evicted this block's cold copy.)
+                let current = state.records[Int(id)]
+                guard current.flags.contains(.inCold) || isDroppable(current) else { return .none }
                 freeHotCopy(id, &state)
                 return .freed
             }
@@ -566,6 +570,7 @@ extension Hierarchy {
             record.flags.isDisjoint(with: [.loadingHot, .loadingWarm, .loadingWarmFromHot])
         else { return }
         state.statistics.droppedBlocks += 1
+        if record.flags.contains(.queuedFlush) { state.flushFailed += 1 }
         metrics.drops.increment()
         if record.references > 0 { state.statistics.droppedReferencedBlocks += 1 }
         failWaiters(id, reason: "block was dropped", &state)

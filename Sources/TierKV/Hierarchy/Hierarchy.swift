@@ -325,11 +325,12 @@ public final class Hierarchy: @unchecked Sendable {
     @discardableResult
     public func flush() throws(TierKVError) -> FlushSummary {
         guard let coldStore else { return FlushSummary() }
-        let target = state.withLock { state in enqueueFlush(&state) }
+        let start = state.withLock { state in enqueueFlush(&state) }
         drainActions()
+        // Done when no block is still marked for this flush (each ends written, failed or dropped).
         let summary = state.waitingWithLock { state -> ConditionLocked<HierarchyState>.Step<FlushSummary> in
-            state.flushWritten + state.flushFailed >= target.total
-                ? .done(FlushSummary(written: state.flushWritten - target.written, failed: state.flushFailed - target.failed)) : .wait
+            let pending = state.records.contains { $0.flags.contains(.live) && $0.flags.contains(.queuedFlush) }
+            return pending ? .wait : .done(FlushSummary(written: state.flushWritten - start.written, failed: state.flushFailed - start.failed))
         }
         try coldStore.checkpoint()
         return summary
