@@ -51,6 +51,16 @@ import TierKVTestSupport
         #expect(reopened.lookupPrefix(tokens: prompt).cached == 32)
     }
 
+    /// Residency metadata per block (record + key index + the three tiers' policy arrays, which
+    /// are indexed by block id): within the 128-byte aim with LRU; the heap-based
+    /// policies (LFU, H2O, TOVA) pay up to 182.
+    @Test(arguments: EvictionPolicyKind.all)
+    func metadataPerBlockFitsTheBudget(policy: EvictionPolicyKind) {
+        let bytes = Hierarchy.metadataBytesPerBlock(policies: [policy, policy, policy])
+        print("metadata per block with \(policy) in all three tiers: \(bytes) bytes")
+        #expect(bytes <= (policy == .lru ? 128 : 192))
+    }
+
     /// Prometheus export: the hierarchy's counters appear in the text exposition.
     @Test func prometheusExpositionCarriesTheHierarchyCounters() throws {
         let registry = TierKVPrometheus.bootstrap()
@@ -62,6 +72,7 @@ import TierKVTestSupport
         #expect(text.contains("tierkv_link_bytes_total{link=\"h2d\"}"))
         #expect(text.contains("tierkv_stored_blocks_total"))
         #expect(text.contains("tierkv_evictions_total"))
+        #expect(text.contains("tierkv_transfer_seconds"))
         try hierarchy.close()
     }
 }

@@ -635,15 +635,32 @@ extension Hierarchy {
     }
 
     private func start(_ action: MovementAction) {
+        let submitted = configuration.clock.nanoseconds()
+        let latency: @Sendable (Int) -> Void = { [self] link in
+            let now = configuration.clock.nanoseconds()
+            metrics.transferLatency[link].recordNanoseconds(Int64(clamping: now &- submitted))
+        }
         switch action {
         case .hostToDevice(let ids, let copies, let priority):
-            hostToDevice.submit(copies, priority: priority) { [self] outcome in finishHostToDevice(ids, outcome) }
+            hostToDevice.submit(copies, priority: priority) { [self] outcome in
+                latency(LinkIndex.hostToDevice)
+                finishHostToDevice(ids, outcome)
+            }
         case .deviceToHost(let ids, let copies, let priority):
-            deviceToHost.submit(copies, priority: priority) { [self] outcome in finishDeviceToHost(ids, outcome) }
+            deviceToHost.submit(copies, priority: priority) { [self] outcome in
+                latency(LinkIndex.deviceToHost)
+                finishDeviceToHost(ids, outcome)
+            }
         case .coldRead(let ids, let batch, let priority):
-            coldReads!.submit(batch, priority: priority) { [self] outcome in finishColdRead(ids, batch, outcome) }
+            coldReads!.submit(batch, priority: priority) { [self] outcome in
+                latency(LinkIndex.coldRead)
+                finishColdRead(ids, batch, outcome)
+            }
         case .coldWrite(let ids, let batch, let priority):
-            coldWrites!.submit(batch, priority: priority) { [self] outcome in finishColdWrite(ids, batch, outcome) }
+            coldWrites!.submit(batch, priority: priority) { [self] outcome in
+                latency(LinkIndex.coldWrite)
+                finishColdWrite(ids, batch, outcome)
+            }
         }
     }
 
