@@ -66,6 +66,8 @@ let package = Package(
             ],
             exclude: ["README.md"]
         ),
+        // The offload simulator: trace replay and (next) virtual-time runs of the real hierarchy.
+        .target(name: "TierKVSimulator", dependencies: ["TierKV", "TierKVPolicies"], exclude: ["README.md"]),
         // Prometheus export for engines that scrape: kept out of `TierKV` so engines with their own
         // metrics backend do not pull it in.
         .target(
@@ -77,7 +79,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "tierkv",
-            dependencies: ["TierKV", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["TierKV", "TierKVSimulator", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // Shared by the test targets: temporary directories, seeded generators, process helpers.
         .target(name: "TierKVTestSupport", dependencies: ["TierKVCore"], path: "Tests/TierKVTestSupport"),
@@ -91,6 +93,7 @@ let package = Package(
         .testTarget(name: "TierKVAttentionTests", dependencies: ["TierKVAttention", "TierKVTestSupport"]),
         .testTarget(name: "TierKVPoliciesTests", dependencies: ["TierKVPolicies"]),
         .testTarget(name: "HierarchyTests", dependencies: ["TierKV", "TierKVPrometheus", "TierKVTestSupport"]),
+        .testTarget(name: "TierKVSimulatorTests", dependencies: ["TierKVSimulator", "TierKVTestSupport"]),
         .testTarget(name: "TierKVCLITests", dependencies: ["TierKV", "TierKVTestSupport"]),
     ]
 )
