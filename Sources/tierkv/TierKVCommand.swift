@@ -7,6 +7,6 @@ struct TierKVCommand: ParsableCommand {
         commandName: "tierkv",
         abstract: "Tiered KV-cache offloading: accelerator, NUMA-pinned host RAM and NVMe through io_uring.",
         version: TierKVVersion.string,
-        subcommands: [DoctorCommand.self, BenchCommand.self, AttendCommand.self, StoreCommand.self, HashCommand.self]
+        subcommands: [SimulateCommand.self, DoctorCommand.self, BenchCommand.self, AttendCommand.self, StoreCommand.self, HashCommand.self]
     )
 }
