@@ -9,6 +9,7 @@ let mooncakeTracePath: String? = {
     let candidates: [String?] = [
         ProcessInfo.processInfo.environment["TIERKV_MOONCAKE_TRACE"],
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../../shared/traces/mooncake_conversation_trace.jsonl").standardized.path,
+        "/work/shared/traces/mooncake_conversation_trace.jsonl",
     ]
     return candidates.compactMap { $0 }.first { FileManager.default.fileExists(atPath: $0) }
 }()
@@ -42,11 +43,9 @@ func referenceLRUPrefixHitRate(requests: [[Int]], capacity: Int) -> (hits: Int, 
 }
 
 @Suite struct PrefixCacheReplayTests {
-    @Test func lruOnTheMooncakeTraceMatchesTheReferenceAndTheOracleBoundsEveryPolicy() throws {
-        guard let path = mooncakeTracePath else {
-            print("skipped: the Mooncake trace is not at ../shared/traces (set TIERKV_MOONCAKE_TRACE)")
-            return
-        }
+    @Test(.enabled(if: mooncakeTracePath != nil, "the Mooncake trace is not at ../shared/traces (set TIERKV_MOONCAKE_TRACE)"))
+    func lruOnTheMooncakeTraceMatchesTheReferenceAndTheOracleBoundsEveryPolicy() throws {
+        let path = try #require(mooncakeTracePath)
         let trace = try MooncakeTrace.load(path: path)
         #expect(trace.requests.count == 12_031)
         let capacity = 5_859
