@@ -41,8 +41,7 @@ import Glibc
         let device = try accelerator.deviceBytes(at: addresses[0]!, byteCount: smallLayout.blockByteCount)
         #expect(Array(device) == blockBytes(for: keys[0], count: smallLayout.blockByteCount))
         // Hot is full of pinned blocks: new stores still land (in warm) and the pinned ones stay.
-        for (position, key) in keys.enumerated() { try hierarchy.storeTestBlock(testKey(100 + position), position: position, sequence: SequenceID(2)) }
-        _ = key(keys)
+        for position in keys.indices { try hierarchy.storeTestBlock(testKey(100 + position), position: position, sequence: SequenceID(2)) }
         #expect(hierarchy.fastestTier(of: keys[0]) == .hot && hierarchy.fastestTier(of: keys[1]) == .hot)
         #expect(hierarchy.statistics.hot.pinnedBlocks == 2)
         hierarchy.release(request)
@@ -52,8 +51,6 @@ import Glibc
         #expect(missing.isReady)
         #expect(hierarchy.checkInvariants() == [])
     }
-
-    private func key(_ keys: [BlockKey]) -> BlockKey { keys[0] }
 
     @Test func prefixSharingStoresOnceAndDroppingOneSequenceKeepsTheOther() throws {
         let directory = try TemporaryDirectory()

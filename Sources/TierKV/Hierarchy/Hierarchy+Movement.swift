@@ -30,7 +30,7 @@ extension Hierarchy {
     func admit(_ request: ResidencyRequest, priority: TransferPriority, _ state: inout HierarchyState) {
         let now = configuration.clock.nanoseconds()
         let isDemand = priority == .demand
-        for (index, maybeID) in request.ids.enumerated() {
+        for maybeID in request.ids {
             guard let id = maybeID else {
                 state.statistics.hot.misses += 1
                 state.statistics.warm.misses += 1
@@ -38,7 +38,6 @@ extension Hierarchy {
                 metrics.recordLookup(tier: nil)
                 continue
             }
-            _ = index
             var record = state.records[Int(id)]
             record.seenCount &+= record.seenCount == .max ? 0 : 1
             let flags = record.flags
@@ -205,7 +204,6 @@ extension Hierarchy {
 
     func enqueueFlush(_ state: inout HierarchyState) -> (written: Int, failed: Int) {
         let start = (written: state.flushWritten, failed: state.flushFailed)
-        var count = 0
         for id in 0..<Int32(state.records.count) {
             let flags = state.records[Int(id)].flags
             guard flags.contains(.live), !flags.contains(.inCold), flags.isDisjoint(with: [.writingCold, .queuedFlush]),
@@ -213,7 +211,6 @@ extension Hierarchy {
             else { continue }
             state.records[Int(id)].flags.insert(.queuedFlush)
             state.records[Int(id)].flags.remove(.coldWriteFailed)
-            count += 1
             if flags.contains(.inWarm) {
                 state.wantFlush.append(id)
             } else if flags.contains(.inHot) {
@@ -221,7 +218,6 @@ extension Hierarchy {
             }
         }
         pump(&state)
-        _ = count
         return start
     }
 
