@@ -89,6 +89,19 @@ public final class ConditionLocked<Value>: @unchecked Sendable {
         }
     }
 
+    /// Like `waitingWithLock(_:)`, but before sleeping it calls `makeProgress` without the lock
+    /// held: while that returns true (something changed, e.g. a virtual clock ran an event) the
+    /// step runs again; when it returns false the thread sleeps on the condition as usual.
+    public func waitingWithLock<Result, Failure: Error>(
+        makingProgress makeProgress: () -> Bool, _ step: (inout Value) throws(Failure) -> Step<Result>
+    ) throws(Failure) -> Result {
+        while true {
+            let outcome = try withLock { (value) throws(Failure) in try step(&value) }
+            if case .done(let result) = outcome { return result }
+            if !makeProgress() { return try waitingWithLock(step) }
+        }
+    }
+
     /// Wakes every waiter; call after changing what they wait for (with or without the lock held).
     public func broadcast() { pthread_cond_broadcast(condition) }
 }

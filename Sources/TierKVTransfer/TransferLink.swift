@@ -38,8 +38,29 @@ public protocol TransferLink: AnyObject, Sendable {
 }
 
 /// Where time comes from: the monotonic clock in the library, a virtual clock in the simulator.
+///
+/// A clock also decides when a finished transfer is reported. A real clock reports it at once.
+/// A virtual clock (the simulator's) holds it until the transfer is done in modelled time, so the
+/// real manager and scheduler run unchanged over modelled links: they see transfers complete in
+/// the order and at the times the model says.
 public protocol TransferClock: Sendable {
     func nanoseconds() -> UInt64
+    /// A transfer of `byteCount` bytes starts on the link named `link` now. Returns a token for
+    /// `transferFinished`.
+    func transferStarted(link: String, byteCount: Int) -> UInt64
+    /// The link finished the transfer `token`; `deliver` runs when it is finished in this clock's
+    /// time (at once, on the calling thread, for a real clock).
+    func transferFinished(_ token: UInt64, deliver: @escaping @Sendable () -> Void)
+    /// Called by a thread about to wait for transfers to finish. A virtual clock runs its next
+    /// event on this thread (time moves to it) and returns true; a real clock returns false and
+    /// the caller waits as usual.
+    func advanceToNextEvent() -> Bool
+}
+
+extension TransferClock {
+    public func transferStarted(link: String, byteCount: Int) -> UInt64 { 0 }
+    public func transferFinished(_ token: UInt64, deliver: @escaping @Sendable () -> Void) { deliver() }
+    public func advanceToNextEvent() -> Bool { false }
 }
 
 /// `CLOCK_MONOTONIC`.

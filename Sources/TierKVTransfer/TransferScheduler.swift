@@ -137,8 +137,9 @@ public final class TransferScheduler<Link: TransferLink>: Sendable {
                 return nil
             }
             guard let next else { return }
-            link.start(next.request) { [self] outcome in
-                finish(next, outcome)
+            let token = clock.transferStarted(link: link.name, byteCount: next.byteCount)
+            link.start(next.request) { [self, clock] outcome in
+                clock.transferFinished(token) { [self] in finish(next, outcome) }
             }
         }
     }

@@ -14,7 +14,9 @@ import Glibc
         for (position, key) in keys.enumerated() {
             #expect(try hierarchy.storeTestBlock(key, position: position, sequence: SequenceID(1)) == .stored)
         }
-        // 12 blocks through 2 hot + 3 warm slots: the oldest went to cold.
+        // 12 blocks through 2 hot + 3 warm slots: the oldest went to cold. Admission to hot is
+        // asynchronous (a prefetch-priority copy): wait for it before looking.
+        hierarchy.waitUntilIdle()
         let tiers = keys.map { hierarchy.fastestTier(of: $0) }
         #expect(tiers.contains(.cold))
         #expect(tiers.contains(.hot))

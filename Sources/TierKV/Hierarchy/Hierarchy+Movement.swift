@@ -162,7 +162,7 @@ extension Hierarchy {
             case .cached: return nil
             case .reserved(let id, let slot): return (id, slot)
             case .retry(let generation):
-                state.waitingWithLock { state -> ConditionLocked<HierarchyState>.Step<Void> in
+                state.waitingWithLock(makingProgress: configuration.clock.advanceToNextEvent) { state -> ConditionLocked<HierarchyState>.Step<Void> in
                     state.generation != generation ? .done(()) : .wait
                 }
             }

@@ -328,7 +328,7 @@ public final class Hierarchy: @unchecked Sendable {
         let start = state.withLock { state in enqueueFlush(&state) }
         drainActions()
         // Done when no block is still marked for this flush (each ends written, failed or dropped).
-        let summary = state.waitingWithLock { state -> ConditionLocked<HierarchyState>.Step<FlushSummary> in
+        let summary = state.waitingWithLock(makingProgress: configuration.clock.advanceToNextEvent) { state -> ConditionLocked<HierarchyState>.Step<FlushSummary> in
             let pending = state.records.contains { $0.flags.contains(.live) && $0.flags.contains(.queuedFlush) }
             return pending ? .wait : .done(FlushSummary(written: state.flushWritten - start.written, failed: state.flushFailed - start.failed))
         }
@@ -340,13 +340,22 @@ public final class Hierarchy: @unchecked Sendable {
     public func close(flushing: Bool = false) throws(TierKVError) {
         if state.withLock({ $0.isClosed }) { return }
         if flushing { try flush() }
-        state.waitingWithLock { state -> ConditionLocked<HierarchyState>.Step<Void> in
+        state.waitingWithLock(makingProgress: configuration.clock.advanceToNextEvent) { state -> ConditionLocked<HierarchyState>.Step<Void> in
             guard state.inFlight.isEmpty, !state.isDraining else { return .wait }
             state.isClosed = true
             return .done(())
         }
         try coldStore?.checkpoint()
         coldStore?.file.releaseDirectoryLock()
+    }
+
+    /// Waits until no movement is in flight or ready to start: every store has landed where it
+    /// goes, demotions and write-backs have finished. Useful before inspecting placement (tests,
+    /// the simulator between phases); an engine never needs it.
+    public func waitUntilIdle() {
+        state.waitingWithLock(makingProgress: configuration.clock.advanceToNextEvent) { state -> ConditionLocked<HierarchyState>.Step<Void> in
+            state.inFlight.isEmpty && state.actions.isEmpty && !state.isDraining ? .done(()) : .wait
+        }
     }
 
     // MARK: Observation

@@ -42,7 +42,13 @@ public final class ResidencyRequest: @unchecked Sendable {
     }
 
     /// Blocks until every block arrived or failed.
-    public func wait() { group.wait() }
+    public func wait() {
+        // Under a virtual clock (the simulator) time moves only when a waiter runs its events.
+        let clock = hierarchy.configuration.clock
+        while !isReady {
+            if !clock.advanceToNextEvent() { return group.wait() }
+        }
+    }
 
     /// Waits at most `seconds`; returns whether the request is ready.
     public func wait(seconds: Double) -> Bool {
