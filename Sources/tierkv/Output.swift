@@ -20,8 +20,8 @@ enum Output {
         }
     }
 
-    static func printError(_ message: String) {
-        var line = message + "\n"
+    static func printError(_ message: String, newline: Bool = true) {
+        var line = message + (newline ? "\n" : "")
         line.withUTF8 { _ = write(STDERR_FILENO, $0.baseAddress, $0.count) }
     }
 }

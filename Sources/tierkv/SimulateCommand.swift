@@ -1,50 +1,98 @@
 import ArgumentParser
 import Dispatch
+import Foundation
 import TierKV
 import TierKVSimulator
 
 struct SimulateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "simulate",
-        abstract: "The offload simulator: replay a workload through TierKV's policies and report hit rates.",
+        abstract: "The offload simulator: replay a workload through the real TierKV hierarchy in virtual time.",
         discussion: """
-            Today: request traces in prefix-cache mode (--trace FILE --trace-format mooncake). A \
-            request's hits are its leading blocks cached before it is processed; then each block is \
-            touched or inserted, evicting by the policy over --capacity-blocks. Reported beside \
-            Bélády's MIN oracle on the same sequence. The policies are the ones the hierarchy runs.
-            The long-decode workload with virtual time over the real hierarchy is not built yet \
-            (issue 6); without --trace this command says so.
+            With no arguments: the long-decode workload (Llama-3.1-8B shape, 16K-token context, 128 \
+            decode steps, real vectors; hot = 10% of the KV bytes, warm = 30%, the rest cold; LRU) \
+            on an H100 SXM with PCIe Gen5 and a Gen4 NVMe drive. The real Hierarchy runs with an \
+            emulated accelerator for hot, a real warm arena and a real cold block file (in a temp \
+            directory, or --cache-dir) on a virtual clock whose links are the hardware's models.
+            Request traces: --trace FILE --trace-format mooncake replays in prefix-cache mode \
+            (capacity in 512-token blocks) beside Bélády's MIN oracle.
             """
     )
 
-    @Option(help: "A request trace (JSON lines).")
-    var trace: String?
+    // Workload
+    @Option(help: "Workload: long-decode.")
+    var workload: String = "long-decode"
+    @Option(help: "Model preset (\(ModelPreset.all.map(\.name).joined(separator: ", "))).")
+    var model: String = "llama-3.1-8b"
+    @Option(help: "Hardware preset (\(HardwarePreset.all.map(\.name).joined(separator: ", "))).")
+    var hardware: String = "h100-sxm"
+    @Option(help: "Context tokens per sequence before decoding.")
+    var context: Int = 16384
+    @Option(help: "Decode steps (tokens generated per sequence).")
+    var steps: Int = 128
+    @Option(help: "Sequences decoding together.")
+    var sequences: Int = 1
+    @Option(help: "Share of each layer's attention mass whose blocks a layer needs (1 = exact attention over every block).")
+    var coverage: Double = 0.95
+    @Option(help: "Seed of the workload generator.")
+    var seed: UInt64 = 1
 
+    // Tiers
+    @Option(help: "Hot tier size: bytes (2GiB) or a share of the workload's KV bytes (10%).")
+    var hot: String = "10%"
+    @Option(help: "Warm tier size: bytes or a share (30%).")
+    var warm: String = "30%"
+    @Option(help: "Cold tier size in bytes (default: every block).")
+    var cold: String?
+    @Option(help: "Directory for the cold tier's stand-in file (default: a temporary directory, removed after).")
+    var cacheDir: String?
+
+    // Machine overrides
+    @Option(help: "A JSON file overriding hardware figures (keys: h2d_gbps, d2h_gbps, nvme_read_gbps, nvme_write_gbps, h2d_latency_us, nvme_read_latency_us, nvme_write_latency_us, gpu_tflops, hbm_gbps, efficiency).")
+    var config: String?
+    @Option(help: "Host→device link GB/s.")
+    var h2dGbps: Double?
+    @Option(help: "Device→host link GB/s.")
+    var d2hGbps: Double?
+    @Option(help: "NVMe read GB/s.")
+    var nvmeReadGbps: Double?
+    @Option(help: "NVMe write GB/s.")
+    var nvmeWriteGbps: Double?
+    @Option(help: "Fraction of the compute roofline the GPU reaches (0-1].")
+    var efficiency: Double?
+
+    @Option(help: "Prefetch: none (predictors are issue 9's work).")
+    var prefetch: String = "none"
+
+    // Traces
+    @Option(help: "A request trace (JSON lines); switches to prefix-cache mode.")
+    var trace: String?
     @Option(help: "Trace format: mooncake (FAST'25: timestamp, input_length, output_length, hash_ids of 512-token blocks).")
     var traceFormat: String = "mooncake"
-
-    @Option(help: "Cache capacity in 512-token blocks.")
+    @Option(help: "Prefix-cache mode: capacity in 512-token blocks.")
     var capacityBlocks: Int?
-
-    @Option(help: "Cache capacity in tokens (divided by 512).")
+    @Option(help: "Prefix-cache mode: capacity in tokens (divided by 512).")
     var capacityTokens: Int?
 
     @Option(help: "Eviction policy: \(EvictionPolicyKind.parsingHelp).")
     var policy: String = "lru"
-
-    @Option(help: "Compare in one run: capacity=N,N,... or policy=P,P,...")
+    @Option(help: "Compare in one run: policy=P,P,... or capacity=... (hot sizes for long-decode, e.g. 5%,10%,20%; blocks for traces).")
     var sweep: String?
 
+    // Output
     @Flag(help: "Print one JSON object on stdout.")
     var json = false
+    @Option(help: "Write the per-step timeline as CSV (long-decode).")
+    var csv: String?
+    @Option(help: "Write an HTML report with SVG charts.")
+    var report: String?
 
     func run() throws {
-        guard let trace else {
-            throw CommandFailure("""
-                the default long-decode workload (virtual time over the real hierarchy) is not built yet; \
-                run a request trace: tierkv simulate --trace ../shared/traces/mooncake_conversation_trace.jsonl --capacity-blocks 5859
-                """)
-        }
+        if let trace { return try runTrace(trace) }
+        try runDecode()
+    }
+
+    func runTrace(_ trace: String) throws {
         guard traceFormat == "mooncake" else {
             throw CommandFailure("--trace-format \(traceFormat) is not supported; use mooncake (the tierkv per-step format is not built yet)")
         }

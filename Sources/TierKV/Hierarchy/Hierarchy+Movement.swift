@@ -177,11 +177,9 @@ extension Hierarchy {
 
     private func addReference(_ id: Int32, key: BlockKey, sequence: SequenceID?, _ state: inout HierarchyState) {
         guard let sequence else { return }
-        var keys = state.sequences[sequence.rawValue] ?? []
-        // A sequence references a block once, however often the engine stores it.
-        guard !keys.contains(key) else { return }
-        keys.append(key)
-        state.sequences[sequence.rawValue] = keys
+        // A sequence references a block once, however often the engine stores it. (Mutated in
+        // place: copying a long sequence's list on every store made stores O(n).)
+        guard state.sequences[sequence.rawValue, default: SequenceBlocks()].insert(key) else { return }
         state.records[Int(id)].references += 1
         state.statistics.liveSequences = state.sequences.count
     }

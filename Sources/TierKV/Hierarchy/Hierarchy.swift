@@ -304,8 +304,8 @@ public final class Hierarchy: @unchecked Sendable {
     /// referenced; the rest stay cached (evictable, droppable) for future prefix hits.
     public func drop(sequence: SequenceID) {
         state.withLock { state in
-            guard let keys = state.sequences.removeValue(forKey: sequence.rawValue) else { return }
-            for key in keys {
+            guard let blocks = state.sequences.removeValue(forKey: sequence.rawValue) else { return }
+            for key in blocks.keys {
                 guard let id = state.index[key] else { continue }
                 if state.records[Int(id)].references == 0 {
                     state.statistics.referenceUnderflows += 1

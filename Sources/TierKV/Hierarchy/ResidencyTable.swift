@@ -128,7 +128,7 @@ struct HierarchyState {
     var records: [BlockRecord] = []
     var freeIDs: [Int32] = []
     var index: [BlockKey: Int32] = [:]
-    var sequences: [UInt64: [BlockKey]] = [:]
+    var sequences: [UInt64: SequenceBlocks] = [:]
     var policies: [any EvictionPolicy]
     var used = [0, 0, 0]
     var capacity: [Int]
@@ -184,6 +184,20 @@ struct HierarchyState {
     }
 
     static func flightKey(_ id: Int32, _ link: Int) -> Int64 { Int64(id) << 3 | Int64(link) }
+}
+
+/// The blocks a live sequence references, in the order it stored them (so `drop` is
+/// deterministic), with a set for the "references a block once" check.
+struct SequenceBlocks {
+    private(set) var keys: [BlockKey] = []
+    private var members: Set<BlockKey> = []
+
+    /// Adds `key`; false when the sequence already references it.
+    mutating func insert(_ key: BlockKey) -> Bool {
+        guard members.insert(key).inserted else { return false }
+        keys.append(key)
+        return true
+    }
 }
 
 /// Blocks waiting for a slot in a tier, demand before prefetch, FIFO within each.

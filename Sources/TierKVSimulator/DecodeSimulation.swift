@@ -1,0 +1,370 @@
+import Dispatch
+import Foundation
+import TierKV
+
+/// What `DecodeSimulation` runs: a model and machine, the long-decode workload, the policy and
+/// the tier sizes.
+public struct DecodeSimulationConfiguration: Sendable {
+    public var model: ModelPreset = .llama3_1_8B
+    public var hardware: HardwarePreset = .h100SXMGen4NVMe
+    public var workload = LongDecodeParameters()
+    public var policy: EvictionPolicyKind = .lru
+    /// Tier sizes as fractions of the workload's KV bytes (all layers, all blocks written by the
+    /// end of the run), unless given in bytes. The cold tier holds the rest: every block, so a
+    /// block leaving warm always has room for its durable copy.
+    public var hotFraction = 0.10
+    public var warmFraction = 0.30
+    public var hotBytes: Int?
+    public var warmBytes: Int?
+    public var coldBytes: Int?
+    /// A layer needs the smallest set of blocks holding this share of its attention mass (exact
+    /// attention over the context is 1). Sinks and the newest block are always needed.
+    public var attentionCoverage = 0.95
+    public var computeEfficiency = 1.0
+    public var kvDType: DType = .fp16
+    /// Modelled bytes each link may have in flight (the scheduler's bound).
+    public var bytesInFlightPerLink = 256 << 20
+    /// The cold tier's stand-in file goes here (a temporary directory when nil, removed after).
+    public var cacheDirectory: String?
+
+    public init() {}
+}
+
+/// One decode step of the timeline.
+public struct DecodeStepRecord: Sendable, Equatable {
+    public var step: Int
+    /// Virtual seconds at the end of the step.
+    public var time: Double
+    public var stallSeconds: Double
+    public var computeSeconds: Double
+    public var neededBlocks: Int
+    public var hotHits: Int
+    public var warmHits: Int
+    public var coldHits: Int
+    /// Modelled bytes moved per link during the step.
+    public var bytes: [String: Double]
+    /// Fraction of the step each link was busy.
+    public var utilisation: [String: Double]
+}
+
+public struct TierCounts: Sendable, Equatable {
+    public var hits = 0
+    public var misses = 0
+    public var hitRate: Double { hits + misses == 0 ? 0 : Double(hits) / Double(hits + misses) }
+}
+
+/// What a decode simulation measured (decode phase only; the prefill that fills the tiers is
+/// not counted).
+public struct DecodeSimulationResult: Sendable {
+    public var model: String
+    public var hardware: String
+    public var policy: String
+    public var parameters: LongDecodeParameters
+    public var attentionCoverage: Double
+    /// Capacities in blocks, and the modelled bytes of one block (one layer, 16 tokens, K and V).
+    public var capacityBlocks: [Tier: Int]
+    public var blockBytes: Int
+    public var totalBlocks: Int
+    public var tiers: [Tier: TierCounts]
+    public var bytesMoved: [String: Double]
+    public var linkBusySeconds: [String: Double]
+    public var stallSeconds: Double
+    /// Stall of layers that waited only for blocks already in warm (host→device copies), and of
+    /// layers that waited for at least one block from cold (NVMe reads first).
+    public var stallFromWarmSeconds: Double
+    public var stallFromColdSeconds: Double
+    public var computeSeconds: Double
+    public var decodeSeconds: Double
+    public var generatedTokens: Int
+    public var tokensPerSecond: Double { decodeSeconds > 0 ? Double(generatedTokens) / decodeSeconds : 0 }
+    /// With every block in hot: compute only.
+    public var computeBoundTokensPerSecond: Double { computeSeconds > 0 ? Double(generatedTokens) / computeSeconds : 0 }
+    /// Bélády's MIN over the same sequence of hot-tier accesses, at the hot capacity.
+    public var oracleHotHitRate: Double
+    public var blockAccesses: Int
+    public var timeline: [DecodeStepRecord]
+    public var wallSeconds: Double
+    public var droppedBlocks: Int
+    public var corruptions: Int
+    /// Residency-table metadata per block plus the generator's vectors per block.
+    public var metadataBytesPerBlock: Int
+    public var vectorBytesPerBlock: Int
+}
+
+/// The long-decode simulation: the real `Hierarchy` (emulated accelerator for hot, a real warm
+/// arena, a real cold block file on io_uring) on a `VirtualClock` whose links are the hardware
+/// preset's models. Blocks are small stand-ins (the model's layer count, one 8-wide head), and
+/// the clock scales their bytes to the model's block size, so a 2 GiB cache simulates in
+/// megabytes while every decision (placement, eviction, priorities, pins) is the library's own.
+///
+/// Per decode step: the workload computes each layer's attention exactly; layer by layer the
+/// engine asks for the layer's needed blocks in hot (`makeResident`, demand), waits (stall, in
+/// virtual time), computes (the roofline time), reports the attention mass, releases. Every
+/// `tokensPerBlock` steps the newest block of every layer is stored.
+public enum DecodeSimulation {
+    public static func run(
+        _ configuration: DecodeSimulationConfiguration, progress: ((Int, Int) -> Void)? = nil
+    ) throws(TierKVError) -> DecodeSimulationResult {
+        let wallStart = DispatchTime.now().uptimeNanoseconds
+        let parameters = configuration.workload
+        try validate(configuration)
+        let model = configuration.model
+        let layers = model.layers
+        let modelLayout = try model.layout(tokensPerBlock: parameters.tokensPerBlock, dtype: configuration.kvDType)
+        let standIn = try KVLayout(layers: layers, kvHeads: 1, queryHeads: 1, headDim: 8, tokensPerBlock: parameters.tokensPerBlock)
+        let byteScale = Double(modelLayout.blockByteCount) / Double(standIn.blockByteCount)
+        let fullBlocksPerLayer = parameters.totalTokens / parameters.tokensPerBlock
+        let totalBlocks = parameters.sequences * layers * fullBlocksPerLayer
+        let blockBytes = modelLayout.blockByteCount
+        func blocks(_ bytes: Int?, _ fraction: Double) -> Int {
+            if let bytes { return max(1, bytes / blockBytes) }
+            return max(1, Int((Double(totalBlocks) * fraction).rounded()))
+        }
+        let capacity: [Tier: Int] = [
+            .hot: blocks(configuration.hotBytes, configuration.hotFraction),
+            .warm: blocks(configuration.warmBytes, configuration.warmFraction),
+            .cold: configuration.coldBytes.map { max(1, $0 / blockBytes) } ?? totalBlocks,
+        ]
+
+        let clock = VirtualClock(links: configuration.hardware.links, byteScale: byteScale)
+        let temporary = configuration.cacheDirectory == nil ? try makeTemporaryDirectory() : nil
+        defer { if let temporary { try? FileManager.default.removeItem(atPath: temporary) } }
+        var hierarchyConfiguration = HierarchyConfiguration(
+            layout: standIn, namespace: "tierkv-simulate", hotCapacityBlocks: capacity[.hot]!,
+            warmCapacityBlocks: capacity[.warm]!, coldCapacityBlocks: capacity[.cold]!,
+            cacheDirectory: (configuration.cacheDirectory ?? temporary!) + "/cache", policy: configuration.policy,
+            accelerator: .emulated(.instant))
+        hierarchyConfiguration.coldAdmission = .always
+        hierarchyConfiguration.clock = clock
+        hierarchyConfiguration.coldAllowsBufferedFallback = true
+        hierarchyConfiguration.maximumBytesInFlightPerLink = max(
+            standIn.blockByteCount, Int(Double(configuration.bytesInFlightPerLink) / byteScale))
+        let hierarchy = try Hierarchy(hierarchyConfiguration)
+
+        // Token ids per sequence: random, distinct per sequence, fixed by the seed.
+        var tokenGenerator = SplitMix64(seed: parameters.seed ^ 0x7469_6572_6B76)
+        let tokens = (0..<parameters.sequences).map { _ in
+            (0..<parameters.totalTokens).map { _ in UInt32(truncatingIfNeeded: tokenGenerator.next()) }
+        }
+        // keys[sequence][layer][block]
+        let keys = tokens.map { sequenceTokens in (0..<layers).map { hierarchy.blockKeys(tokens: sequenceTokens, layer: $0) } }
+        // The stand-in bytes of a block: its key's hash, repeated (the cold tier checksums them).
+        let payload = UnsafeMutableRawBufferPointer.allocate(byteCount: standIn.blockByteCount, alignment: 64)
+        defer { payload.deallocate() }
+        func store(sequence: Int, layer: Int, block: Int) throws(TierKVError) {
+            let key = keys[sequence][layer][block]
+            withUnsafeBytes(of: key.prefixHash) { hash in
+                for index in payload.indices { payload[index] = hash[index % hash.count] ^ UInt8(truncatingIfNeeded: index) }
+            }
+            try hierarchy.store(key, position: block, bytes: UnsafeRawBufferPointer(payload), sequence: SequenceID(UInt64(sequence + 1)))
+        }
+
+        // Prefill: every layer writes the context's full blocks.
+        let workload = LongDecodeWorkload(parameters: parameters, layers: layers)
+        let contextBlocks = parameters.contextTokens / parameters.tokensPerBlock
+        for layer in 0..<layers {
+            for sequence in 0..<parameters.sequences {
+                for block in 0..<contextBlocks { try store(sequence: sequence, layer: layer, block: block) }
+            }
+        }
+        hierarchy.waitUntilIdle()
+
+        let compute = DecodeComputeModel(
+            model: model, gpu: configuration.hardware.gpu, kvBytesPerElement: Double(configuration.kvDType.byteSize),
+            efficiency: configuration.computeEfficiency)
+        let startStatistics = hierarchy.statistics
+        var lastLinks = clock.linkStatistics
+        let startLinks = lastLinks
+        let decodeStart = clock.seconds
+        var timeline: [DecodeStepRecord] = []
+        var accesses: [Int32] = []
+        var stall = 0.0, stallFromWarm = 0.0, stallFromCold = 0.0, computeTotal = 0.0
+        for step in 0..<parameters.decodeSteps {
+            let attention = workload.step()
+            let stepStart = clock.seconds
+            var record = DecodeStepRecord(
+                step: step, time: 0, stallSeconds: 0, computeSeconds: 0, neededBlocks: 0, hotHits: 0, warmHits: 0,
+                coldHits: 0, bytes: [:], utilisation: [:])
+            let storedBlocks = workload.tokenCount / parameters.tokensPerBlock
+            for layer in 0..<layers {
+                var needed: [BlockKey] = [], mass: [Float] = []
+                var fromCold = false
+                for sequence in 0..<parameters.sequences {
+                    for block in neededBlocks(attention.mass[sequence][layer], coverage: configuration.attentionCoverage,
+                        sinks: parameters.sinkTokens, tokensPerBlock: parameters.tokensPerBlock, stored: storedBlocks)
+                    {
+                        let key = keys[sequence][layer][block]
+                        needed.append(key)
+                        mass.append(attention.mass[sequence][layer][block])
+                        accesses.append(Int32((sequence * layers + layer) * fullBlocksPerLayer + block))
+                        switch hierarchy.fastestTier(of: key) {
+                        case .hot: record.hotHits += 1
+                        case .warm: record.warmHits += 1
+                        case .cold:
+                            record.coldHits += 1
+                            fromCold = true
+                        case nil: break
+                        }
+                    }
+                }
+                record.neededBlocks += needed.count
+                let requested = clock.seconds
+                let request = try hierarchy.makeResident(needed, in: .hot, priority: .demand)
+                guard clock.run(until: { request.isReady }) else {
+                    throw TierKVError(.simulation, "step \(step) layer \(layer): the needed blocks never arrived and nothing is in flight")
+                }
+                if let failure = request.failures.first {
+                    throw TierKVError(.simulation, "step \(step) layer \(layer): block \(failure.key) could not be brought to hot: \(failure.value)")
+                }
+                guard request.missingKeys.isEmpty else {
+                    throw TierKVError(.simulation, "step \(step) layer \(layer): \(request.missingKeys.count) stored blocks are missing")
+                }
+                let waited = clock.seconds - requested
+                record.stallSeconds += waited
+                if fromCold { stallFromCold += waited } else { stallFromWarm += waited }
+                let seconds = compute.layerSeconds(batch: parameters.sequences, contextTokens: workload.tokenCount)
+                clock.advance(bySeconds: seconds)
+                record.computeSeconds += seconds
+                try hierarchy.reportAttention(needed, mass: mass)
+                hierarchy.release(request)
+            }
+            let head = compute.headSeconds(batch: parameters.sequences)
+            clock.advance(bySeconds: head)
+            record.computeSeconds += head
+            workload.appendToken()
+            if workload.tokenCount % parameters.tokensPerBlock == 0 {
+                let block = workload.tokenCount / parameters.tokensPerBlock - 1
+                for layer in 0..<layers {
+                    for sequence in 0..<parameters.sequences { try store(sequence: sequence, layer: layer, block: block) }
+                }
+            }
+            stall += record.stallSeconds
+            computeTotal += record.computeSeconds
+            record.time = clock.seconds - decodeStart
+            let links = clock.linkStatistics
+            let duration = max(clock.seconds - stepStart, 1e-12)
+            for (name, statistics) in links {
+                let before = lastLinks[name] ?? VirtualLinkStatistics()
+                record.bytes[name] = statistics.bytes - before.bytes
+                record.utilisation[name] = min(1, (statistics.busySeconds - before.busySeconds) / duration)
+            }
+            lastLinks = links
+            timeline.append(record)
+            progress?(step + 1, parameters.decodeSteps)
+        }
+        let decodeSeconds = clock.seconds - decodeStart
+        let endStatistics = hierarchy.statistics
+        let endLinks = clock.linkStatistics
+        try hierarchy.close()
+
+        func counts(_ tier: Tier) -> TierCounts {
+            let end = endStatistics.tier(tier), start = startStatistics.tier(tier)
+            return TierCounts(hits: end.hits - start.hits, misses: end.misses - start.misses)
+        }
+        var bytesMoved: [String: Double] = [:], busy: [String: Double] = [:]
+        for (name, statistics) in endLinks {
+            bytesMoved[name] = statistics.bytes - (startLinks[name]?.bytes ?? 0)
+            busy[name] = statistics.busySeconds - (startLinks[name]?.busySeconds ?? 0)
+        }
+        let oracleHits = BeladyOracle.hits(accesses: accesses, distinct: totalBlocks, capacity: capacity[.hot]!)
+        return DecodeSimulationResult(
+            model: model.name, hardware: configuration.hardware.name, policy: configuration.policy.name, parameters: parameters,
+            attentionCoverage: configuration.attentionCoverage, capacityBlocks: capacity, blockBytes: blockBytes,
+            totalBlocks: totalBlocks, tiers: [.hot: counts(.hot), .warm: counts(.warm), .cold: counts(.cold)],
+            bytesMoved: bytesMoved, linkBusySeconds: busy, stallSeconds: stall, stallFromWarmSeconds: stallFromWarm,
+            stallFromColdSeconds: stallFromCold, computeSeconds: computeTotal, decodeSeconds: decodeSeconds,
+            generatedTokens: parameters.decodeSteps * parameters.sequences,
+            oracleHotHitRate: accesses.isEmpty ? 0 : Double(oracleHits) / Double(accesses.count), blockAccesses: accesses.count,
+            timeline: timeline, wallSeconds: Double(DispatchTime.now().uptimeNanoseconds - wallStart) / 1e9,
+            droppedBlocks: endStatistics.droppedBlocks, corruptions: endStatistics.corruptions,
+            metadataBytesPerBlock: Hierarchy.metadataBytesPerBlock(policies: [configuration.policy, configuration.policy, configuration.policy]),
+            vectorBytesPerBlock: parameters.tokensPerBlock * parameters.vectorHeads * parameters.vectorDimension * MemoryLayout<Float>.size)
+    }
+
+    /// The blocks a layer needs: by descending mass until `coverage` of it is held, plus the
+    /// sink blocks and the newest stored block; only blocks already stored (the partial block
+    /// being written lives in the engine's own buffer). Ascending order.
+    public static func neededBlocks(_ mass: [Float], coverage: Double, sinks: Int, tokensPerBlock: Int, stored: Int) -> [Int] {
+        let count = min(stored, mass.count)
+        guard count > 0 else { return [] }
+        var chosen = [Bool](repeating: false, count: count)
+        let sinkBlocks = min(count, (sinks + tokensPerBlock - 1) / tokensPerBlock)
+        for block in 0..<sinkBlocks { chosen[block] = true }
+        chosen[count - 1] = true
+        if coverage >= 1 {
+            chosen = [Bool](repeating: true, count: count)
+        } else {
+            let order = (0..<mass.count).sorted { mass[$0] != mass[$1] ? mass[$0] > mass[$1] : $0 < $1 }
+            var held: Double = 0
+            for block in order {
+                if held >= coverage { break }
+                held += Double(mass[block])
+                if block < count { chosen[block] = true }
+            }
+        }
+        return chosen.indices.filter { chosen[$0] }
+    }
+
+    private static func validate(_ configuration: DecodeSimulationConfiguration) throws(TierKVError) {
+        let p = configuration.workload
+        func check(_ ok: Bool, _ message: String) throws(TierKVError) { if !ok { throw .invalid(message) } }
+        try check(p.sequences >= 1, "sequences is \(p.sequences); expected at least 1")
+        try check(p.contextTokens >= p.tokensPerBlock, "context is \(p.contextTokens) tokens; expected at least one block (\(p.tokensPerBlock))")
+        try check(p.decodeSteps >= 1, "decode steps is \(p.decodeSteps); expected at least 1")
+        try check(p.vectorHeads >= 1 && p.vectorDimension >= 2, "vector heads \(p.vectorHeads) × dimension \(p.vectorDimension): expected ≥ 1 × ≥ 2")
+        try check(configuration.attentionCoverage > 0 && configuration.attentionCoverage <= 1,
+            "attention coverage is \(configuration.attentionCoverage); expected 0 < coverage ≤ 1")
+        try check(configuration.hotFraction > 0 && configuration.warmFraction > 0, "tier fractions must be positive")
+        try check(configuration.computeEfficiency > 0 && configuration.computeEfficiency <= 1,
+            "compute efficiency is \(configuration.computeEfficiency); expected 0 < efficiency ≤ 1")
+    }
+
+    /// The stand-in cold file's directory: memory-backed `/dev/shm` when there is one (the file
+    /// only carries stand-in blocks whose timing the clock models: waiting for a disk's flushes
+    /// would only slow the simulation), else `$TMPDIR` or `/tmp`.
+    private static func makeTemporaryDirectory() throws(TierKVError) -> String {
+        let base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
+        var template = Array((base + "/tierkv-simulate-XXXXXX").utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw TierKVError(.systemCall, "cannot create a temporary directory under \(base)", errno: errno)
+        }
+        return String(cString: made)
+    }
+}
+
+extension TierKVError.Code {
+    /// The simulation could not go on (a block never arrived, a transfer failed).
+    public static let simulation = TierKVError.Code("simulation")
+}
+
+/// Bélády's MIN over a sequence of accesses: a miss inserts the block and, over capacity,
+/// evicts the cached block whose next access is farthest away (possibly the one just inserted).
+public enum BeladyOracle {
+    public static func hits(accesses: [Int32], distinct: Int, capacity: Int) -> Int {
+        let never = Int.max
+        var nextUse = [Int](repeating: never, count: accesses.count)
+        var lastSeen = [Int](repeating: never, count: distinct)
+        for index in stride(from: accesses.count - 1, through: 0, by: -1) {
+            let id = Int(accesses[index])
+            nextUse[index] = lastSeen[id]
+            lastSeen[id] = index
+        }
+        var heap = IndexedHeap<Int>()
+        var present = [Bool](repeating: false, count: distinct)
+        var cached = 0, hits = 0
+        for (index, id) in accesses.enumerated() {
+            heap.set(id, key: nextUse[index] == never ? Int.min : -nextUse[index])
+            if present[Int(id)] {
+                hits += 1
+                continue
+            }
+            present[Int(id)] = true
+            cached += 1
+            if cached > capacity, let victim = heap.popMinimum() {
+                present[Int(victim)] = false
+                cached -= 1
+            }
+        }
+        return hits
+    }
+}

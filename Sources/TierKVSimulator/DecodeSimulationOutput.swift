@@ -1,0 +1,108 @@
+import Foundation
+import TierKV
+
+/// The links in report order, with the names the contract uses.
+public let simulatedLinks: [(name: String, label: String)] = [
+    ("h2d", "h2d"), ("d2h", "d2h"), ("nvme_read", "nvme_read"), ("nvme_write", "nvme_write"),
+]
+
+extension DecodeSimulationResult {
+    public var hotHitRate: Double { tiers[.hot]?.hitRate ?? 0 }
+
+    /// The `--json` object (DESIGN §6 and the simulator contract).
+    public var json: JSONValue {
+        func tier(_ tier: Tier) -> JSONValue {
+            let counts = tiers[tier] ?? TierCounts()
+            return .object([
+                ("hits", .integer(Int64(counts.hits))), ("misses", .integer(Int64(counts.misses))),
+                ("hit_rate", .number(counts.hitRate)), ("capacity_blocks", .integer(Int64(capacityBlocks[tier] ?? 0))),
+            ])
+        }
+        return .object([
+            ("workload", .string("long-decode")),
+            ("model", .string(model)),
+            ("hardware", .string(hardware)),
+            ("policy", .string(policy)),
+            ("oracle_hit_rate", .number(oracleHotHitRate)),
+            ("hot_hit_rate", .number(hotHitRate)),
+            ("tiers", .object([("hot", tier(.hot)), ("warm", tier(.warm)), ("cold", tier(.cold))])),
+            ("bytes_moved", .object(simulatedLinks.map { ($0.label, .integer(Int64(bytesMoved[$0.name] ?? 0))) })),
+            ("stall_seconds", .number(stallSeconds)),
+            ("stall_split", .object([("warm_to_hot", .number(stallFromWarmSeconds)), ("cold_to_hot", .number(stallFromColdSeconds))])),
+            ("compute_seconds", .number(computeSeconds)),
+            ("decode_seconds", .number(decodeSeconds)),
+            ("tokens_per_s", .number(tokensPerSecond)),
+            ("compute_bound_tokens_per_s", .number(computeBoundTokensPerSecond)),
+            ("prefetch", .object([("mode", .string("none")), ("precision", .null), ("recall", .null)])),
+            ("block_bytes", .integer(Int64(blockBytes))),
+            ("total_blocks", .integer(Int64(totalBlocks))),
+            ("block_accesses", .integer(Int64(blockAccesses))),
+            ("context_tokens", .integer(Int64(parameters.contextTokens))),
+            ("decode_steps", .integer(Int64(parameters.decodeSteps))),
+            ("sequences", .integer(Int64(parameters.sequences))),
+            ("attention_coverage", .number(attentionCoverage)),
+            ("seed", .unsigned(parameters.seed)),
+            ("dropped_blocks", .integer(Int64(droppedBlocks))),
+            ("corruptions", .integer(Int64(corruptions))),
+            ("metadata_bytes_per_block", .integer(Int64(metadataBytesPerBlock))),
+            ("vector_bytes_per_block", .integer(Int64(vectorBytesPerBlock))),
+            ("wall_seconds", .number(wallSeconds)),
+            ("accesses_per_wall_second", .number(wallSeconds > 0 ? Double(blockAccesses) / wallSeconds : 0)),
+        ])
+    }
+
+    /// The summary table, one (label, value) row each.
+    public var tableRows: [(String, String)] {
+        func percent(_ value: Double) -> String { String(format: "%.1f%%", value * 100) }
+        func tierRow(_ tier: Tier) -> (String, String) {
+            let counts = tiers[tier] ?? TierCounts()
+            let capacity = capacityBlocks[tier] ?? 0
+            return ("\(tier) tier", "\(counts.hits) hits, \(counts.misses) misses (\(percent(counts.hitRate)))   capacity \(capacity) blocks = \(formatBytes(Double(capacity * blockBytes)))")
+        }
+        var rows: [(String, String)] = [
+            ("workload", "long-decode: \(parameters.sequences) × \(parameters.contextTokens) tokens of context, \(parameters.decodeSteps) decode steps, seed \(parameters.seed)"),
+            ("model / hardware", "\(model) on \(hardware)   block = \(formatBytes(Double(blockBytes))) (\(parameters.tokensPerBlock) tokens, one layer)"),
+            ("policy", "\(policy); needed blocks = \(percent(attentionCoverage)) of each layer's attention mass"),
+            tierRow(.hot), tierRow(.warm), tierRow(.cold),
+            ("hot hit rate", "\(percent(hotHitRate))   Bélády oracle \(percent(oracleHotHitRate)) on the same \(blockAccesses) accesses"),
+        ]
+        for link in simulatedLinks {
+            let busy = linkBusySeconds[link.name] ?? 0
+            rows.append(("bytes \(link.label)", "\(formatBytes(bytesMoved[link.name] ?? 0))   busy \(percent(decodeSeconds > 0 ? busy / decodeSeconds : 0))"))
+        }
+        rows += [
+            ("stall", String(format: "%.3f s (%.3f s waiting on warm→hot, %.3f s with blocks from cold) of %.3f s decode", stallSeconds, stallFromWarmSeconds, stallFromColdSeconds, decodeSeconds)),
+            ("tokens/s", String(format: "%.1f projected (%.1f if every block were in hot)", tokensPerSecond, computeBoundTokensPerSecond)),
+            ("simulator", String(format: "%.1f s wall, %.0f block accesses/s; %d B residency metadata + %d B of vectors per block", wallSeconds, wallSeconds > 0 ? Double(blockAccesses) / wallSeconds : 0, metadataBytesPerBlock, vectorBytesPerBlock)),
+        ]
+        if droppedBlocks > 0 || corruptions > 0 { rows.append(("integrity", "\(droppedBlocks) dropped, \(corruptions) corrupt")) }
+        return rows
+    }
+
+    /// The `--csv` timeline: one row per decode step.
+    public var timelineCSV: String {
+        var lines = ["step,time_s,stall_s,compute_s,needed_blocks,hot_hits,warm_hits,cold_hits,"
+            + simulatedLinks.map { "\($0.label)_bytes" }.joined(separator: ",") + ","
+            + simulatedLinks.map { "\($0.label)_utilisation" }.joined(separator: ",")]
+        for record in timeline {
+            var fields = [String(record.step), String(format: "%.9f", record.time), String(format: "%.9f", record.stallSeconds),
+                String(format: "%.9f", record.computeSeconds), String(record.neededBlocks), String(record.hotHits),
+                String(record.warmHits), String(record.coldHits)]
+            fields += simulatedLinks.map { String(format: "%.0f", record.bytes[$0.name] ?? 0) }
+            fields += simulatedLinks.map { String(format: "%.4f", record.utilisation[$0.name] ?? 0) }
+            lines.append(fields.joined(separator: ","))
+        }
+        return lines.joined(separator: "\n") + "\n"
+    }
+}
+
+/// 1.5 GiB, 320.0 MiB, 4.0 KiB, 12 B.
+public func formatBytes(_ bytes: Double) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var value = bytes, unit = 0
+    while value >= 1024, unit < units.count - 1 {
+        value /= 1024
+        unit += 1
+    }
+    return unit == 0 ? String(format: "%.0f B", value) : String(format: "%.1f %@", value, units[unit])
+}

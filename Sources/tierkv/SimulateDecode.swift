@@ -1,0 +1,200 @@
+import ArgumentParser
+import Foundation
+import TierKV
+import TierKVSimulator
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension SimulateCommand {
+    /// The long-decode workload through the real hierarchy in virtual time.
+    func runDecode() throws {
+        guard workload == "long-decode" else {
+            throw CommandFailure("--workload \(workload) is not known; use long-decode, or --trace FILE for request traces")
+        }
+        guard prefetch == "none" else {
+            throw CommandFailure("--prefetch \(prefetch): speculative prefetch is not built yet (issue 9); use --prefetch none")
+        }
+        let base = try decodeConfiguration()
+        var runs: [(label: String, configuration: DecodeSimulationConfiguration)] = [(base.policy.name, base)]
+        if let sweep {
+            let parts = sweep.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, !parts[1].isEmpty else { throw CommandFailure("--sweep \(sweep): expected policy=P,P or capacity=S,S") }
+            let values = parts[1].split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
+            switch parts[0] {
+            case "policy":
+                runs = try values.map { value in
+                    guard let kind = EvictionPolicyKind(parsing: value) else {
+                        throw CommandFailure("--sweep policy: \(value) is not one of: \(EvictionPolicyKind.parsingHelp)")
+                    }
+                    var configuration = base
+                    configuration.policy = kind
+                    return (kind.name, configuration)
+                }
+            case "capacity":
+                runs = try values.map { value in
+                    var configuration = base
+                    try applySize(value, option: "--sweep capacity", fraction: &configuration.hotFraction, bytes: &configuration.hotBytes)
+                    return ("hot \(value)", configuration)
+                }
+            default: throw CommandFailure("--sweep \(parts[0]) is not supported; use policy= or capacity=")
+            }
+        }
+        var results: [(label: String, result: DecodeSimulationResult)] = []
+        for (index, run) in runs.enumerated() {
+            let prefix = runs.count > 1 ? "[\(index + 1)/\(runs.count) \(run.label)] " : ""
+            let bar = ProgressBar(prefix: prefix + "decoding")
+            let result: DecodeSimulationResult
+            do {
+                result = try DecodeSimulation.run(run.configuration) { done, total in bar.update(done, of: total) }
+            } catch { throw CommandFailure(error) }
+            bar.finish()
+            results.append((run.label, result))
+        }
+        let first = results[0].result
+        if let csv {
+            do { try first.timelineCSV.write(toFile: csv, atomically: true, encoding: .utf8) } catch {
+                throw CommandFailure("cannot write --csv \(csv): \(error.localizedDescription)")
+            }
+        }
+        if let report {
+            let html = SimulationReport.html(results: results)
+            do { try html.write(toFile: report, atomically: true, encoding: .utf8) } catch {
+                throw CommandFailure("cannot write --report \(report): \(error.localizedDescription)")
+            }
+        }
+        if json {
+            var object = first.json
+            if results.count > 1, case .object(var members) = object {
+                members.append(("runs", .array(results.map { label, result in
+                    guard case .object(var fields) = result.json else { return result.json }
+                    fields.insert(("label", .string(label)), at: 0)
+                    return .object(fields)
+                })))
+                object = .object(members)
+            }
+            Output.printJSON(object)
+            return
+        }
+        Output.printTable("tierkv simulate: \(first.model) long-decode on \(first.hardware) (virtual time, real hierarchy, emulated accelerator)", first.tableRows)
+        if results.count > 1 {
+            print("")
+            Output.printTable("sweep", results.map { label, result in
+                (label, String(format: "hot hit %.1f%% (oracle %.1f%%)   stall %.3f s   %.1f tokens/s   h2d %@   nvme read %@",
+                    result.hotHitRate * 100, result.oracleHotHitRate * 100, result.stallSeconds, result.tokensPerSecond,
+                    formatBytes(result.bytesMoved["h2d"] ?? 0), formatBytes(result.bytesMoved["nvme_read"] ?? 0)))
+            })
+        }
+        if let csv { print("  timeline: \(csv)") }
+        if let report { print("  report: \(report)") }
+    }
+
+    private func decodeConfiguration() throws -> DecodeSimulationConfiguration {
+        var configuration = DecodeSimulationConfiguration()
+        do {
+            configuration.model = try ModelPreset.named(model)
+            configuration.hardware = try HardwarePreset.named(hardware)
+        } catch { throw CommandFailure(error) }
+        guard let kind = EvictionPolicyKind(parsing: policy) else {
+            throw CommandFailure("--policy \(policy) is not one of: \(EvictionPolicyKind.parsingHelp)")
+        }
+        configuration.policy = kind
+        configuration.workload.contextTokens = context
+        configuration.workload.decodeSteps = steps
+        configuration.workload.sequences = sequences
+        configuration.workload.seed = seed
+        configuration.attentionCoverage = coverage
+        configuration.cacheDirectory = cacheDir
+        try applySize(hot, option: "--hot", fraction: &configuration.hotFraction, bytes: &configuration.hotBytes)
+        try applySize(warm, option: "--warm", fraction: &configuration.warmFraction, bytes: &configuration.warmBytes)
+        if let cold { configuration.coldBytes = try parseByteCount(cold, option: "--cold") }
+        if let config { try applyConfigFile(config, to: &configuration) }
+        if let h2dGbps { configuration.hardware.hostToDevice.bytesPerSecond = try gigabytes(h2dGbps, "--h2d-gbps") }
+        if let d2hGbps { configuration.hardware.deviceToHost.bytesPerSecond = try gigabytes(d2hGbps, "--d2h-gbps") }
+        if let nvmeReadGbps { configuration.hardware.nvmeRead.bytesPerSecond = try gigabytes(nvmeReadGbps, "--nvme-read-gbps") }
+        if let nvmeWriteGbps { configuration.hardware.nvmeWrite.bytesPerSecond = try gigabytes(nvmeWriteGbps, "--nvme-write-gbps") }
+        if let efficiency { configuration.computeEfficiency = efficiency }
+        return configuration
+    }
+
+    private func gigabytes(_ value: Double, _ option: String) throws -> Double {
+        guard value > 0, value.isFinite else { throw CommandFailure("\(option) \(value): expected a positive number of GB/s") }
+        return value * 1e9
+    }
+
+    /// `10%` → a fraction; `2GiB` → bytes.
+    func applySize(_ text: String, option: String, fraction: inout Double, bytes: inout Int?) throws {
+        if text.hasSuffix("%") {
+            guard let percent = Double(text.dropLast()), percent > 0, percent <= 100 else {
+                throw CommandFailure("\(option) \(text): expected a share in (0%, 100%] or a size like 2GiB")
+            }
+            fraction = percent / 100
+            bytes = nil
+        } else {
+            bytes = try parseByteCount(text, option: option)
+        }
+    }
+
+    /// Overrides from a JSON file; unknown keys are an error (a typo must not be ignored).
+    private func applyConfigFile(_ path: String, to configuration: inout DecodeSimulationConfiguration) throws {
+        guard let data = FileManager.default.contents(atPath: path) else { throw CommandFailure("--config \(path): cannot read the file") }
+        guard let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+            throw CommandFailure("--config \(path): not a JSON object")
+        }
+        for (key, raw) in object.sorted(by: { $0.key < $1.key }) {
+            guard let value = (raw as? NSNumber)?.doubleValue, value > 0, value.isFinite else {
+                throw CommandFailure("--config \(path): \(key) must be a positive number, found \(raw)")
+            }
+            switch key {
+            case "h2d_gbps": configuration.hardware.hostToDevice.bytesPerSecond = value * 1e9
+            case "d2h_gbps": configuration.hardware.deviceToHost.bytesPerSecond = value * 1e9
+            case "nvme_read_gbps": configuration.hardware.nvmeRead.bytesPerSecond = value * 1e9
+            case "nvme_write_gbps": configuration.hardware.nvmeWrite.bytesPerSecond = value * 1e9
+            case "h2d_latency_us":
+                configuration.hardware.hostToDevice.latencySeconds = value * 1e-6
+                configuration.hardware.deviceToHost.latencySeconds = value * 1e-6
+            case "nvme_read_latency_us": configuration.hardware.nvmeRead.latencySeconds = value * 1e-6
+            case "nvme_write_latency_us": configuration.hardware.nvmeWrite.latencySeconds = value * 1e-6
+            case "gpu_tflops": configuration.hardware.gpu.flopsPerSecond = value * 1e12
+            case "hbm_gbps": configuration.hardware.gpu.memoryBytesPerSecond = value * 1e9
+            case "efficiency":
+                guard value <= 1 else { throw CommandFailure("--config \(path): efficiency must be in (0, 1], found \(value)") }
+                configuration.computeEfficiency = value
+            default:
+                throw CommandFailure("--config \(path): unknown key '\(key)'; known: h2d_gbps, d2h_gbps, nvme_read_gbps, nvme_write_gbps, h2d_latency_us, nvme_read_latency_us, nvme_write_latency_us, gpu_tflops, hbm_gbps, efficiency")
+            }
+        }
+    }
+}
+
+/// A progress bar on stderr: redrawn in place on a terminal, a line every 10% otherwise.
+final class ProgressBar {
+    private let prefix: String
+    private let isTerminal = isatty(STDERR_FILENO) != 0
+    private var lastDecile = -1
+    private var drawn = false
+
+    init(prefix: String) { self.prefix = prefix }
+
+    func update(_ done: Int, of total: Int) {
+        let fraction = total > 0 ? Double(done) / Double(total) : 1
+        if isTerminal {
+            let width = 30
+            let filled = Int(fraction * Double(width))
+            let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
+            Output.printError("\r\(prefix) [\(bar)] \(done)/\(total)", newline: false)
+            drawn = true
+        } else {
+            let decile = Int(fraction * 10)
+            if decile > lastDecile {
+                lastDecile = decile
+                Output.printError("\(prefix) \(done)/\(total)")
+            }
+        }
+    }
+
+    func finish() {
+        if drawn { Output.printError("") }
+    }
+}
