@@ -16,6 +16,22 @@ public struct ModelPreset: Hashable, Sendable, Codable {
     /// Context length the model was released with.
     public let maximumContextTokens: Int
 
+    public init(
+        name: String, layers: Int, queryHeads: Int, kvHeads: Int, headDim: Int, hiddenSize: Int, intermediateSize: Int,
+        vocabularySize: Int, parameterCount: Int, maximumContextTokens: Int
+    ) {
+        self.name = name
+        self.layers = layers
+        self.queryHeads = queryHeads
+        self.kvHeads = kvHeads
+        self.headDim = headDim
+        self.hiddenSize = hiddenSize
+        self.intermediateSize = intermediateSize
+        self.vocabularySize = vocabularySize
+        self.parameterCount = parameterCount
+        self.maximumContextTokens = maximumContextTokens
+    }
+
     /// The KV layout of this model for a block size and dtype.
     public func layout(tokensPerBlock: Int = 16, dtype: DType = .fp16) throws(TierKVError) -> KVLayout {
         try KVLayout(

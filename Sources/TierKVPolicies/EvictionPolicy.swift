@@ -30,6 +30,9 @@ public protocol EvictionPolicy: AnyObject {
     func remove(_ id: Int32)
     /// The engine's attention mass for the block in the last step (attention-aware policies).
     func reportAttention(_ id: Int32, mass: Float)
+    /// The block no longer exists (its id may be reused for another): drop everything kept
+    /// about it, in the tier or not. `remove` only says it left this tier.
+    func forget(_ id: Int32)
     /// The block to evict next among those `isEvictable` accepts (not pinned, not in flight), or
     /// nil when there is none. Does not remove it: the caller calls `remove` once it is gone.
     func victim(where isEvictable: (Int32) -> Bool) -> Int32?
@@ -37,6 +40,7 @@ public protocol EvictionPolicy: AnyObject {
 
 extension EvictionPolicy {
     public func reportAttention(_ id: Int32, mass: Float) {}
+    public func forget(_ id: Int32) { remove(id) }
 }
 
 /// The policies TierKV ships, with their parameters; `makePolicy()` builds one.
@@ -126,7 +130,9 @@ extension EvictionPolicyKind {
         case .lru: return 2 * MemoryLayout<Int32>.stride + MemoryLayout<Bool>.stride
         case .lfu: return heapEntry + MemoryLayout<(UInt32, UInt64)?>.stride
         case .s3fifo: return 2 * (2 * MemoryLayout<Int32>.stride + 1) + 1 + MemoryLayout<UInt64>.stride
-        case .h2o, .tova: return heapEntry + MemoryLayout<(Float, UInt64)?>.stride
+        case .h2o, .tova:
+            // Heap key, plus the insertion number and the score kept per id beside the heap.
+            return heapEntry + MemoryLayout<(Float, UInt64)?>.stride + MemoryLayout<UInt64>.stride + MemoryLayout<Float>.stride
         case .streamingLLM: return 2 * MemoryLayout<Int32>.stride + 1 + MemoryLayout<Int32>.stride + MemoryLayout<UInt64>.stride
         }
     }

@@ -73,6 +73,8 @@ public struct DecodeSimulationResult: Sendable {
     /// layers that waited for at least one block from cold (NVMe reads first).
     public var stallFromWarmSeconds: Double
     public var stallFromColdSeconds: Double
+    /// Stall storing new blocks: the warm tier was full and the store waited for a demotion.
+    public var stallFromStoresSeconds: Double
     public var computeSeconds: Double
     public var decodeSeconds: Double
     public var generatedTokens: Int
@@ -178,7 +180,8 @@ public enum DecodeSimulation {
         let decodeStart = clock.seconds
         var timeline: [DecodeStepRecord] = []
         var accesses: [Int32] = []
-        var stall = 0.0, stallFromWarm = 0.0, stallFromCold = 0.0, computeTotal = 0.0
+        var stall = 0.0, stallFromWarm = 0.0, stallFromCold = 0.0, stallFromStores = 0.0, computeTotal = 0.0
+        var lastNeeded = [[[Int]]](repeating: [[Int]](repeating: [], count: layers), count: parameters.sequences)
         for step in 0..<parameters.decodeSteps {
             let attention = workload.step()
             let stepStart = clock.seconds
@@ -188,11 +191,18 @@ public enum DecodeSimulation {
             let storedBlocks = workload.tokenCount / parameters.tokensPerBlock
             for layer in 0..<layers {
                 var needed: [BlockKey] = [], mass: [Float] = []
+                var dropped: [BlockKey] = []
                 var fromCold = false
                 for sequence in 0..<parameters.sequences {
-                    for block in neededBlocks(attention.mass[sequence][layer], coverage: configuration.attentionCoverage,
+                    let blocks = neededBlocks(attention.mass[sequence][layer], coverage: configuration.attentionCoverage,
                         sinks: parameters.sinkTokens, tokensPerBlock: parameters.tokensPerBlock, stored: storedBlocks)
-                    {
+                    // Blocks attended last step and skipped now got no attention this step: the
+                    // engine reports 0 for them (what it can know), so TOVA sees them go cold.
+                    var now = Set(blocks)
+                    for block in lastNeeded[sequence][layer] where !now.contains(block) { dropped.append(keys[sequence][layer][block]) }
+                    lastNeeded[sequence][layer] = blocks
+                    now.removeAll()
+                    for block in blocks {
                         let key = keys[sequence][layer][block]
                         needed.append(key)
                         mass.append(attention.mass[sequence][layer][block])
@@ -225,7 +235,7 @@ public enum DecodeSimulation {
                 let seconds = compute.layerSeconds(batch: parameters.sequences, contextTokens: workload.tokenCount)
                 clock.advance(bySeconds: seconds)
                 record.computeSeconds += seconds
-                try hierarchy.reportAttention(needed, mass: mass)
+                try hierarchy.reportAttention(needed + dropped, mass: mass + Array(repeating: 0, count: dropped.count))
                 hierarchy.release(request)
             }
             let head = compute.headSeconds(batch: parameters.sequences)
@@ -234,9 +244,15 @@ public enum DecodeSimulation {
             workload.appendToken()
             if workload.tokenCount % parameters.tokensPerBlock == 0 {
                 let block = workload.tokenCount / parameters.tokensPerBlock - 1
+                let storing = clock.seconds
                 for layer in 0..<layers {
                     for sequence in 0..<parameters.sequences { try store(sequence: sequence, layer: layer, block: block) }
                 }
+                // A store returns once its bytes are in a warm slot; a full warm tier makes it
+                // wait for a demotion, and the engine with it.
+                let waited = clock.seconds - storing
+                record.stallSeconds += waited
+                stallFromStores += waited
             }
             stall += record.stallSeconds
             computeTotal += record.computeSeconds
@@ -272,7 +288,7 @@ public enum DecodeSimulation {
             attentionCoverage: configuration.attentionCoverage, capacityBlocks: capacity, blockBytes: blockBytes,
             totalBlocks: totalBlocks, tiers: [.hot: counts(.hot), .warm: counts(.warm), .cold: counts(.cold)],
             bytesMoved: bytesMoved, linkBusySeconds: busy, stallSeconds: stall, stallFromWarmSeconds: stallFromWarm,
-            stallFromColdSeconds: stallFromCold, computeSeconds: computeTotal, decodeSeconds: decodeSeconds,
+            stallFromColdSeconds: stallFromCold, stallFromStoresSeconds: stallFromStores, computeSeconds: computeTotal, decodeSeconds: decodeSeconds,
             generatedTokens: parameters.decodeSteps * parameters.sequences,
             oracleHotHitRate: accesses.isEmpty ? 0 : Double(oracleHits) / Double(accesses.count), blockAccesses: accesses.count,
             timeline: timeline, wallSeconds: Double(DispatchTime.now().uptimeNanoseconds - wallStart) / 1e9,

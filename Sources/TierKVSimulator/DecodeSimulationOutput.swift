@@ -28,7 +28,10 @@ extension DecodeSimulationResult {
             ("tiers", .object([("hot", tier(.hot)), ("warm", tier(.warm)), ("cold", tier(.cold))])),
             ("bytes_moved", .object(simulatedLinks.map { ($0.label, .integer(Int64(bytesMoved[$0.name] ?? 0))) })),
             ("stall_seconds", .number(stallSeconds)),
-            ("stall_split", .object([("warm_to_hot", .number(stallFromWarmSeconds)), ("cold_to_hot", .number(stallFromColdSeconds))])),
+            ("stall_split", .object([
+                ("warm_to_hot", .number(stallFromWarmSeconds)), ("cold_to_hot", .number(stallFromColdSeconds)),
+                ("stores", .number(stallFromStoresSeconds)),
+            ])),
             ("compute_seconds", .number(computeSeconds)),
             ("decode_seconds", .number(decodeSeconds)),
             ("tokens_per_s", .number(tokensPerSecond)),
@@ -71,7 +74,7 @@ extension DecodeSimulationResult {
             rows.append(("bytes \(link.label)", "\(formatBytes(bytesMoved[link.name] ?? 0))   busy \(percent(decodeSeconds > 0 ? busy / decodeSeconds : 0))"))
         }
         rows += [
-            ("stall", String(format: "%.3f s (%.3f s waiting on warm→hot, %.3f s with blocks from cold) of %.3f s decode", stallSeconds, stallFromWarmSeconds, stallFromColdSeconds, decodeSeconds)),
+            ("stall", String(format: "%.3f s of %.3f s decode: %.3f s waiting on warm→hot, %.3f s with blocks from cold, %.3f s storing new blocks", stallSeconds, decodeSeconds, stallFromWarmSeconds, stallFromColdSeconds, stallFromStoresSeconds)),
             ("tokens/s", String(format: "%.1f projected (%.1f if every block were in hot)", tokensPerSecond, computeBoundTokensPerSecond)),
             ("simulator", String(format: "%.1f s wall, %.0f block accesses/s; %d B residency metadata + %d B of vectors per block", wallSeconds, wallSeconds > 0 ? Double(blockAccesses) / wallSeconds : 0, metadataBytesPerBlock, vectorBytesPerBlock)),
         ]

@@ -31,7 +31,7 @@ public enum SimulationReport {
         body += barChart(
             groups: results.map { label, result in
                 (label, [("compute", result.computeSeconds), ("stall warm→hot", result.stallFromWarmSeconds),
-                    ("stall cold→hot", result.stallFromColdSeconds)])
+                    ("stall cold→hot", result.stallFromColdSeconds), ("stall storing", result.stallFromStoresSeconds)])
             }, yLabel: "virtual seconds", stacked: true)
 
         body += "<h2>Policy vs Bélády oracle (hot tier)</h2>\n"

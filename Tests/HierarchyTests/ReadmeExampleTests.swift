@@ -53,12 +53,13 @@ import TierKVTestSupport
 
     /// Residency metadata per block (record + key index + the three tiers' policy arrays, which
     /// are indexed by block id): within the 128-byte aim with LRU; the heap-based
-    /// policies (LFU, H2O, TOVA) pay up to 182.
+    /// policies pay more: LFU 182, H2O and TOVA 218 (they keep a block's score while it is in
+    /// another tier).
     @Test(arguments: EvictionPolicyKind.all)
     func metadataPerBlockFitsTheBudget(policy: EvictionPolicyKind) {
         let bytes = Hierarchy.metadataBytesPerBlock(policies: [policy, policy, policy])
         print("metadata per block with \(policy) in all three tiers: \(bytes) bytes")
-        #expect(bytes <= (policy == .lru ? 128 : 192))
+        #expect(bytes <= (policy == .lru ? 128 : 224))
     }
 
     /// Prometheus export: the hierarchy's counters appear in the text exposition.

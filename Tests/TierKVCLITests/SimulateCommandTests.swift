@@ -36,7 +36,55 @@ import TierKVTestSupport
         #expect(bad.status != 0 && bad.stderr.contains("bad.jsonl:2"))
         let policy = try CLI.run(["simulate", "--trace", path, "--capacity-blocks", "4", "--policy", "mru"])
         #expect(policy.status != 0 && policy.stderr.contains("mru"))
-        let noWorkload = try CLI.run(["simulate"])
-        #expect(noWorkload.status != 0 && noWorkload.stderr.contains("not built yet"))
+    }
+
+    /// The long-decode workload end to end: contract fields, the CSV timeline, the HTML report.
+    @Test func longDecodeReportsTheContractAndWritesTimelineAndReport() throws {
+        let directory = try TemporaryDirectory()
+        let small = ["simulate", "--context", "512", "--steps", "16"]
+        let report = try CLI.json(small + ["--json", "--csv", directory.path + "/t.csv", "--report", directory.path + "/r.html"])
+        #expect(report["workload"] as? String == "long-decode")
+        #expect(report["policy"] as? String == "lru")
+        let tiers = try #require(report["tiers"] as? [String: [String: Any]])
+        for tier in ["hot", "warm", "cold"] { #expect(tiers[tier]?["hits"] is Int && tiers[tier]?["misses"] is Int) }
+        let bytes = try #require(report["bytes_moved"] as? [String: Any])
+        #expect(Set(bytes.keys) == ["h2d", "d2h", "nvme_read", "nvme_write"])
+        let oracle = try #require(report["oracle_hit_rate"] as? Double)
+        let hot = try #require(report["hot_hit_rate"] as? Double)
+        #expect(oracle >= hot && oracle > 0)
+        #expect((report["stall_seconds"] as? Double ?? -1) >= 0 && (report["tokens_per_s"] as? Double ?? 0) > 0)
+        #expect(report["prefetch"] is [String: Any])
+        let csv = try String(contentsOfFile: directory.path + "/t.csv", encoding: .utf8).split(separator: "\n")
+        #expect(csv.count == 17 && csv[0].hasPrefix("step,time_s,stall_s"))
+        let html = try String(contentsOfFile: directory.path + "/r.html", encoding: .utf8)
+        #expect(html.contains("<svg") && html.contains("Bélády") && html.contains("Link utilisation"))
+
+        let sweep = try CLI.json(small + ["--json", "--sweep", "policy=lru,tova"])
+        let runs = try #require(sweep["runs"] as? [[String: Any]])
+        #expect(runs.map { $0["policy"] as? String } == ["lru", "tova"])
+        let text = try CLI.run(small)
+        #expect(text.status == 0 && text.stdout.contains("hot tier") && text.stdout.contains("tokens/s"))
+        #expect(text.stderr.contains("decoding"), "progress on stderr")
+    }
+
+    @Test func longDecodeRefusesBadOptionsWithTheReason() throws {
+        let directory = try TemporaryDirectory()
+        let cases: [([String], String)] = [
+            (["--hot", "0%"], "--hot"),
+            (["--hot", "lots"], "--hot"),
+            (["--model", "gpt-9"], "gpt-9"),
+            (["--hardware", "tpu"], "tpu"),
+            (["--coverage", "2"], "coverage"),
+            (["--prefetch", "bound"], "issue 9"),
+            (["--sweep", "colour=red"], "colour"),
+            (["--workload", "chat"], "chat"),
+        ]
+        for (arguments, needle) in cases {
+            let result = try CLI.run(["simulate", "--context", "256", "--steps", "1"] + arguments)
+            #expect(result.status != 0 && result.stderr.contains(needle), "\(arguments): \(result.stderr)")
+        }
+        try "{\"h2d_gbps\": 10, \"pcie\": 5}".write(toFile: directory.path + "/c.json", atomically: true, encoding: .utf8)
+        let config = try CLI.run(["simulate", "--context", "256", "--steps", "1", "--config", directory.path + "/c.json"])
+        #expect(config.status != 0 && config.stderr.contains("unknown key 'pcie'"))
     }
 }

@@ -70,6 +70,24 @@ private func evictions(_ policy: any EvictionPolicy, _ count: Int, pinned: Set<I
         #expect(policy.count == 2)
     }
 
+    /// A block demoted and brought back keeps the mass it earned; a block that no longer exists
+    /// (its id reused) starts from nothing.
+    @Test func attentionScoresSurviveLeavingTheTierButNotForget() {
+        let policy = AttentionScorePolicy(mode: .accumulated, recentWindow: 0)
+        for id in Int32(0)..<3 { policy.insert(id, context: context(id)) }
+        policy.reportAttention(0, mass: 0.9)
+        policy.reportAttention(1, mass: 0.5)
+        policy.remove(0)
+        policy.reportAttention(0, mass: 0.1)  // reported while in another tier
+        policy.insert(0, context: context(0))
+        #expect(evictions(policy, 3) == [2, 1, 0])
+        for id in Int32(0)..<3 { policy.insert(id, context: context(id)) }
+        policy.forget(0)
+        policy.insert(0, context: context(0))
+        policy.reportAttention(2, mass: 0.01)
+        #expect(evictions(policy, 1) == [0], "a reused id starts at zero mass")
+    }
+
     @Test func streamingLLMKeepsSinksAndTheRecentWindow() {
         let policy = StreamingLLMPolicy(sinks: 2, recentWindow: 3)
         for id in Int32(0)..<10 { policy.insert(id, context: context(id)) }
@@ -81,7 +99,8 @@ private func evictions(_ policy: any EvictionPolicy, _ count: Int, pinned: Set<I
         for kind in EvictionPolicyKind.all {
             #expect(EvictionPolicyKind(parsing: kind.name) == kind)
             #expect(kind.makePolicy().name == kind.name)
-            #expect(kind.metadataBytesPerBlock > 0 && kind.metadataBytesPerBlock <= 40)
+            // H2O and TOVA are the largest: heap entry and key, insertion number, kept score.
+            #expect(kind.metadataBytesPerBlock > 0 && kind.metadataBytesPerBlock <= 52)
         }
         #expect(EvictionPolicyKind(parsing: "streamingllm:1:8") == .streamingLLM(sinks: 1, recentWindow: 8))
         #expect(EvictionPolicyKind(parsing: "s3fifo:2") == nil)

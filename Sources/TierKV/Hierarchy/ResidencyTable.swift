@@ -177,7 +177,7 @@ struct HierarchyState {
     mutating func removeRecord(_ id: Int32) {
         let record = records[Int(id)]
         index.removeValue(forKey: record.key)
-        for policy in policies { policy.remove(id) }
+        for policy in policies { policy.forget(id) }
         records[Int(id)].flags = []
         freeIDs.append(id)
         statistics.blocks = index.count

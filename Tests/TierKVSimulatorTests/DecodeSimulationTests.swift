@@ -1,0 +1,189 @@
+import Dispatch
+import Testing
+import TierKV
+@testable import TierKVSimulator
+
+@Suite struct VirtualClockTests {
+    /// A pipelined link: data phases queue behind each other, latency overlaps.
+    @Test func pricesTransfersOnTheLinkModel() {
+        let clock = VirtualClock(links: ["h2d": LinkModel(bytesPerSecond: 1e9, latencySeconds: 1e-3)])
+        let delivered = Locked<[(Int, UInt64)]>([])
+        for index in 0..<2 {
+            let token = clock.transferStarted(link: "h2d", byteCount: 1_000_000)  // 1 ms of data each
+            clock.transferFinished(token) { delivered.withLock { $0.append((index, clock.nanoseconds())) } }
+        }
+        #expect(clock.nanoseconds() == 0)
+        clock.advance(bySeconds: 0.0025)  // only the first (1 ms data + 1 ms latency) is due
+        #expect(delivered.withLock { $0.map(\.0) } == [0])
+        #expect(delivered.withLock { $0[0].1 } == 2_000_000)
+        #expect(clock.nanoseconds() == 2_500_000)
+        #expect(clock.run { delivered.withLock { $0.count } == 2 })
+        #expect(delivered.withLock { $0[1].1 } == 3_000_000)
+        #expect(!clock.run { false }, "nothing pending: the condition can never become true")
+        let statistics = clock.linkStatistics["h2d"]!
+        #expect(statistics.transfers == 2 && statistics.bytes == 2_000_000 && abs(statistics.busySeconds - 0.002) < 1e-12)
+    }
+
+    /// Real completions arrive in any order from any thread; delivery follows modelled time.
+    @Test func deliversInModelledOrderWhateverTheRealOrder() {
+        let clock = VirtualClock(links: ["nvme_read": LinkModel(bytesPerSecond: 1e9, latencySeconds: 0)], byteScale: 1000)
+        let tokens = (0..<8).map { _ in clock.transferStarted(link: "nvme_read", byteCount: 1000) }  // 1 ms each
+        let order = Locked<[Int]>([])
+        let group = DispatchGroup()
+        for (index, token) in tokens.enumerated().reversed() {
+            group.enter()
+            DispatchQueue.global().async {
+                clock.transferFinished(token) { order.withLock { $0.append(index) } }
+                group.leave()
+            }
+        }
+        group.wait()
+        clock.run { order.withLock { $0.count } == 8 }
+        #expect(order.withLock { $0 } == Array(0..<8))
+        #expect(clock.nanoseconds() == 8_000_000)
+    }
+}
+
+@Suite struct LongDecodeWorkloadTests {
+    static func small(seed: UInt64 = 1) -> LongDecodeParameters {
+        var parameters = LongDecodeParameters()
+        parameters.contextTokens = 4096
+        parameters.decodeSteps = 4
+        parameters.seed = seed
+        return parameters
+    }
+
+    @Test func attentionIsAProbabilityWithSinksLocalityAndSparsity() {
+        let workload = LongDecodeWorkload(parameters: Self.small(), layers: 4)
+        let attention = workload.step()
+        #expect(attention.mass.count == 1 && attention.mass[0].count == 4)
+        for layer in attention.mass[0] {
+            #expect(layer.count == 256)
+            #expect(abs(layer.reduce(0, +) - 1) < 1e-3)
+            // The sink block and the newest blocks carry real mass; most blocks carry little.
+            #expect(layer[0] > 0.2)
+            #expect(layer[(252)...].reduce(0, +) > 0.01)
+            let needed = DecodeSimulation.neededBlocks(layer, coverage: 0.95, sinks: 4, tokensPerBlock: 16, stored: 256)
+            #expect(needed.count < 64, "95% of the mass should sit in under a quarter of the blocks, got \(needed.count)")
+            #expect(needed.first == 0 && needed.last == 255)
+        }
+    }
+
+    @Test func theSeedDecidesEverything() {
+        let a = LongDecodeWorkload(parameters: Self.small(seed: 7), layers: 2).step().mass
+        let b = LongDecodeWorkload(parameters: Self.small(seed: 7), layers: 2).step().mass
+        let c = LongDecodeWorkload(parameters: Self.small(seed: 8), layers: 2).step().mass
+        #expect(a == b)
+        #expect(a != c)
+    }
+
+    @Test func neededBlocksCoverTheMassAskedFor() {
+        let mass: [Float] = [0.3, 0.05, 0.4, 0.05, 0.2]
+        #expect(DecodeSimulation.neededBlocks(mass, coverage: 0.35, sinks: 0, tokensPerBlock: 16, stored: 5) == [2, 4])
+        #expect(DecodeSimulation.neededBlocks(mass, coverage: 0.85, sinks: 0, tokensPerBlock: 16, stored: 5) == [0, 2, 4])
+        #expect(DecodeSimulation.neededBlocks(mass, coverage: 1, sinks: 0, tokensPerBlock: 16, stored: 4) == [0, 1, 2, 3])
+        // Block 4 is not stored yet (the partial block): never requested.
+        #expect(DecodeSimulation.neededBlocks(mass, coverage: 0.85, sinks: 4, tokensPerBlock: 16, stored: 4) == [0, 2, 3])
+    }
+}
+
+@Suite struct DecodeSimulationTests {
+    /// A Llama-3.1-8B-sized layer, 4 layers deep, so a debug-build test runs in seconds.
+    static let fourLayers = ModelPreset(
+        name: "Llama-3.1-8B (4 layers)", layers: 4, queryHeads: 32, kvHeads: 8, headDim: 128, hiddenSize: 4096,
+        intermediateSize: 14336, vocabularySize: 128_256, parameterCount: 2 * 128_256 * 4096 + 4 * 218_112_000,
+        maximumContextTokens: 131_072)
+
+    static func configuration(policy: EvictionPolicyKind = .lru) -> DecodeSimulationConfiguration {
+        var configuration = DecodeSimulationConfiguration()
+        configuration.model = fourLayers
+        configuration.workload.contextTokens = 2048
+        configuration.workload.decodeSteps = 24
+        configuration.workload.vectorDimension = 32
+        configuration.policy = policy
+        return configuration
+    }
+
+    @Test func usesAllThreeTiersAndAccountsForTime() throws {
+        let result = try DecodeSimulation.run(Self.configuration())
+        let hot = try #require(result.tiers[.hot]), warm = try #require(result.tiers[.warm]), cold = try #require(result.tiers[.cold])
+        #expect(hot.hits > 0 && warm.hits > 0 && cold.hits > 0, "hot \(hot) warm \(warm) cold \(cold)")
+        #expect(result.capacityBlocks[.hot] == Int((Double(result.totalBlocks) * 0.1).rounded()))
+        #expect((result.bytesMoved["h2d"] ?? 0) > 0 && (result.bytesMoved["nvme_read"] ?? 0) > 0)
+        // Bytes are modelled block bytes: whole 64 KiB blocks of Llama-3.1-8B.
+        #expect((result.bytesMoved["h2d"] ?? 0).truncatingRemainder(dividingBy: Double(result.blockBytes)) == 0)
+        #expect(result.blockBytes == 2 * 16 * 8 * 128 * 2)
+        // The link was busy exactly bytes / bandwidth.
+        let h2d = result.bytesMoved["h2d"]! / HardwarePreset.pcieGen5x16.bytesPerSecond
+        #expect(abs(result.linkBusySeconds["h2d"]! - h2d) < 1e-6)
+        // Decode time is compute plus stall, nothing else.
+        #expect(abs(result.decodeSeconds - (result.computeSeconds + result.stallSeconds)) < 1e-6)
+        #expect(result.stallSeconds > 0 && result.tokensPerSecond < result.computeBoundTokensPerSecond)
+        #expect(abs(result.stallSeconds - result.stallFromWarmSeconds - result.stallFromColdSeconds - result.stallFromStoresSeconds) < 1e-9)
+        #expect(result.droppedBlocks == 0 && result.corruptions == 0)
+        #expect(result.oracleHotHitRate >= result.hotHitRate)
+        #expect(result.timeline.count == 24 && result.timeline.map(\.neededBlocks).reduce(0, +) == result.blockAccesses)
+    }
+
+    @Test func runsAreDeterministic() throws {
+        let first = try DecodeSimulation.run(Self.configuration(policy: .tova(recentWindow: 16)))
+        let second = try DecodeSimulation.run(Self.configuration(policy: .tova(recentWindow: 16)))
+        #expect(first.tiers == second.tiers)
+        #expect(first.bytesMoved == second.bytesMoved)
+        #expect(first.stallSeconds == second.stallSeconds)
+        #expect(first.timeline == second.timeline)
+    }
+
+    /// Faster links, less stall: the model is what decides time.
+    @Test func aFasterLinkStallsLess() throws {
+        var slow = Self.configuration()
+        slow.hardware = .a100PCIeGen4
+        var fast = Self.configuration()
+        fast.hardware = .a100PCIeGen4
+        for link in [\HardwarePreset.hostToDevice, \.deviceToHost, \.nvmeRead, \.nvmeWrite] {
+            fast.hardware[keyPath: link].bytesPerSecond *= 8
+            fast.hardware[keyPath: link].latencySeconds /= 8
+        }
+        let a = try DecodeSimulation.run(slow), b = try DecodeSimulation.run(fast)
+        #expect(a.tiers == b.tiers, "the same decisions")
+        #expect(b.stallSeconds < a.stallSeconds / 4)
+    }
+
+    @Test func badConfigurationsAreRefusedWithTheField() throws {
+        var configuration = Self.configuration()
+        configuration.attentionCoverage = 1.5
+        let error = tierKVError { _ = try DecodeSimulation.run(configuration) }
+        #expect(error?.message.contains("coverage") == true)
+    }
+
+    @Test func theOracleMatchesANaiveMIN() {
+        var generator = SplitMix64(seed: 3)
+        let accesses = (0..<400).map { _ in Int32(generator.next() % 24) }
+        for capacity in [1, 3, 8, 30] {
+            #expect(BeladyOracle.hits(accesses: accesses, distinct: 24, capacity: capacity) == naiveMIN(accesses, capacity))
+        }
+    }
+
+    private func naiveMIN(_ accesses: [Int32], _ capacity: Int) -> Int {
+        var cache: [Int32] = [], hits = 0
+        for (index, id) in accesses.enumerated() {
+            if cache.contains(id) {
+                hits += 1
+                continue
+            }
+            cache.append(id)
+            if cache.count > capacity {
+                func next(_ block: Int32) -> Int { accesses[(index + 1)...].firstIndex(of: block) ?? Int.max }
+                // Farthest next use; ties to the earliest in the cache (any tie gives the same hits).
+                let victim = cache.max { next($0) < next($1) }!
+                cache.removeAll { $0 == victim }
+            }
+        }
+        return hits
+    }
+}
+
+private func tierKVError(_ body: () throws -> Void) -> TierKVError? {
+    do { try body() } catch { return error as? TierKVError }
+    return nil
+}
