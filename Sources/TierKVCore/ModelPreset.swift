@@ -57,6 +57,12 @@ public struct ModelPreset: Hashable, Sendable, Codable {
         name: "Llama-3.1-405B", layers: 126, queryHeads: 128, kvHeads: 8, headDim: 128, hiddenSize: 16384,
         intermediateSize: 53248, vocabularySize: 128_256, parameterCount: 405_853_388_800,
         maximumContextTokens: 131_072)
+    public static let llama3_2_1B = ModelPreset(
+        name: "Llama-3.2-1B", layers: 16, queryHeads: 32, kvHeads: 8, headDim: 64, hiddenSize: 2048,
+        intermediateSize: 8192, vocabularySize: 128_256, parameterCount: 1_235_814_400, maximumContextTokens: 131_072)
+    public static let llama3_2_3B = ModelPreset(
+        name: "Llama-3.2-3B", layers: 28, queryHeads: 24, kvHeads: 8, headDim: 128, hiddenSize: 3072,
+        intermediateSize: 8192, vocabularySize: 128_256, parameterCount: 3_212_749_824, maximumContextTokens: 131_072)
     public static let mistral7B = ModelPreset(
         name: "Mistral-7B", layers: 32, queryHeads: 32, kvHeads: 8, headDim: 128, hiddenSize: 4096,
         intermediateSize: 14336, vocabularySize: 32000, parameterCount: 7_241_732_096, maximumContextTokens: 32768)
@@ -70,7 +76,8 @@ public struct ModelPreset: Hashable, Sendable, Codable {
 
     /// Every preset, in the order `tierkv` lists them.
     public static let all: [ModelPreset] = [
-        llama3_8B, llama3_70B, llama3_1_8B, llama3_1_70B, llama3_1_405B, mistral7B, qwen2_5_7B, qwen2_5_72B,
+        llama3_8B, llama3_70B, llama3_1_8B, llama3_1_70B, llama3_1_405B, llama3_2_1B, llama3_2_3B, mistral7B, qwen2_5_7B,
+        qwen2_5_72B,
     ]
 
     /// Finds a preset by name, ignoring case, `-`, `_`, `.` and spaces (`llama3-8b` finds Llama-3-8B).

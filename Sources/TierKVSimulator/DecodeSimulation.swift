@@ -24,8 +24,13 @@ public struct DecodeSimulationConfiguration: Sendable {
     public var kvDType: DType = .fp16
     /// Modelled bytes each link may have in flight (the scheduler's bound).
     public var bytesInFlightPerLink = 256 << 20
-    /// The cold tier's stand-in file goes here (a temporary directory when nil, removed after).
+    /// The cold tier's file goes in a fresh directory made under this one and removed after (by
+    /// default under `/dev/shm`, `$TMPDIR` or `/tmp`).
     public var cacheDirectory: String?
+    /// Real I/O: full-size blocks in the real warm arena and a real cold file under
+    /// `cacheDirectory` (required), and the NVMe links timed by the real reads and writes
+    /// (measured wall time) instead of the drive's model. Host↔device stays modelled.
+    public var realIO = false
 
     public init() {}
 }
@@ -56,6 +61,10 @@ public struct TierCounts: Sendable, Equatable {
 /// What a decode simulation measured (decode phase only; the prefill that fills the tiers is
 /// not counted).
 public struct DecodeSimulationResult: Sendable {
+    /// `long-decode` or `trace:tierkv`.
+    public var workload: String
+    /// NVMe times measured on real I/O (`--real-io`) rather than modelled.
+    public var realIO: Bool
     public var model: String
     public var hardware: String
     public var policy: String
@@ -104,16 +113,33 @@ public struct DecodeSimulationResult: Sendable {
 /// virtual time), computes (the roofline time), reports the attention mass, releases. Every
 /// `tokensPerBlock` steps the newest block of every layer is stored.
 public enum DecodeSimulation {
+    /// - Parameter trace: attention recorded from a real model instead of the generator; its
+    ///   context, steps and block size replace the configuration's workload.
     public static func run(
-        _ configuration: DecodeSimulationConfiguration, progress: ((Int, Int) -> Void)? = nil
+        _ configuration: DecodeSimulationConfiguration, trace: TierKVTrace? = nil, progress: ((Int, Int) -> Void)? = nil
     ) throws(TierKVError) -> DecodeSimulationResult {
         let wallStart = DispatchTime.now().uptimeNanoseconds
-        let parameters = configuration.workload
+        var parameters = configuration.workload
+        if let trace {
+            trace.rewind()
+            parameters.sequences = 1
+            parameters.contextTokens = trace.contextTokens
+            parameters.decodeSteps = trace.decodeSteps
+            parameters.tokensPerBlock = trace.tokensPerBlock
+            parameters.sinkTokens = trace.sinkTokens
+        }
         try validate(configuration)
         let model = configuration.model
         let layers = model.layers
+        if let trace, trace.layers != layers {
+            throw TierKVError.invalid("the trace has \(trace.layers) layers but the model \(model.name) has \(layers); pass the recorded model's preset with --model")
+        }
         let modelLayout = try model.layout(tokensPerBlock: parameters.tokensPerBlock, dtype: configuration.kvDType)
-        let standIn = try KVLayout(layers: layers, kvHeads: 1, queryHeads: 1, headDim: 8, tokensPerBlock: parameters.tokensPerBlock)
+        if configuration.realIO, configuration.cacheDirectory == nil {
+            throw TierKVError.invalid("real I/O needs a cache directory on the drive to measure (--cache-dir)")
+        }
+        let standIn = configuration.realIO
+            ? modelLayout : try KVLayout(layers: layers, kvHeads: 1, queryHeads: 1, headDim: 8, tokensPerBlock: parameters.tokensPerBlock)
         let byteScale = Double(modelLayout.blockByteCount) / Double(standIn.blockByteCount)
         let fullBlocksPerLayer = parameters.totalTokens / parameters.tokensPerBlock
         let totalBlocks = parameters.sequences * layers * fullBlocksPerLayer
@@ -128,17 +154,22 @@ public enum DecodeSimulation {
             .cold: configuration.coldBytes.map { max(1, $0 / blockBytes) } ?? totalBlocks,
         ]
 
-        let clock = VirtualClock(links: configuration.hardware.links, byteScale: byteScale)
-        let temporary = configuration.cacheDirectory == nil ? try makeTemporaryDirectory() : nil
-        defer { if let temporary { try? FileManager.default.removeItem(atPath: temporary) } }
+        let clock = VirtualClock(
+            links: configuration.hardware.links, byteScale: byteScale,
+            measuredLinks: configuration.realIO ? ["nvme_read", "nvme_write"] : [])
+        // A fresh directory per run (inside --cache-dir when given), removed after: a run never
+        // starts from blocks an earlier run left behind.
+        let temporary = try makeTemporaryDirectory(under: configuration.cacheDirectory)
+        defer { try? FileManager.default.removeItem(atPath: temporary) }
         var hierarchyConfiguration = HierarchyConfiguration(
             layout: standIn, namespace: "tierkv-simulate", hotCapacityBlocks: capacity[.hot]!,
             warmCapacityBlocks: capacity[.warm]!, coldCapacityBlocks: capacity[.cold]!,
-            cacheDirectory: (configuration.cacheDirectory ?? temporary!) + "/cache", policy: configuration.policy,
+            cacheDirectory: temporary + "/cache", policy: configuration.policy,
             accelerator: .emulated(.instant))
         hierarchyConfiguration.coldAdmission = .always
         hierarchyConfiguration.clock = clock
-        hierarchyConfiguration.coldAllowsBufferedFallback = true
+        // Stand-in files may sit on tmpfs; a real-I/O run wants O_DIRECT and says so if it cannot.
+        hierarchyConfiguration.coldAllowsBufferedFallback = !configuration.realIO
         hierarchyConfiguration.maximumBytesInFlightPerLink = max(
             standIn.blockByteCount, Int(Double(configuration.bytesInFlightPerLink) / byteScale))
         let hierarchy = try Hierarchy(hierarchyConfiguration)
@@ -162,7 +193,7 @@ public enum DecodeSimulation {
         }
 
         // Prefill: every layer writes the context's full blocks.
-        let workload = LongDecodeWorkload(parameters: parameters, layers: layers)
+        let workload: any AttentionSource = trace ?? LongDecodeWorkload(parameters: parameters, layers: layers)
         let contextBlocks = parameters.contextTokens / parameters.tokensPerBlock
         for layer in 0..<layers {
             for sequence in 0..<parameters.sequences {
@@ -284,6 +315,7 @@ public enum DecodeSimulation {
         }
         let oracleHits = BeladyOracle.hits(accesses: accesses, distinct: totalBlocks, capacity: capacity[.hot]!)
         return DecodeSimulationResult(
+            workload: trace == nil ? "long-decode" : "trace:tierkv", realIO: configuration.realIO,
             model: model.name, hardware: configuration.hardware.name, policy: configuration.policy.name, parameters: parameters,
             attentionCoverage: configuration.attentionCoverage, capacityBlocks: capacity, blockBytes: blockBytes,
             totalBlocks: totalBlocks, tiers: [.hot: counts(.hot), .warm: counts(.warm), .cold: counts(.cold)],
@@ -294,7 +326,7 @@ public enum DecodeSimulation {
             timeline: timeline, wallSeconds: Double(DispatchTime.now().uptimeNanoseconds - wallStart) / 1e9,
             droppedBlocks: endStatistics.droppedBlocks, corruptions: endStatistics.corruptions,
             metadataBytesPerBlock: Hierarchy.metadataBytesPerBlock(policies: [configuration.policy, configuration.policy, configuration.policy]),
-            vectorBytesPerBlock: parameters.tokensPerBlock * parameters.vectorHeads * parameters.vectorDimension * MemoryLayout<Float>.size)
+            vectorBytesPerBlock: trace == nil ? parameters.tokensPerBlock * parameters.vectorHeads * parameters.vectorDimension * MemoryLayout<Float>.size : 0)
     }
 
     /// The blocks a layer needs: by descending mass until `coverage` of it is held, plus the
@@ -338,11 +370,11 @@ public enum DecodeSimulation {
     /// The stand-in cold file's directory: memory-backed `/dev/shm` when there is one (the file
     /// only carries stand-in blocks whose timing the clock models: waiting for a disk's flushes
     /// would only slow the simulation), else `$TMPDIR` or `/tmp`.
-    private static func makeTemporaryDirectory() throws(TierKVError) -> String {
-        let base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
+    private static func makeTemporaryDirectory(under directory: String?) throws(TierKVError) -> String {
+        let base = directory ?? (access("/dev/shm", W_OK) == 0 ? "/dev/shm" : ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp")
         var template = Array((base + "/tierkv-simulate-XXXXXX").utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw TierKVError(.systemCall, "cannot create a temporary directory under \(base)", errno: errno)
+            throw TierKVError(.systemCall, "cannot create a directory for the simulation's cold file under \(base)", path: base, errno: errno)
         }
         return String(cString: made)
     }

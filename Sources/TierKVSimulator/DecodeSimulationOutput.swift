@@ -19,9 +19,10 @@ extension DecodeSimulationResult {
             ])
         }
         return .object([
-            ("workload", .string("long-decode")),
+            ("workload", .string(workload)),
             ("model", .string(model)),
             ("hardware", .string(hardware)),
+            ("real_io", .bool(realIO)),
             ("policy", .string(policy)),
             ("oracle_hit_rate", .number(oracleHotHitRate)),
             ("hot_hit_rate", .number(hotHitRate)),
@@ -63,8 +64,8 @@ extension DecodeSimulationResult {
             return ("\(tier) tier", "\(counts.hits) hits, \(counts.misses) misses (\(percent(counts.hitRate)))   capacity \(capacity) blocks = \(formatBytes(Double(capacity * blockBytes)))")
         }
         var rows: [(String, String)] = [
-            ("workload", "long-decode: \(parameters.sequences) × \(parameters.contextTokens) tokens of context, \(parameters.decodeSteps) decode steps, seed \(parameters.seed)"),
-            ("model / hardware", "\(model) on \(hardware)   block = \(formatBytes(Double(blockBytes))) (\(parameters.tokensPerBlock) tokens, one layer)"),
+            ("workload", "\(workload): \(parameters.sequences) × \(parameters.contextTokens) tokens of context, \(parameters.decodeSteps) decode steps, seed \(parameters.seed)"),
+            ("model / hardware", "\(model) on \(hardware)\(realIO ? " (NVMe timed by real I/O)" : "")   block = \(formatBytes(Double(blockBytes))) (\(parameters.tokensPerBlock) tokens, one layer)"),
             ("policy", "\(policy); needed blocks = \(percent(attentionCoverage)) of each layer's attention mass"),
             tierRow(.hot), tierRow(.warm), tierRow(.cold),
             ("hot hit rate", "\(percent(hotHitRate))   Bélády oracle \(percent(oracleHotHitRate)) on the same \(blockAccesses) accesses"),

@@ -104,10 +104,14 @@ public struct DecodeComputeModel: Sendable, Equatable {
         self.efficiency = efficiency
     }
 
-    /// Weights of one transformer layer: the total less the input embedding and the LM head.
+    /// Weights of one transformer layer from the architecture (Llama family): Q and O
+    /// projections hidden × (query heads × head dim), K and V hidden × (KV heads × head dim), and
+    /// the gated MLP's three hidden × intermediate matrices (norms are negligible). Exact for
+    /// tied and untied embeddings alike, which a subtraction from the parameter count is not.
     public var weightsPerLayer: Double {
-        let embeddings = 2 * Double(model.vocabularySize) * Double(model.hiddenSize)
-        return (Double(model.parameterCount) - embeddings) / Double(model.layers)
+        let hidden = Double(model.hiddenSize)
+        let attention = 2 * hidden * Double(model.queryHeads * model.headDim) + 2 * hidden * Double(model.kvHeads * model.headDim)
+        return attention + 3 * hidden * Double(model.intermediateSize)
     }
 
     /// Seconds for one layer of one decode step over `batch` sequences of `contextTokens` each.

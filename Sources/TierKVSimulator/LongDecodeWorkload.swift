@@ -63,7 +63,7 @@ public struct LongDecodeParameters: Sendable, Equatable, Codable {
 ///   `noise`/√d on queries.
 /// Queries attend with GQA group 1 (one query head per simulated KV head); the block's mass is
 /// the mean over heads of the softmax weights of its tokens, so a layer's masses sum to 1.
-public final class LongDecodeWorkload: @unchecked Sendable {
+public final class LongDecodeWorkload: AttentionSource, @unchecked Sendable {
     // @unchecked: mutated only by `step`/`appendToken` on one thread; scoring reads it from
     // concurrent workers that each write only their own output row.
     public let parameters: LongDecodeParameters
@@ -77,6 +77,11 @@ public final class LongDecodeWorkload: @unchecked Sendable {
     private var streams: [Stream]
     private var needles: [Needle?]  // per (sequence × layer)
     public private(set) var tokenCount: Int
+    public var sequences: Int { parameters.sequences }
+    public var tokensPerBlock: Int { parameters.tokensPerBlock }
+    public var contextTokens: Int { parameters.contextTokens }
+    public var decodeSteps: Int { parameters.decodeSteps }
+    public var sinkTokens: Int { parameters.sinkTokens }
 
     private struct Stream {
         var generator: SplitMix64
@@ -90,12 +95,6 @@ public final class LongDecodeWorkload: @unchecked Sendable {
     private struct Needle {
         var token: Int
         var remaining: Int
-    }
-
-    /// Attention of one decode step: per sequence, per layer, the mass of each block.
-    public struct StepAttention: Sendable {
-        /// [sequence][layer][block]
-        public var mass: [[[Float]]]
     }
 
     public init(parameters: LongDecodeParameters, layers: Int) {

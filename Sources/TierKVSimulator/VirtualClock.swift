@@ -61,19 +61,26 @@ public final class VirtualClock: TransferClock, @unchecked Sendable {
         var nextToken: UInt64 = 1
         /// Started transfers whose real completion has not arrived: token → modelled finish.
         var started: [UInt64: UInt64] = [:]
+        /// Started transfers on measured links: token → (link, wall-clock start).
+        var measuring: [UInt64: (link: String, wallStart: UInt64)] = [:]
         var events: [Event] = []  // a binary min-heap on (finish, order)
         var links: [String: LinkState] = [:]
     }
 
     public let byteScale: Double
+    /// Links whose time is the real transfer's measured wall time instead of a model
+    /// (`--real-io`: the cold tier's real NVMe reads and writes).
+    public let measuredLinks: Set<String>
     private let state: ConditionLocked<State>
+    private let wallClock = MonotonicClock()
 
     /// - Parameters:
     ///   - links: the model of each link by its name (`h2d`, `d2h`, `nvme_read`, `nvme_write`).
     ///     A transfer on a link with no model costs no time.
     ///   - byteScale: modelled bytes per real byte.
-    public init(links: [String: LinkModel], byteScale: Double = 1) {
+    public init(links: [String: LinkModel], byteScale: Double = 1, measuredLinks: Set<String> = []) {
         self.byteScale = byteScale
+        self.measuredLinks = measuredLinks
         var initial = State()
         for (name, model) in links { initial.links[name] = LinkState(model: model) }
         state = ConditionLocked(initial)
@@ -88,7 +95,13 @@ public final class VirtualClock: TransferClock, @unchecked Sendable {
             let token = state.nextToken
             state.nextToken += 1
             var finish = state.now
-            if var modelled = state.links[link] {
+            if measuredLinks.contains(link) {
+                state.measuring[token] = (link, wallClock.nanoseconds())
+                var measured = state.links[link] ?? LinkState(model: LinkModel(bytesPerSecond: .infinity, latencySeconds: 0))
+                measured.statistics.transfers += 1
+                measured.statistics.bytes += Double(byteCount) * byteScale
+                state.links[link] = measured
+            } else if var modelled = state.links[link] {
                 let bytes = Double(byteCount) * byteScale
                 let occupancy = UInt64((modelled.model.occupancySeconds(bytes) * 1e9).rounded())
                 let start = max(state.now, modelled.busyUntil)
@@ -105,8 +118,18 @@ public final class VirtualClock: TransferClock, @unchecked Sendable {
     }
 
     public func transferFinished(_ token: UInt64, deliver: @escaping @Sendable () -> Void) {
+        let wallEnd = wallClock.nanoseconds()
         state.withLock { state in
-            let finish = state.started.removeValue(forKey: token) ?? state.now
+            var finish = state.started.removeValue(forKey: token) ?? state.now
+            if let measuring = state.measuring.removeValue(forKey: token), var link = state.links[measuring.link] {
+                // The transfer took its real time, from when the link was free in virtual time.
+                let start = max(finish, link.busyUntil)
+                let duration = wallEnd - measuring.wallStart
+                finish = start + duration
+                link.busyUntil = finish
+                link.statistics.busySeconds += Double(duration) / 1e9
+                state.links[measuring.link] = link
+            }
             Self.push(Event(finish: finish, order: token, deliver: deliver), into: &state.events)
         }
         state.broadcast()

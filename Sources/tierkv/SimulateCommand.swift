@@ -15,7 +15,8 @@ struct SimulateCommand: ParsableCommand {
             emulated accelerator for hot, a real warm arena and a real cold block file (in a temp \
             directory, or --cache-dir) on a virtual clock whose links are the hardware's models.
             Request traces: --trace FILE --trace-format mooncake replays in prefix-cache mode \
-            (capacity in 512-token blocks) beside Bélády's MIN oracle.
+            (capacity in 512-token blocks) beside Bélády's MIN oracle. Attention traces recorded from \
+            a real model: --trace FILE --trace-format tierkv --model PRESET replaces the generator.
             """
     )
 
@@ -44,8 +45,10 @@ struct SimulateCommand: ParsableCommand {
     var warm: String = "30%"
     @Option(help: "Cold tier size in bytes (default: every block).")
     var cold: String?
-    @Option(help: "Directory for the cold tier's stand-in file (default: a temporary directory, removed after).")
+    @Option(help: "Directory for the cold tier's file (default: a temporary directory, removed after).")
     var cacheDir: String?
+    @Flag(help: "Full-size blocks in the real warm arena and a real cold file under --cache-dir; NVMe reads and writes timed by the real I/O instead of the drive's model.")
+    var realIO = false
 
     // Machine overrides
     @Option(help: "A JSON file overriding hardware figures (keys: h2d_gbps, d2h_gbps, nvme_read_gbps, nvme_write_gbps, h2d_latency_us, nvme_read_latency_us, nvme_write_latency_us, gpu_tflops, hbm_gbps, efficiency).")
@@ -67,7 +70,7 @@ struct SimulateCommand: ParsableCommand {
     // Traces
     @Option(help: "A request trace (JSON lines); switches to prefix-cache mode.")
     var trace: String?
-    @Option(help: "Trace format: mooncake (FAST'25: timestamp, input_length, output_length, hash_ids of 512-token blocks).")
+    @Option(help: "Trace format: mooncake (FAST'25 request prefix traces: timestamp, input_length, output_length, hash_ids of 512-token blocks) or tierkv (per-step attention recorded from a model by tools/record-tierkv-trace).")
     var traceFormat: String = "mooncake"
     @Option(help: "Prefix-cache mode: capacity in 512-token blocks.")
     var capacityBlocks: Int?
@@ -88,14 +91,18 @@ struct SimulateCommand: ParsableCommand {
     var report: String?
 
     func run() throws {
-        if let trace { return try runTrace(trace) }
-        try runDecode()
+        guard let trace else { return try runDecode(trace: nil) }
+        switch traceFormat {
+        case "mooncake": try runTrace(trace)
+        case "tierkv":
+            if !json { Output.printError("reading \(trace)...") }
+            do { try runDecode(trace: TierKVTrace.load(path: trace)) } catch let error as TierKVError { throw CommandFailure(error) }
+        default:
+            throw CommandFailure("--trace-format \(traceFormat) is not supported; use mooncake (request prefix traces) or tierkv (per-step attention traces)")
+        }
     }
 
     func runTrace(_ trace: String) throws {
-        guard traceFormat == "mooncake" else {
-            throw CommandFailure("--trace-format \(traceFormat) is not supported; use mooncake (the tierkv per-step format is not built yet)")
-        }
         guard let basePolicy = EvictionPolicyKind(parsing: policy) else {
             throw CommandFailure("--policy \(policy) is not one of: \(EvictionPolicyKind.parsingHelp)")
         }

@@ -9,7 +9,7 @@ import Glibc
 
 extension SimulateCommand {
     /// The long-decode workload through the real hierarchy in virtual time.
-    func runDecode() throws {
+    func runDecode(trace: TierKVTrace?) throws {
         guard workload == "long-decode" else {
             throw CommandFailure("--workload \(workload) is not known; use long-decode, or --trace FILE for request traces")
         }
@@ -47,7 +47,7 @@ extension SimulateCommand {
             let bar = ProgressBar(prefix: prefix + "decoding")
             let result: DecodeSimulationResult
             do {
-                result = try DecodeSimulation.run(run.configuration) { done, total in bar.update(done, of: total) }
+                result = try DecodeSimulation.run(run.configuration, trace: trace) { done, total in bar.update(done, of: total) }
             } catch { throw CommandFailure(error) }
             bar.finish()
             results.append((run.label, result))
@@ -77,7 +77,7 @@ extension SimulateCommand {
             Output.printJSON(object)
             return
         }
-        Output.printTable("tierkv simulate: \(first.model) long-decode on \(first.hardware) (virtual time, real hierarchy, emulated accelerator)", first.tableRows)
+        Output.printTable("tierkv simulate: \(first.model) \(first.workload) on \(first.hardware) (virtual time, real hierarchy, emulated accelerator)", first.tableRows)
         if results.count > 1 {
             print("")
             Output.printTable("sweep", results.map { label, result in
@@ -106,6 +106,7 @@ extension SimulateCommand {
         configuration.workload.seed = seed
         configuration.attentionCoverage = coverage
         configuration.cacheDirectory = cacheDir
+        configuration.realIO = realIO
         try applySize(hot, option: "--hot", fraction: &configuration.hotFraction, bytes: &configuration.hotBytes)
         try applySize(warm, option: "--warm", fraction: &configuration.warmFraction, bytes: &configuration.warmBytes)
         if let cold { configuration.coldBytes = try parseByteCount(cold, option: "--cold") }

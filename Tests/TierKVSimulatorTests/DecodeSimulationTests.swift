@@ -1,5 +1,7 @@
 import Dispatch
+import Foundation
 import Testing
+import TierKVTestSupport
 import TierKV
 @testable import TierKVSimulator
 
@@ -149,10 +151,27 @@ import TierKV
         #expect(b.stallSeconds < a.stallSeconds / 4)
     }
 
+    /// --real-io: full-size blocks through the real arena and a real cold file, NVMe timed by the
+    /// real I/O; the run's directory is removed after.
+    @Test func realIORunsFullSizeBlocksOnARealFile() throws {
+        let directory = try TemporaryDirectory()
+        var configuration = Self.configuration()
+        configuration.realIO = true
+        configuration.cacheDirectory = directory.path
+        let result = try DecodeSimulation.run(configuration)
+        #expect(result.realIO)
+        #expect((result.tiers[.cold]?.hits ?? 0) > 0 && (result.bytesMoved["nvme_read"] ?? 0) > 0)
+        #expect((result.linkBusySeconds["nvme_read"] ?? 0) > 0, "measured, not free")
+        #expect(result.droppedBlocks == 0 && result.corruptions == 0)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory.path).isEmpty)
+        configuration.cacheDirectory = nil
+        #expect(failure { _ = try DecodeSimulation.run(configuration) }?.message.contains("--cache-dir") == true)
+    }
+
     @Test func badConfigurationsAreRefusedWithTheField() throws {
         var configuration = Self.configuration()
         configuration.attentionCoverage = 1.5
-        let error = tierKVError { _ = try DecodeSimulation.run(configuration) }
+        let error = failure { _ = try DecodeSimulation.run(configuration) }
         #expect(error?.message.contains("coverage") == true)
     }
 
@@ -183,7 +202,8 @@ import TierKV
     }
 }
 
-private func tierKVError(_ body: () throws -> Void) -> TierKVError? {
+/// The `TierKVError` `body` throws, or nil.
+func failure(_ body: () throws -> Void) -> TierKVError? {
     do { try body() } catch { return error as? TierKVError }
     return nil
 }

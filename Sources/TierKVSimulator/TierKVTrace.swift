@@ -1,0 +1,191 @@
+import Foundation
+import TierKVCore
+
+/// Where a decode simulation's attention comes from: the generator or a recorded trace.
+public protocol AttentionSource: AnyObject {
+    var layers: Int { get }
+    var sequences: Int { get }
+    var tokensPerBlock: Int { get }
+    var contextTokens: Int { get }
+    var decodeSteps: Int { get }
+    var sinkTokens: Int { get }
+    /// Tokens of context now (grows by one per `appendToken`).
+    var tokenCount: Int { get }
+    /// The attention of the step at the current position: [sequence][layer][block] masses.
+    func step() -> StepAttention
+    func appendToken()
+}
+
+/// Attention of one decode step: per sequence, per layer, the mass of each block.
+public struct StepAttention: Sendable {
+    /// [sequence][layer][block]
+    public var mass: [[[Float]]]
+}
+
+/// A per-step, per-layer attention trace recorded from a real model (`tools/record-tierkv-trace`),
+/// replayed by `tierkv simulate --trace FILE --trace-format tierkv`.
+///
+/// Format, version 1: JSON lines. The first line is the header:
+///
+///     {"format": "tierkv-trace", "version": 1, "model": "Llama-3.2-1B", "layers": 16,
+///      "kv_heads": 8, "head_dim": 64, "tokens_per_block": 16, "context_tokens": 1024,
+///      "decode_steps": 64, "sink_tokens": 4}
+///
+/// then, for each decode step in order and each layer in order, a step line:
+///
+///     {"type": "step", "step": 0, "layer": 0, "position": 1024, "mass": [0.41, 0.002, ...],
+///      "query": [[...head_dim floats...], ... kv_heads rows]}
+///
+/// `position` is the index of the token being decoded (`context_tokens + step`); `mass` holds
+/// the attention weight of each 16-token block of tokens 0...position (so ⌈(position+1)/16⌉
+/// entries), averaged over the layer's query heads: non-negative, summing to 1 (± 0.01).
+/// `query` (optional, for predictors) is the post-RoPE query per KV head (mean over its group).
+/// Optional block lines carry the key summaries of a block when it is complete:
+///
+///     {"type": "block", "layer": 0, "block": 63, "key_min": [[...]], "key_max": [[...]],
+///      "key_mean": [[...]]}
+///
+/// each `kv_heads` rows of `head_dim` floats. The reader refuses malformed input with the line
+/// number and the reason.
+public final class TierKVTrace: AttentionSource {
+    public struct Header: Sendable, Equatable {
+        public var model: String
+        public var layers: Int
+        public var kvHeads: Int
+        public var headDim: Int
+        public var tokensPerBlock: Int
+        public var contextTokens: Int
+        public var decodeSteps: Int
+        public var sinkTokens: Int
+    }
+
+    public let header: Header
+    /// [step][layer] → masses.
+    private let masses: [[[Float]]]
+    /// [step][layer] → the query per KV head, when recorded.
+    public let queries: [[[[Float]]?]]
+    public private(set) var blockSummaryCount = 0
+    public private(set) var tokenCount: Int
+    private var currentStep = 0
+
+    public var layers: Int { header.layers }
+    public var sequences: Int { 1 }
+    public var tokensPerBlock: Int { header.tokensPerBlock }
+    public var contextTokens: Int { header.contextTokens }
+    public var decodeSteps: Int { header.decodeSteps }
+    public var sinkTokens: Int { header.sinkTokens }
+
+    public static func load(path: String) throws(TierKVError) -> TierKVTrace {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw TierKVError(.notFound, "cannot read trace file \(path)", path: path)
+        }
+        guard let text = String(data: data, encoding: .utf8) else { throw .invalid("trace file \(path) is not UTF-8") }
+        return try TierKVTrace(parsing: text, source: path)
+    }
+
+    public init(parsing text: String, source: String = "trace") throws(TierKVError) {
+        var header: Header?
+        var masses: [[[Float]]] = [], queries: [[[[Float]]?]] = []
+        var expected = (step: 0, layer: 0)
+        var lineNumber = 0
+        var summaries = 0
+        func fail(_ reason: String) -> TierKVError { .invalid("\(source):\(lineNumber): \(reason)") }
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            lineNumber += 1
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            if trimmed.isEmpty { continue }
+            guard let object = (try? JSONSerialization.jsonObject(with: Data(trimmed.utf8))) as? [String: Any] else {
+                throw fail("not a JSON object")
+            }
+            func integer(_ key: String, minimum: Int = 0) throws(TierKVError) -> Int {
+                guard let value = object[key] as? NSNumber, let integer = Int(exactly: value.doubleValue), integer >= minimum else {
+                    throw fail("'\(key)' must be an integer ≥ \(minimum), found \(object[key].map { "\($0)" } ?? "nothing")")
+                }
+                return integer
+            }
+            guard let known = header else {
+                guard object["format"] as? String == "tierkv-trace" else {
+                    throw fail("the first line must be the header with \"format\": \"tierkv-trace\"")
+                }
+                let version = try integer("version", minimum: 1)
+                guard version == 1 else { throw fail("version \(version) is not supported (this reader reads version 1)") }
+                header = Header(
+                    model: object["model"] as? String ?? "unknown", layers: try integer("layers", minimum: 1),
+                    kvHeads: try integer("kv_heads", minimum: 1), headDim: try integer("head_dim", minimum: 1),
+                    tokensPerBlock: try integer("tokens_per_block", minimum: 1), contextTokens: try integer("context_tokens", minimum: 1),
+                    decodeSteps: try integer("decode_steps", minimum: 1), sinkTokens: (object["sink_tokens"] as? Int) ?? 4)
+                continue
+            }
+            let type = object["type"] as? String ?? "step"
+            func matrix(_ key: String) throws(TierKVError) -> [[Float]] {
+                guard let rows = object[key] as? [[NSNumber]], rows.count == known.kvHeads,
+                    rows.allSatisfy({ $0.count == known.headDim })
+                else { throw fail("'\(key)' must be \(known.kvHeads) rows (kv_heads) of \(known.headDim) numbers (head_dim)") }
+                return rows.map { $0.map { $0.floatValue } }
+            }
+            switch type {
+            case "block":
+                let layer = try integer("layer")
+                guard layer < known.layers else { throw fail("layer \(layer) is out of range (the header says \(known.layers) layers)") }
+                _ = try integer("block")
+                _ = try matrix("key_min")
+                _ = try matrix("key_max")
+                _ = try matrix("key_mean")
+                summaries += 1
+            case "step":
+                let step = try integer("step"), layer = try integer("layer"), position = try integer("position")
+                guard step == expected.step, layer == expected.layer else {
+                    throw fail("expected step \(expected.step) layer \(expected.layer), found step \(step) layer \(layer) (steps and layers must come in order)")
+                }
+                guard step < known.decodeSteps else { throw fail("step \(step) is beyond the header's \(known.decodeSteps) decode steps") }
+                guard position == known.contextTokens + step else {
+                    throw fail("position \(position) should be context_tokens + step = \(known.contextTokens + step)")
+                }
+                guard let raw = object["mass"] as? [NSNumber] else { throw fail("'mass' must be an array of numbers") }
+                let blocks = (position + 1 + known.tokensPerBlock - 1) / known.tokensPerBlock
+                guard raw.count == blocks else {
+                    throw fail("'mass' has \(raw.count) entries; tokens 0...\(position) make \(blocks) blocks of \(known.tokensPerBlock)")
+                }
+                let mass = raw.map { $0.floatValue }
+                if let bad = mass.firstIndex(where: { !$0.isFinite || $0 < 0 }) { throw fail("mass[\(bad)] is \(mass[bad]); masses are non-negative numbers") }
+                let sum = mass.reduce(0, +)
+                guard abs(sum - 1) <= 0.01 else { throw fail("masses sum to \(sum); expected 1 ± 0.01 (a softmax averaged over heads)") }
+                let query = object["query"] == nil ? nil : try matrix("query")
+                if layer == 0 {
+                    masses.append([])
+                    queries.append([])
+                }
+                masses[step].append(mass)
+                queries[step].append(query)
+                expected = layer + 1 == known.layers ? (step + 1, 0) : (step, layer + 1)
+            default:
+                throw fail("unknown line type '\(type)' (expected step or block)")
+            }
+        }
+        guard let header else { throw .invalid("\(source): empty trace (expected a header line)") }
+        guard expected == (header.decodeSteps, 0) else {
+            throw .invalid("\(source): truncated: the header promises \(header.decodeSteps) steps × \(header.layers) layers; the file stops before step \(expected.step) layer \(expected.layer)")
+        }
+        self.header = header
+        self.masses = masses
+        self.queries = queries
+        self.blockSummaryCount = summaries
+        self.tokenCount = header.contextTokens
+    }
+
+    public func step() -> StepAttention {
+        let step = min(currentStep, masses.count - 1)
+        return StepAttention(mass: [masses[step]])
+    }
+
+    /// Back to the first step (each simulation run replays from the start).
+    public func rewind() {
+        currentStep = 0
+        tokenCount = header.contextTokens
+    }
+
+    public func appendToken() {
+        currentStep += 1
+        tokenCount += 1
+    }
+}
