@@ -90,7 +90,8 @@ public struct DecodeSimulationResult: Sendable {
     public var tokensPerSecond: Double { decodeSeconds > 0 ? Double(generatedTokens) / decodeSeconds : 0 }
     /// With every block in hot: compute only.
     public var computeBoundTokensPerSecond: Double { computeSeconds > 0 ? Double(generatedTokens) / computeSeconds : 0 }
-    /// Bélády's MIN over the same sequence of hot-tier accesses, at the hot capacity.
+    /// Bélády's MIN over the same sequence of hot-tier accesses, at the hot capacity, with the
+    /// stores as free insertions (as the hierarchy admits stored blocks to hot).
     public var oracleHotHitRate: Double
     public var blockAccesses: Int
     public var timeline: [DecodeStepRecord]
@@ -184,7 +185,12 @@ public enum DecodeSimulation {
         // The stand-in bytes of a block: its key's hash, repeated (the cold tier checksums them).
         let payload = UnsafeMutableRawBufferPointer.allocate(byteCount: standIn.blockByteCount, alignment: 64)
         defer { payload.deallocate() }
+        // The oracle's sequence: every store (the hierarchy admits new blocks to hot, so MIN
+        // may keep them too; not counted) and every needed block (counted).
+        var oracleEvents: [Int32] = [], oracleCounted: [Bool] = []
         func store(sequence: Int, layer: Int, block: Int) throws(TierKVError) {
+            oracleEvents.append(Int32((sequence * layers + layer) * fullBlocksPerLayer + block))
+            oracleCounted.append(false)
             let key = keys[sequence][layer][block]
             withUnsafeBytes(of: key.prefixHash) { hash in
                 for index in payload.indices { payload[index] = hash[index % hash.count] ^ UInt8(truncatingIfNeeded: index) }
@@ -237,7 +243,10 @@ public enum DecodeSimulation {
                         let key = keys[sequence][layer][block]
                         needed.append(key)
                         mass.append(attention.mass[sequence][layer][block])
-                        accesses.append(Int32((sequence * layers + layer) * fullBlocksPerLayer + block))
+                        let id = Int32((sequence * layers + layer) * fullBlocksPerLayer + block)
+                        accesses.append(id)
+                        oracleEvents.append(id)
+                        oracleCounted.append(true)
                         switch hierarchy.fastestTier(of: key) {
                         case .hot: record.hotHits += 1
                         case .warm: record.warmHits += 1
@@ -249,6 +258,12 @@ public enum DecodeSimulation {
                     }
                 }
                 record.neededBlocks += needed.count
+                if needed.count > capacity[.hot]! {
+                    throw TierKVError(.capacityExceeded, """
+                        step \(step) layer \(layer) needs \(needed.count) blocks in hot at once but the hot tier holds \(capacity[.hot]!): \
+                        enlarge the hot tier (--hot) or lower --coverage
+                        """)
+                }
                 let requested = clock.seconds
                 let request = try hierarchy.makeResident(needed, in: .hot, priority: .demand)
                 guard clock.run(until: { request.isReady }) else {
@@ -313,7 +328,7 @@ public enum DecodeSimulation {
             bytesMoved[name] = statistics.bytes - (startLinks[name]?.bytes ?? 0)
             busy[name] = statistics.busySeconds - (startLinks[name]?.busySeconds ?? 0)
         }
-        let oracleHits = BeladyOracle.hits(accesses: accesses, distinct: totalBlocks, capacity: capacity[.hot]!)
+        let oracleHits = BeladyOracle.hits(accesses: oracleEvents, counted: oracleCounted, distinct: totalBlocks, capacity: capacity[.hot]!)
         return DecodeSimulationResult(
             workload: trace == nil ? "long-decode" : "trace:tierkv", realIO: configuration.realIO,
             model: model.name, hardware: configuration.hardware.name, policy: configuration.policy.name, parameters: parameters,
@@ -387,8 +402,10 @@ extension TierKVError.Code {
 
 /// Bélády's MIN over a sequence of accesses: a miss inserts the block and, over capacity,
 /// evicts the cached block whose next access is farthest away (possibly the one just inserted).
+/// Accesses whose `counted` flag is false (stores, which the hierarchy admits to hot) move
+/// blocks in like any access but count neither as hit nor miss.
 public enum BeladyOracle {
-    public static func hits(accesses: [Int32], distinct: Int, capacity: Int) -> Int {
+    public static func hits(accesses: [Int32], counted: [Bool]? = nil, distinct: Int, capacity: Int) -> Int {
         let never = Int.max
         var nextUse = [Int](repeating: never, count: accesses.count)
         var lastSeen = [Int](repeating: never, count: distinct)
@@ -403,7 +420,7 @@ public enum BeladyOracle {
         for (index, id) in accesses.enumerated() {
             heap.set(id, key: nextUse[index] == never ? Int.min : -nextUse[index])
             if present[Int(id)] {
-                hits += 1
+                if counted?[index] ?? true { hits += 1 }
                 continue
             }
             present[Int(id)] = true

@@ -127,6 +127,16 @@ import TierKV
         #expect(result.timeline.count == 24 && result.timeline.map(\.neededBlocks).reduce(0, +) == result.blockAccesses)
     }
 
+    /// Stores are free insertions for MIN as they are for the hierarchy (admitted to hot), so
+    /// the oracle bounds the policy at every size, a large hot tier included.
+    @Test(arguments: [0.1, 0.3])
+    func theOracleBoundsThePolicy(hot: Double) throws {
+        var configuration = Self.configuration()
+        configuration.hotFraction = hot
+        let result = try DecodeSimulation.run(configuration)
+        #expect(result.oracleHotHitRate >= result.hotHitRate, "oracle \(result.oracleHotHitRate) policy \(result.hotHitRate)")
+    }
+
     @Test func runsAreDeterministic() throws {
         let first = try DecodeSimulation.run(Self.configuration(policy: .tova(recentWindow: 16)))
         let second = try DecodeSimulation.run(Self.configuration(policy: .tova(recentWindow: 16)))
@@ -173,6 +183,9 @@ import TierKV
         configuration.attentionCoverage = 1.5
         let error = failure { _ = try DecodeSimulation.run(configuration) }
         #expect(error?.message.contains("coverage") == true)
+        configuration = Self.configuration()
+        configuration.hotFraction = 0.02  // 10 blocks: less than one layer's needed set
+        #expect(failure { _ = try DecodeSimulation.run(configuration) }?.message.contains("enlarge the hot tier (--hot)") == true)
     }
 
     @Test func theOracleMatchesANaiveMIN() {
