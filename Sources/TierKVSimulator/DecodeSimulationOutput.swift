@@ -100,13 +100,7 @@ extension DecodeSimulationResult {
     }
 }
 
-/// 1.5 GiB, 320.0 MiB, 4.0 KiB, 12 B.
+/// Modelled bytes (a Double: scaled stand-in bytes) in `ByteCount`'s binary units.
 public func formatBytes(_ bytes: Double) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-    var value = bytes, unit = 0
-    while value >= 1024, unit < units.count - 1 {
-        value /= 1024
-        unit += 1
-    }
-    return unit == 0 ? String(format: "%.0f B", value) : String(format: "%.1f %@", value, units[unit])
+    ByteCount(UInt64(max(0, bytes.rounded()))).description
 }
