@@ -8,6 +8,7 @@
 //   TierKVAccelerator hot tier: CUDA driver (dlopen) and the emulated accelerator.
 //   TierKVAttentionKernels SIMD kernels (x86-64-v3); TierKVAttention CPU decode attention on warm blocks.
 //   TierKVPolicies  eviction policies (LRU, LFU, S3-FIFO, H2O, TOVA, StreamingLLM): no dependencies.
+//   TierKVPrediction key summaries, predictors (bound, speculative, history), the fetch/CPU/skip cost model.
 //   TierKVTransfer  the transfer engine: per-link priority scheduling over the tiers' links.
 //   TierKV        what engines import: the hierarchy, system report.
 //   tierkv        the command-line tool.
@@ -54,13 +55,14 @@ let package = Package(
         ),
         .target(name: "TierKVPolicies", exclude: ["README.md"]),
         .target(name: "TierKVAttention", dependencies: ["TierKVCore", "TierKVAttentionKernels"], exclude: ["README.md"]),
+        .target(name: "TierKVPrediction", dependencies: ["TierKVCore", "TierKVAttentionKernels"], exclude: ["README.md"]),
         .target(
             name: "TierKVTransfer", dependencies: ["TierKVCore", "TierKVAccelerator", "TierKVStorage"], exclude: ["README.md"]),
         .target(
             name: "TierKV",
             dependencies: [
                 "TierKVCore", "TierKVStorage", "TierKVHostArena", "TierKVAccelerator", "TierKVTransfer", "TierKVAttention",
-                "TierKVPolicies",
+                "TierKVPolicies", "TierKVPrediction",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ],
@@ -92,6 +94,7 @@ let package = Package(
         .testTarget(name: "TierKVStorageTests", dependencies: ["TierKVStorage", "TierKVTestSupport"]),
         .testTarget(name: "TierKVAttentionTests", dependencies: ["TierKVAttention", "TierKVTestSupport"]),
         .testTarget(name: "TierKVPoliciesTests", dependencies: ["TierKVPolicies"]),
+        .testTarget(name: "TierKVPredictionTests", dependencies: ["TierKVPrediction", "TierKVTestSupport"]),
         .testTarget(name: "HierarchyTests", dependencies: ["TierKV", "TierKVPrometheus", "TierKVTestSupport"]),
         .testTarget(name: "TierKVSimulatorTests", dependencies: ["TierKVSimulator", "TierKVTestSupport"]),
         .testTarget(name: "TierKVCLITests", dependencies: ["TierKV", "TierKVTestSupport"]),

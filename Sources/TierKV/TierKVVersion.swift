@@ -5,6 +5,7 @@
 @_exported import TierKVStorage
 @_exported import TierKVTransfer
 @_exported import TierKVPolicies
+@_exported import TierKVPrediction
 
 /// The library's version, also printed by `tierkv --version` and the C ABI.
 public enum TierKVVersion {

@@ -89,7 +89,13 @@ extension Hierarchy {
     /// Queues a warm→hot copy for `id` unless one is queued or running; first brings it to warm.
     func queueForHot(_ id: Int32, isDemand: Bool, _ state: inout HierarchyState) {
         let flags = state.records[Int(id)].flags
-        guard !flags.contains(.inHot), flags.isDisjoint(with: [.loadingHot, .queuedHot]) else { return }
+        guard !flags.contains(.inHot), !flags.contains(.loadingHot) else { return }
+        if flags.contains(.queuedHot) {
+            // Queued by a prefetch: a demand for it goes ahead of the other prefetches (the later
+            // entry of the two finds the flag cleared and is skipped).
+            if isDemand { state.wantHot.push(id, isDemand: true) }
+            return
+        }
         if flags.contains(.inWarm) {
             state.records[Int(id)].flags.insert(.queuedHot)
             state.wantHot.push(id, isDemand: isDemand)
@@ -101,7 +107,11 @@ extension Hierarchy {
 
     func queueForWarm(_ id: Int32, isDemand: Bool, _ state: inout HierarchyState) {
         let flags = state.records[Int(id)].flags
-        guard !flags.contains(.inWarm), flags.isDisjoint(with: [.loadingWarm, .loadingWarmFromHot, .queuedWarm]) else { return }
+        guard !flags.contains(.inWarm), flags.isDisjoint(with: [.loadingWarm, .loadingWarmFromHot]) else { return }
+        if flags.contains(.queuedWarm) {
+            if isDemand { state.wantWarm.push(id, isDemand: true) }
+            return
+        }
         state.records[Int(id)].flags.insert(.queuedWarm)
         state.wantWarm.push(id, isDemand: isDemand)
     }
@@ -119,6 +129,30 @@ extension Hierarchy {
                 if state.warmWaiters[id]?.isEmpty ?? false { state.warmWaiters[id] = nil }
             }
         }
+    }
+
+    /// Clears the queued (not started) moves of `request`'s blocks that nothing else wants:
+    /// no pin, no waiter, no flush. Their queue entries are skipped when reached. Lock held.
+    func withdrawQueuedMoves(_ request: ResidencyRequest, _ state: inout HierarchyState) -> Int {
+        var withdrawn = 0
+        for (key, maybeID) in zip(request.keys, request.ids) {
+            guard let id = maybeID else { continue }
+            let record = state.records[Int(id)]
+            guard record.flags.contains(.live), record.key == key else { continue }
+            let isWantedInHot = record.hotPins > 0 || state.hotWaiters[id] != nil
+            let isWantedInWarm = record.warmPins > 0 || state.warmWaiters[id] != nil || record.flags.contains(.queuedFlush)
+            var isWithdrawn = false
+            if record.flags.contains(.queuedHot), !isWantedInHot {
+                state.records[Int(id)].flags.remove(.queuedHot)
+                isWithdrawn = true
+            }
+            if record.flags.contains(.queuedWarm), !isWantedInHot, !isWantedInWarm {
+                state.records[Int(id)].flags.remove(.queuedWarm)
+                isWithdrawn = true
+            }
+            if isWithdrawn { withdrawn += 1 }
+        }
+        return withdrawn
     }
 
     // MARK: Stores
@@ -840,7 +874,11 @@ extension Hierarchy {
         for request in state.warmWaiters.removeValue(forKey: id) ?? [] {
             request.arrived(id, slot: record.warmSlot, nanoseconds: now)
         }
-        if record.hotPins > 0 || state.hotWaiters[id] != nil { queueForHot(id, isDemand: true, &state) }
+        if record.hotPins > 0 || state.hotWaiters[id] != nil {
+            // A prefetch that came from cold goes on to hot as a prefetch; any demand waiter makes it demand.
+            let isDemand = state.hotWaiters[id]?.contains { $0.isDemand } ?? true
+            queueForHot(id, isDemand: isDemand, &state)
+        }
         if record.flags.contains(.queuedFlush) { state.wantFlush.append(id) }
     }
 

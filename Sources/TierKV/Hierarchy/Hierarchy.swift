@@ -248,7 +248,7 @@ public final class Hierarchy: @unchecked Sendable {
                 guard let id = state.index[key], state.records[Int(id)].flags.contains(.live) else { return nil }
                 return id
             }
-            let request = ResidencyRequest(keys: keys, ids: ids, tier: tier, hierarchy: self)
+            let request = ResidencyRequest(keys: keys, ids: ids, tier: tier, isDemand: priority == .demand, hierarchy: self)
             admit(request, priority: priority, &state)
             pump(&state)
             return request
@@ -267,6 +267,24 @@ public final class Hierarchy: @unchecked Sendable {
         }
         state.broadcast()
         drainActions()
+    }
+
+    /// Releases `request` and withdraws the moves it queued that have not started and that no
+    /// other request or pin still wants: what a prefetcher does when a prediction loses its
+    /// reason. Moves already on a link finish (their bandwidth is spent); their blocks simply
+    /// stay where they land. Returns how many blocks' queued moves were withdrawn.
+    @discardableResult
+    public func cancel(_ request: ResidencyRequest) -> Int {
+        guard request.markReleased() else { return 0 }
+        let withdrawn = state.withLock { state -> Int in
+            unpin(request, &state)
+            let withdrawn = withdrawQueuedMoves(request, &state)
+            pump(&state)
+            return withdrawn
+        }
+        state.broadcast()
+        drainActions()
+        return withdrawn
     }
 
     /// Copies a block's bytes out of whatever tier holds it (bringing it to warm if needed).

@@ -14,6 +14,8 @@ public final class ResidencyRequest: @unchecked Sendable {
     // @unchecked: mutable state is behind `state`'s lock; the rest is immutable.
     public let keys: [BlockKey]
     public let tier: Tier
+    /// Demand (the engine waits for it now) or prefetch.
+    public let isDemand: Bool
     let ids: [Int32?]
     private let indexByID: [Int32: Int]
     private let hierarchy: Hierarchy
@@ -28,10 +30,11 @@ public final class ResidencyRequest: @unchecked Sendable {
         var readyNanoseconds: UInt64?
     }
 
-    init(keys: [BlockKey], ids: [Int32?], tier: Tier, hierarchy: Hierarchy) {
+    init(keys: [BlockKey], ids: [Int32?], tier: Tier, isDemand: Bool, hierarchy: Hierarchy) {
         self.keys = keys
         self.ids = ids
         self.tier = tier
+        self.isDemand = isDemand
         self.hierarchy = hierarchy
         var indexByID: [Int32: Int] = [:]
         for (index, id) in ids.enumerated() { if let id { indexByID[id] = index } }

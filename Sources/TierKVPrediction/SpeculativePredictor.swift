@@ -1,0 +1,29 @@
+import TierKVCore
+
+/// InfiniGen-style speculation (Lee et al., OSDI 2024): while layer L computes, the engine derives
+/// an approximate query for layer L+d from layer L's input with layer L+d's query weights (the
+/// residual stream changes little between layers) and `offer`s it here; the blocks of L+d are
+/// scored with it, against the summaries' bound, so their fetch starts d layers early.
+///
+/// Thread-safe: hints are kept per target layer behind a lock.
+public final class SpeculativePredictor: BlockPredictor {
+    private let bound: QuestBoundPredictor
+    private let hints: Locked<[Int: QueryHint]>
+    public var name: String { "speculative" }
+
+    public init(summaries: BlockSummaryTable, tokensPerBlock: Int, scale: Float? = nil) {
+        bound = QuestBoundPredictor(summaries: summaries, tokensPerBlock: tokensPerBlock, scale: scale)
+        hints = Locked([:])
+    }
+
+    /// The speculated query for `layer` (replaces an earlier one for that layer).
+    public func offer(_ hint: QueryHint, forLayer layer: Int) { hints.withLock { $0[layer] = hint } }
+
+    /// The speculated query for `layer`, if one was offered.
+    public func hint(forLayer layer: Int) -> QueryHint? { hints.withLock { $0[layer] } }
+
+    /// Scores with the offered hint for `candidates.layer`; an explicit `hint` takes precedence.
+    public func predictMass(_ candidates: PredictionCandidates, hint: QueryHint?) throws(TierKVError) -> [Float]? {
+        try bound.predictMass(candidates, hint: hint ?? self.hint(forLayer: candidates.layer))
+    }
+}

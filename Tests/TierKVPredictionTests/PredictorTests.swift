@@ -1,0 +1,241 @@
+import Foundation
+import Testing
+import TierKVCore
+import TierKVTestSupport
+@testable import TierKVPrediction
+
+private func key(_ index: Int, layer: UInt32 = 0) -> BlockKey {
+    BlockKey(prefixHash: PrefixHash(high: 0, low: UInt64(index + 1)), layer: layer)
+}
+
+/// fp32 summary `[head][min, max, mean][dim]` of token-major keys `[token][head][dim]`, computed
+/// the plain way.
+private func directSummary(_ keys: [[Float]], kvHeads: Int, headDim: Int) -> [Float] {
+    var summary = [Float](repeating: 0, count: kvHeads * 3 * headDim)
+    for head in 0..<kvHeads {
+        for dim in 0..<headDim {
+            let column = keys.map { $0[head * headDim + dim] }
+            summary[head * 3 * headDim + dim] = column.min()!
+            summary[head * 3 * headDim + headDim + dim] = column.max()!
+            summary[head * 3 * headDim + 2 * headDim + dim] = column.reduce(0, +) / Float(column.count)
+        }
+    }
+    return summary
+}
+
+@Suite struct BlockSummaryTableTests {
+    @Test func questBoundMatchesAHandComputedCase() throws {
+        // One KV head of dim 8, two query heads in its group. Keys of the block's 2 tokens:
+        let keys: [[Float]] = [[1, -2, 0, 3, 0.5, -1, 2, 0], [-1, 1, 4, -3, 0.5, 1, 2, 1]]
+        // min = [-1,-2,0,-3,0.5,-1,2,0], max = [1,1,4,3,0.5,1,2,1]
+        let q1: [Float] = [1, -1, 0.5, 0, 2, 0, -1, 1]
+        // Σ max(q·max, q·min): 1 + 2 + 2 + 0 + 1 + 0 + (-2) + 1 = 5
+        let q2: [Float] = [0, 0, 0, 1, 0, 0, 0, 0]
+        // 3 (max of 3 and -3)
+        let table = try BlockSummaryTable(shape: KeySummaryShape(kvHeads: 1, headDim: 8, groupSize: 2))
+        let summary = directSummary(keys, kvHeads: 1, headDim: 8)
+        try summary.withUnsafeBufferPointer { try table.insert(key(0), summary: $0) }
+        #expect(try table.scores(.bound, query: q1 + q2, keys: [key(0)]) == [5])
+        #expect(try table.scores(.bound, query: q2 + q2, keys: [key(0)]) == [3])
+        // Mean key [0,-0.5,2,0,0.5,0,2,0.5]: q1 scores 0+0.5+1+0+1+0-2+0.5 = 1, q2 scores 0.
+        #expect(try table.scores(.mean, query: q1 + q2, keys: [key(0)]) == [1])
+        // A block without a summary scores -infinity; order follows the keys asked for.
+        #expect(try table.scores(.bound, query: q1 + q2, keys: [key(7), key(0)]) == [-.infinity, 5])
+    }
+
+    @Test(arguments: [DType.fp16, .fp32])
+    func boundIsAtLeastEveryLogitInTheBlock(dtype: DType) throws {
+        var generator = SeededGenerator(seed: 7)
+        let kvHeads = 2, headDim = 64, groupSize = 4, tokens = 16
+        let table = try BlockSummaryTable(shape: KeySummaryShape(kvHeads: kvHeads, headDim: headDim, groupSize: groupSize))
+        var blocks: [[[Float]]] = []
+        for block in 0..<8 {
+            let keys = (0..<tokens).map { _ in (0..<(kvHeads * headDim)).map { _ in Float.random(in: -3...3, using: &generator) } }
+            blocks.append(keys)
+            let flat = keys.flatMap { $0 }
+            switch dtype {
+            case .fp16:
+                let half = flat.map { Float16($0) }
+                try half.withUnsafeBytes { try table.insert(key(block), keys: $0.baseAddress!, dtype: .fp16, tokenCount: tokens) }
+                blocks[block] = keys.map { $0.map { Float(Float16($0)) } }
+            default:
+                try flat.withUnsafeBytes { try table.insert(key(block), keys: $0.baseAddress!, dtype: .fp32, tokenCount: tokens) }
+            }
+        }
+        let query = (0..<(kvHeads * groupSize * headDim)).map { _ in Float.random(in: -1...1, using: &generator) }
+        let bounds = try table.scores(.bound, query: query, keys: (0..<8).map { key($0) })
+        for (block, keys) in blocks.enumerated() {
+            for head in 0..<kvHeads {
+                var largest = -Float.infinity
+                for member in 0..<groupSize {
+                    let q = query[((head * groupSize + member) * headDim)..<((head * groupSize + member + 1) * headDim)]
+                    for row in keys {
+                        let k = row[(head * headDim)..<((head + 1) * headDim)]
+                        largest = max(largest, zip(q, k).reduce(0) { $0 + $1.0 * $1.1 })
+                    }
+                }
+                #expect(bounds[block * kvHeads + head] >= largest - 1e-4, "block \(block) head \(head)")
+            }
+        }
+    }
+
+    @Test func summariesRoundTripAndSlotsAreReused() throws {
+        let shape = try KeySummaryShape(kvHeads: 1, headDim: 8)
+        let table = try BlockSummaryTable(shape: shape)
+        let values: [Float] = (0..<24).map { Float($0) / 4 }
+        try values.withUnsafeBufferPointer { try table.insert(key(1), summary: $0) }
+        #expect(table.summary(of: key(1)) == values)
+        let bytes = table.byteCount
+        #expect(bytes == shape.byteCount)
+        table.remove(key(1))
+        #expect(!table.contains(key(1)))
+        try values.withUnsafeBufferPointer { try table.insert(key(2), summary: $0) }
+        #expect(table.byteCount == bytes)
+        #expect(table.count == 1)
+        // fp16 narrowing rounds a minimum down and a maximum up.
+        var odd = values
+        odd[0] = 0.1; odd[8] = 0.1
+        try odd.withUnsafeBufferPointer { try table.insert(key(3), summary: $0) }
+        let stored = try #require(table.summary(of: key(3)))
+        #expect(stored[0] <= 0.1 && stored[8] >= 0.1 && stored[0] < stored[8])
+        #expect(throws: TierKVError.self) { try [Float](repeating: 0, count: 23).withUnsafeBufferPointer { try table.insert(key(4), summary: $0) } }
+        #expect(throws: TierKVError.self) { _ = try table.scores(.bound, query: [1, 2], keys: [key(2)]) }
+        #expect(throws: TierKVError.self) { _ = try KeySummaryShape(kvHeads: 1, headDim: 12) }
+    }
+}
+
+@Suite struct PredictorTests {
+    @Test func predictedMassIsASoftmaxPerHeadAveragedOverHeads() {
+        // Two blocks, two heads; scores [block][head] with scale 1 and full blocks (ln n cancels).
+        let mass = PredictedMass.fromScores([0, log(3), 0, 0], kvHeads: 2, scale: 1, tokenCounts: nil, tokensPerBlock: 16)
+        // Block 0 scores (0, ln 3), block 1 (0, 0). Head 0: softmax(0, 0) = (0.5, 0.5); head 1:
+        // softmax(ln 3, 0) = (0.75, 0.25); mean (0.625, 0.375).
+        #expect(abs(mass[0] - 0.625) < 1e-6 && abs(mass[1] - 0.375) < 1e-6)
+        let skewed = PredictedMass.fromScores([log(3), log(3), 0, 0], kvHeads: 2, scale: 1, tokenCounts: nil, tokensPerBlock: 16)
+        #expect(abs(skewed[0] - 0.75) < 1e-6)
+        // A half-full block holds half the mass of a full one at equal scores.
+        let partial = PredictedMass.fromScores([0, 0], kvHeads: 1, scale: 1, tokenCounts: [16, 8], tokensPerBlock: 16)
+        #expect(abs(partial[0] - 2.0 / 3) < 1e-6)
+    }
+
+    @Test func boundPredictorRanksTheBlockHoldingTheMatchingKeyFirst() throws {
+        let headDim = 8
+        let table = try BlockSummaryTable(shape: KeySummaryShape(kvHeads: 1, headDim: headDim))
+        for block in 0..<4 {
+            var keys = [[Float]](repeating: [Float](repeating: 0, count: headDim), count: 4)
+            keys[1][block] = 4  // block b has a token pointing along dimension b
+            try directSummary(keys, kvHeads: 1, headDim: headDim).withUnsafeBufferPointer { try table.insert(key(block), summary: $0) }
+        }
+        let predictor = QuestBoundPredictor(summaries: table, tokensPerBlock: 4)
+        let candidates = PredictionCandidates(layer: 0, keys: (0..<4).map { key($0) }, positions: Array(0..<4), newestPosition: 3)
+        var query = [Float](repeating: 0, count: headDim)
+        query[2] = 2
+        let mass = try #require(try predictor.predictMass(candidates, hint: QueryHint(query)))
+        #expect(PredictionQuality.topK(mass, k: 1) == [2])
+        // Bound of block 2 is 8, the others 0: softmax over 8/√8 and 0s.
+        let e = exp(Float(8) / Float(headDim).squareRoot())
+        #expect(abs(mass[2] - e / (e + 3)) < 1e-5)
+        #expect(try predictor.predictMass(candidates, hint: nil) == nil)
+
+        let speculative = SpeculativePredictor(summaries: table, tokensPerBlock: 4)
+        #expect(try speculative.predictMass(candidates, hint: nil) == nil)
+        speculative.offer(QueryHint(query), forLayer: 0)
+        #expect(try speculative.predictMass(candidates, hint: nil) == mass)
+    }
+
+    @Test func historyDecaysAccumulatedMassAndBlendsRecency() throws {
+        let history = try AttentionHistoryPredictor(decay: 0.5, recencyWeight: 0, recencyWindowBlocks: 4)
+        let candidates = PredictionCandidates(layer: 3, keys: [key(0), key(1), key(2)], positions: [0, 1, 2], newestPosition: 2)
+        #expect(try history.predictMass(candidates, hint: nil) == nil)
+        try history.observe(layer: 3, keys: [key(0)], mass: [0.8])
+        try history.observe(layer: 3, keys: [key(1)], mass: [0.2])
+        // key 0: 0.8 · 0.5 = 0.4; key 1: 0.2; key 2: 0 → normalised (2/3, 1/3, 0).
+        let mass = try #require(try history.predictMass(candidates, hint: nil))
+        #expect(abs(mass[0] - 2.0 / 3) < 1e-6 && abs(mass[1] - 1.0 / 3) < 1e-6 && mass[2] == 0)
+        // Another layer's steps do not decay this one's.
+        try history.observe(layer: 4, keys: [key(9)], mass: [1])
+        #expect(try history.predictMass(candidates, hint: nil) == mass)
+
+        let recent = try AttentionHistoryPredictor(decay: 1, recencyWeight: 1, recencyWindowBlocks: 1)
+        try recent.observe(layer: 3, keys: [key(0)], mass: [1])
+        let recency = try #require(try recent.predictMass(candidates, hint: nil))
+        // exp(-2), exp(-1), 1, normalised.
+        let sum = exp(Float(-2)) + exp(Float(-1)) + 1
+        #expect(abs(recency[2] - 1 / sum) < 1e-6 && abs(recency[0] - exp(-2) / sum) < 1e-6)
+        #expect(throws: TierKVError.self) { try recent.observe(layer: 0, keys: [key(0)], mass: []) }
+    }
+
+    @Test func combinedWeighsNormalisedPartsAndLeavesOutSilentOnes() throws {
+        let table = try BlockSummaryTable(shape: KeySummaryShape(kvHeads: 1, headDim: 8))
+        let bound = QuestBoundPredictor(summaries: table, tokensPerBlock: 16)
+        let history = try AttentionHistoryPredictor(decay: 1, recencyWeight: 0)
+        let combined = try CombinedPredictor([(bound, 3), (history, 1)])
+        let candidates = PredictionCandidates(layer: 0, keys: [key(0), key(1)], positions: [0, 1], newestPosition: 1)
+        #expect(try combined.predictMass(candidates, hint: nil) == nil)
+        try history.observe(layer: 0, keys: [key(0), key(1)], mass: [0.3, 0.1])
+        // Bound has no hint: history alone, normalised.
+        let alone = try #require(try combined.predictMass(candidates, hint: nil))
+        #expect(abs(alone[0] - 0.75) < 1e-6)
+        for block in 0..<2 {
+            var summary = [Float](repeating: 0, count: 24)
+            summary[8 + block] = 8  // max of dimension `block`
+            try summary.withUnsafeBufferPointer { try table.insert(key(block), summary: $0) }
+        }
+        var query = [Float](repeating: 0, count: 8)
+        query[1] = Float(8).squareRoot()  // block 1's bound logit: 8, block 0's: 0
+        let both = try #require(try combined.predictMass(candidates, hint: QueryHint(query)))
+        let boundMass = try #require(try bound.predictMass(candidates, hint: QueryHint(query)))
+        #expect(abs(both[1] - (3 * boundMass[1] + 0.25) / 4) < 1e-6)
+        #expect(throws: TierKVError.self) { _ = try CombinedPredictor([(bound, -1)]) }
+    }
+
+    @Test func qualityMeasuresRecallAndMassCoverage() {
+        let actual: [Float] = [0.5, 0.3, 0.15, 0.05]
+        let predicted: [Float] = [0.4, 0.1, 0.45, 0.05]
+        #expect(PredictionQuality.topK(actual, k: 2) == [0, 1])
+        #expect(PredictionQuality.recall(predicted: predicted, actual: actual, k: 2) == 0.5)
+        // Predicted top-2 {2, 0} hold 0.65 of the best 0.8.
+        #expect(abs(PredictionQuality.massCoverage(predicted: predicted, actual: actual, k: 2) - 0.65 / 0.8) < 1e-6)
+        #expect(PredictionQuality.recall(predicted: actual, actual: actual, k: 3) == 1)
+    }
+
+    @Test func alwaysResidentBlocksAreNotCandidates() {
+        let keys = (0..<10).map { key($0) }
+        let (candidates, resident) = PredictionCandidates.excludingAlwaysResident(layer: 2, keys: keys, sinkBlocks: 1, recentBlocks: 2)
+        #expect(candidates.positions == Array(1..<8))
+        #expect(resident == [0, 8, 9])
+        #expect(candidates.keys == Array(keys[1..<8]))
+        #expect(candidates.newestPosition == 9)
+        let tiny = PredictionCandidates.excludingAlwaysResident(layer: 0, keys: Array(keys[0..<2]), sinkBlocks: 1, recentBlocks: 4)
+        #expect(tiny.candidates.keys.isEmpty && tiny.alwaysResident == [0, 1])
+    }
+}
+
+@Suite struct AttentionPlacementPlannerTests {
+    @Test func withoutCPUAttentionEveryNeededBlockIsFetched() throws {
+        let planner = try AttentionPlacementPlanner(hostToDeviceBytesPerSecond: 1000, coldReadBytesPerSecond: 500)
+        let plan = planner.plan(blocks: [(.warm, 0.1), (.cold, 0.1)], blockByteCount: 100, gpuSeconds: 1)
+        #expect(plan.decisions == [.fetch, .fetch])
+        // Cold block: read 0.2 s, then copy 0.1 s → link done at 0.3; + GPU 1 s.
+        #expect(abs(plan.estimatedSeconds - 1.3) < 1e-9)
+    }
+
+    @Test func aSlowLinkSendsWarmBlocksToTheCPU() throws {
+        // Copy: 1 s per block; CPU attention: 0.5 s per block; GPU compute 0.5 s.
+        let planner = try AttentionPlacementPlanner(hostToDeviceBytesPerSecond: 100, coldReadBytesPerSecond: 100, cpuAttentionBytesPerSecond: 200)
+        let plan = planner.plan(blocks: Array(repeating: (.warm, 0.1), count: 4), blockByteCount: 100, gpuSeconds: 0.5)
+        // Layer finish if the block is fetched / attended on CPU. Block 1: 1.5 / 0.5: CPU. Block 2:
+        // 1.5 / 1.0: CPU. Block 3: 1.5 / 1.5: a tie fetches (link free at 1). Block 4: 2.5 / 1.5: CPU.
+        #expect(plan.decisions == [.attendOnCPU, .attendOnCPU, .fetch, .attendOnCPU])
+        #expect(abs(plan.estimatedSeconds - 1.5) < 1e-9)
+        #expect(plan.attendedOnCPU == 3 && plan.fetched == 1)
+    }
+
+    @Test func approximateModeSkipsOnlyBelowItsThreshold() throws {
+        let exact = try AttentionPlacementPlanner(hostToDeviceBytesPerSecond: 100, coldReadBytesPerSecond: 100)
+        #expect(exact.plan(blocks: [(.warm, 0.0001)], blockByteCount: 100, gpuSeconds: 0).decisions == [.fetch])
+        let approximate = try AttentionPlacementPlanner(hostToDeviceBytesPerSecond: 100, coldReadBytesPerSecond: 100, skipBelowMass: 0.001)
+        #expect(approximate.plan(blocks: [(.warm, 0.0001), (.cold, 0.01)], blockByteCount: 100, gpuSeconds: 0).decisions == [.skip, .fetch])
+        #expect(throws: TierKVError.self) { _ = try AttentionPlacementPlanner(hostToDeviceBytesPerSecond: 0, coldReadBytesPerSecond: 1) }
+    }
+}
