@@ -30,7 +30,8 @@ public enum KeySummaryKernel {
             let source = keys + head * headDim * L.elementByteCount
             let base = out + head * 3 * headDim * 4
             var lane = 0
-            while lane < headDim / 8 {  // even for every supported head dim
+            let lanes = headDim / 8
+            while lane + 1 < lanes {
                 var low0 = SIMD8<Float>(repeating: .infinity), low1 = low0
                 var high0 = SIMD8<Float>(repeating: -.infinity), high1 = high0
                 var sum0 = SIMD8<Float>(repeating: 0), sum1 = sum0
@@ -49,6 +50,19 @@ public enum KeySummaryKernel {
                 base.storeBytes(of: sum0 * inverse, toByteOffset: 2 * headDim * 4 + lane * 32, as: SIMD8<Float>.self)
                 base.storeBytes(of: sum1 * inverse, toByteOffset: 2 * headDim * 4 + lane * 32 + 32, as: SIMD8<Float>.self)
                 lane += 2
+            }
+            if lane < lanes {  // head dims that are an odd number of 8-lanes (8, 24, 40, ...)
+                var low = SIMD8<Float>(repeating: .infinity), high = SIMD8<Float>(repeating: -.infinity)
+                var sum = SIMD8<Float>(repeating: 0)
+                for token in 0..<tokenCount {
+                    let x = L.load8(source + token * rowBytes, lane * 8)
+                    low = low.lanewiseMin(x)
+                    high = high.lanewiseMax(x)
+                    sum += x
+                }
+                base.storeBytes(of: low, toByteOffset: lane * 32, as: SIMD8<Float>.self)
+                base.storeBytes(of: high, toByteOffset: headDim * 4 + lane * 32, as: SIMD8<Float>.self)
+                base.storeBytes(of: sum * inverse, toByteOffset: 2 * headDim * 4 + lane * 32, as: SIMD8<Float>.self)
             }
         }
     }

@@ -15,6 +15,14 @@ public enum PredictionQuality {
         return Double(truth.count { chosen.contains($0) }) / Double(truth.count)
     }
 
+    /// Share of `relevant` (candidate indices, e.g. the blocks holding a layer's attention up to
+    /// its coverage) that the predicted top-k holds.
+    public static func recall(predicted: [Float], relevant: [Int], k: Int) -> Double {
+        guard !relevant.isEmpty else { return 1 }
+        let chosen = Set(topK(predicted, k: k))
+        return Double(relevant.count { chosen.contains($0) }) / Double(relevant.count)
+    }
+
     /// Attention mass of the predicted top-k ÷ mass of the true top-k (1 when the selection holds
     /// as much mass as the best possible one of its size).
     public static func massCoverage(predicted: [Float], actual: [Float], k: Int) -> Double {

@@ -22,8 +22,9 @@ public final class SpeculativePredictor: BlockPredictor {
     /// The speculated query for `layer`, if one was offered.
     public func hint(forLayer layer: Int) -> QueryHint? { hints.withLock { $0[layer] } }
 
-    /// Scores with the offered hint for `candidates.layer`; an explicit `hint` takes precedence.
+    /// Scores with the hint offered for `candidates.layer`, else with `hint` (inside a combined
+    /// predictor that is the other parts' hint, so an offer always wins).
     public func predictMass(_ candidates: PredictionCandidates, hint: QueryHint?) throws(TierKVError) -> [Float]? {
-        try bound.predictMass(candidates, hint: hint ?? self.hint(forLayer: candidates.layer))
+        try bound.predictMass(candidates, hint: self.hint(forLayer: candidates.layer) ?? hint)
     }
 }

@@ -31,8 +31,25 @@ public struct DecodeSimulationConfiguration: Sendable {
     /// `cacheDirectory` (required), and the NVMe links timed by the real reads and writes
     /// (measured wall time) instead of the drive's model. Host↔device stays modelled.
     public var realIO = false
+    /// Speculative prefetch (`--prefetch`, `--lookahead`, `--prefetch-budget`).
+    public var prefetch = PrefetchSettings()
+    /// CPU attention over warm blocks: needed blocks not in hot are attended where they sit in
+    /// host memory when the cost model says that finishes the layer sooner than fetching them.
+    public var cpuAttention = false
+    /// The CPU attention rate, bytes of K/V per second; nil: the preset's host memory bandwidth ×
+    /// 0.47 (the kernel's measured share of it, docs/measurements.md) × 0.5 (half the socket's
+    /// bandwidth left to attention beside the engine's own threads).
+    public var cpuAttentionBytesPerSecond: Double?
+    /// Approximate mode: needed blocks whose predicted mass (Quest bound with the layer's own
+    /// query) is below this share are skipped; nil (the default) is exact attention.
+    public var skipBelowMass: Float?
 
     public init() {}
+
+    /// The CPU attention rate in use.
+    public var resolvedCPUAttentionBytesPerSecond: Double {
+        cpuAttentionBytesPerSecond ?? hardware.hostMemoryBytesPerSecond * 0.47 * 0.5
+    }
 }
 
 /// One decode step of the timeline.
@@ -46,6 +63,9 @@ public struct DecodeStepRecord: Sendable, Equatable {
     public var hotHits: Int
     public var warmHits: Int
     public var coldHits: Int
+    /// Needed blocks attended on CPU threads where they sat in warm, and skipped (approximate mode).
+    public var cpuBlocks: Int = 0
+    public var skippedBlocks: Int = 0
     /// Modelled bytes moved per link during the step.
     public var bytes: [String: Double]
     /// Fraction of the step each link was busy.
@@ -101,6 +121,18 @@ public struct DecodeSimulationResult: Sendable {
     /// Residency-table metadata per block plus the generator's vectors per block.
     public var metadataBytesPerBlock: Int
     public var vectorBytesPerBlock: Int
+    /// Prefetch and predictor quality (nil without prefetch or prediction).
+    public var prefetch: PrefetchReport?
+    /// Key-summary bytes per block for the model's real shape (fp16 min/max/mean per KV head).
+    public var summaryBytesPerBlock: Int
+    public var cpuAttention: Bool
+    public var cpuAttentionBytesPerSecond: Double
+    /// Needed blocks attended on CPU, fetched to hot on demand (not already there), skipped.
+    public var cpuAttentionBlocks: Int
+    public var demandFetchedBlocks: Int
+    public var skippedBlocks: Int
+    /// Attention mass the skipped blocks really held, summed over layers and steps, ÷ (layers × steps × sequences).
+    public var skippedMassPerLayer: Double
 }
 
 /// The long-decode simulation: the real `Hierarchy` (emulated accelerator for hot, a real warm
@@ -173,6 +205,13 @@ public enum DecodeSimulation {
         hierarchyConfiguration.coldAllowsBufferedFallback = !configuration.realIO
         hierarchyConfiguration.maximumBytesInFlightPerLink = max(
             standIn.blockByteCount, Int(Double(configuration.bytesInFlightPerLink) / byteScale))
+        let workload: any AttentionSource = trace ?? LongDecodeWorkload(parameters: parameters, layers: layers)
+        // Prediction scores the workload's own vectors (the generator's, or the recorded model's
+        // queries and key summaries): the hierarchy keeps their summaries, passed with each store.
+        let predicts = configuration.prefetch.kind != .none || configuration.skipBelowMass != nil
+        if predicts {
+            hierarchyConfiguration.keySummaries = .provided(try KeySummaryShape(kvHeads: workload.vectorHeads, headDim: workload.vectorDimension))
+        }
         let hierarchy = try Hierarchy(hierarchyConfiguration)
 
         // Token ids per sequence: random, distinct per sequence, fixed by the seed.
@@ -195,11 +234,20 @@ public enum DecodeSimulation {
             withUnsafeBytes(of: key.prefixHash) { hash in
                 for index in payload.indices { payload[index] = hash[index % hash.count] ^ UInt8(truncatingIfNeeded: index) }
             }
-            try hierarchy.store(key, position: block, bytes: UnsafeRawBufferPointer(payload), sequence: SequenceID(UInt64(sequence + 1)))
+            var summary: [Float]? = nil
+            if predicts {
+                guard let known = workload.keySummary(sequence: sequence, layer: layer, block: block) else {
+                    throw TierKVError.invalid("no key summary for layer \(layer) block \(block): prediction needs one per block (a recorded trace carries them in its block lines)")
+                }
+                summary = known
+            }
+            try summary.withUnsafeOptionalBuffer { (summary) throws(TierKVError) in
+                try hierarchy.store(
+                    key, position: block, bytes: UnsafeRawBufferPointer(payload), sequence: SequenceID(UInt64(sequence + 1)), keySummary: summary)
+            }
         }
 
         // Prefill: every layer writes the context's full blocks.
-        let workload: any AttentionSource = trace ?? LongDecodeWorkload(parameters: parameters, layers: layers)
         let contextBlocks = parameters.contextTokens / parameters.tokensPerBlock
         for layer in 0..<layers {
             for sequence in 0..<parameters.sequences {
@@ -219,6 +267,21 @@ public enum DecodeSimulation {
         var accesses: [Int32] = []
         var stall = 0.0, stallFromWarm = 0.0, stallFromCold = 0.0, stallFromStores = 0.0, computeTotal = 0.0
         var lastNeeded = [[[Int]]](repeating: [[Int]](repeating: [], count: layers), count: parameters.sequences)
+        let links = configuration.hardware
+        let planner = try AttentionPlacementPlanner(
+            hostToDeviceBytesPerSecond: links.hostToDevice.bytesPerSecond, coldReadBytesPerSecond: links.nvmeRead.bytesPerSecond,
+            cpuAttentionBytesPerSecond: configuration.cpuAttention ? configuration.resolvedCPUAttentionBytesPerSecond : nil,
+            skipBelowMass: configuration.skipBelowMass)
+        let topK = max(1, capacity[.hot]! / (layers * parameters.sequences))
+        let prefetch = predicts
+            ? try SimulatedPrefetch(
+                settings: configuration.prefetch, hierarchy: hierarchy, layers: layers, sequences: parameters.sequences, topK: topK,
+                sinkBlocks: (parameters.sinkTokens + parameters.tokensPerBlock - 1) / parameters.tokensPerBlock, seed: parameters.seed,
+                // The prefetcher plans in the hierarchy's (stand-in) bytes.
+                hostToDeviceBytesPerSecond: links.hostToDevice.bytesPerSecond / byteScale,
+                coldReadBytesPerSecond: links.nvmeRead.bytesPerSecond / byteScale)
+            : nil
+        var cpuBlocksTotal = 0, demandFetched = 0, skippedTotal = 0, skippedMass = 0.0
         for step in 0..<parameters.decodeSteps {
             let attention = workload.step()
             let stepStart = clock.seconds
@@ -226,12 +289,16 @@ public enum DecodeSimulation {
                 step: step, time: 0, stallSeconds: 0, computeSeconds: 0, neededBlocks: 0, hotHits: 0, warmHits: 0,
                 coldHits: 0, bytes: [:], utilisation: [:])
             let storedBlocks = workload.tokenCount / parameters.tokensPerBlock
+            let layerSeconds = compute.layerSeconds(batch: parameters.sequences, contextTokens: workload.tokenCount)
             for layer in 0..<layers {
-                var needed: [BlockKey] = [], mass: [Float] = []
+                var attended: [BlockKey] = [], mass: [Float] = []
                 var dropped: [BlockKey] = []
                 var fromCold = false
+                var toHot: [BlockKey] = [], elsewhere: [(key: BlockKey, source: AttentionPlacementPlanner.Source, predicted: Float, mass: Float)] = []
+                var attendedBySequence: [(keys: [BlockKey], mass: [Float])] = []
                 for sequence in 0..<parameters.sequences {
-                    let blocks = neededBlocks(attention.mass[sequence][layer], coverage: configuration.attentionCoverage,
+                    let layerMass = attention.mass[sequence][layer]
+                    let blocks = neededBlocks(layerMass, coverage: configuration.attentionCoverage,
                         sinks: parameters.sinkTokens, tokensPerBlock: parameters.tokensPerBlock, stored: storedBlocks)
                     // Blocks attended last step and skipped now got no attention this step: the
                     // engine reports 0 for them (what it can know), so TOVA sees them go cold.
@@ -239,50 +306,94 @@ public enum DecodeSimulation {
                     for block in lastNeeded[sequence][layer] where !now.contains(block) { dropped.append(keys[sequence][layer][block]) }
                     lastNeeded[sequence][layer] = blocks
                     now.removeAll()
-                    for block in blocks {
-                        let key = keys[sequence][layer][block]
-                        needed.append(key)
-                        mass.append(attention.mass[sequence][layer][block])
+                    let layerKeys = Array(keys[sequence][layer][0..<min(storedBlocks, fullBlocksPerLayer)])
+                    let neededKeys = blocks.map { keys[sequence][layer][$0] }
+                    try prefetch?.layerStarts(
+                        step: step, layer: layer, sequence: sequence, attention: attention, keys: layerKeys, mass: layerMass,
+                        needed: Set(neededKeys))
+                    let predicted = configuration.skipBelowMass == nil
+                        ? [:] : try prefetch?.exactBound(layer: layer, sequence: sequence, attention: attention, keys: layerKeys) ?? [:]
+                    attendedBySequence.append((neededKeys, blocks.map { layerMass[$0] }))
+                    for (block, key) in zip(blocks, neededKeys) {
+                        attended.append(key)
+                        mass.append(layerMass[block])
                         let id = Int32((sequence * layers + layer) * fullBlocksPerLayer + block)
                         accesses.append(id)
                         oracleEvents.append(id)
                         oracleCounted.append(true)
                         switch hierarchy.fastestTier(of: key) {
-                        case .hot: record.hotHits += 1
-                        case .warm: record.warmHits += 1
+                        case .hot:
+                            record.hotHits += 1
+                            toHot.append(key)
+                        case .warm:
+                            record.warmHits += 1
+                            elsewhere.append((key, .warm, predicted[key] ?? 1, layerMass[block]))
                         case .cold:
                             record.coldHits += 1
                             fromCold = true
-                        case nil: break
+                            elsewhere.append((key, .cold, predicted[key] ?? 1, layerMass[block]))
+                        case nil:
+                            toHot.append(key)  // arriving: the request waits for it
                         }
                     }
                 }
-                record.neededBlocks += needed.count
-                if needed.count > capacity[.hot]! {
+                // Fetch, attend on CPU or skip each needed block that is not in hot.
+                let plan = planner.plan(blocks: elsewhere.map { ($0.source, $0.predicted) }, blockByteCount: blockBytes, gpuSeconds: layerSeconds)
+                var onCPU: [BlockKey] = []
+                for (block, decision) in zip(elsewhere, plan.decisions) {
+                    switch decision {
+                    case .fetch: toHot.append(block.key)
+                    case .attendOnCPU: onCPU.append(block.key)
+                    case .skip:
+                        skippedMass += Double(block.mass)
+                        record.skippedBlocks += 1
+                    }
+                }
+                demandFetched += plan.fetched
+                record.cpuBlocks += onCPU.count
+                record.neededBlocks += attended.count
+                if toHot.count > capacity[.hot]! {
                     throw TierKVError(.capacityExceeded, """
-                        step \(step) layer \(layer) needs \(needed.count) blocks in hot at once but the hot tier holds \(capacity[.hot]!): \
+                        step \(step) layer \(layer) needs \(toHot.count) blocks in hot at once but the hot tier holds \(capacity[.hot]!): \
                         enlarge the hot tier (--hot) or lower --coverage
                         """)
                 }
+                prefetch?.yieldHot(needed: toHot.count, capacity: capacity[.hot]!)
                 let requested = clock.seconds
-                let request = try hierarchy.makeResident(needed, in: .hot, priority: .demand)
-                guard clock.run(until: { request.isReady }) else {
+                let hotRequest = toHot.isEmpty ? nil : try hierarchy.makeResident(toHot, in: .hot, priority: .demand)
+                let warmRequest = onCPU.isEmpty ? nil : try hierarchy.makeResident(onCPU, in: .warm, priority: .demand)
+                // While this layer runs, the prefetcher fetches for the layer `lookahead` ahead.
+                try prefetch?.issue(
+                    step: step, layer: layer, attention: attention,
+                    keysOf: { sequence, layer in Array(keys[sequence][layer][0..<min(storedBlocks, fullBlocksPerLayer)]) },
+                    secondsUntilNeeded: Double(configuration.prefetch.lookaheadLayers) * layerSeconds, lastStep: parameters.decodeSteps - 1)
+                let requests = [hotRequest, warmRequest].compactMap { $0 }
+                guard clock.run(until: { requests.allSatisfy(\.isReady) }) else {
                     throw TierKVError(.simulation, "step \(step) layer \(layer): the needed blocks never arrived and nothing is in flight")
                 }
-                if let failure = request.failures.first {
-                    throw TierKVError(.simulation, "step \(step) layer \(layer): block \(failure.key) could not be brought to hot: \(failure.value)")
+                for request in requests {
+                    if let failure = request.failures.first {
+                        throw TierKVError(.simulation, "step \(step) layer \(layer): block \(failure.key) could not be brought to \(request.tier): \(failure.value)")
+                    }
+                    guard request.missingKeys.isEmpty else {
+                        throw TierKVError(.simulation, "step \(step) layer \(layer): \(request.missingKeys.count) stored blocks are missing")
+                    }
                 }
-                guard request.missingKeys.isEmpty else {
-                    throw TierKVError(.simulation, "step \(step) layer \(layer): \(request.missingKeys.count) stored blocks are missing")
-                }
-                let waited = clock.seconds - requested
+                // The GPU computes once its blocks are in hot; CPU threads attend theirs once they
+                // are in warm; the layer ends when both have (merging partials is negligible).
+                func ready(_ request: ResidencyRequest?) -> Double { request?.readyNanoseconds.map { Double($0) / 1e9 } ?? requested }
+                let cpuSeconds = Double(onCPU.count * blockBytes) / configuration.resolvedCPUAttentionBytesPerSecond
+                let end = max(ready(hotRequest) + layerSeconds, ready(warmRequest) + cpuSeconds)
+                if end > clock.seconds { clock.advance(bySeconds: end - clock.seconds) }
+                let waited = max(0, end - requested - layerSeconds)
                 record.stallSeconds += waited
                 if fromCold { stallFromCold += waited } else { stallFromWarm += waited }
-                let seconds = compute.layerSeconds(batch: parameters.sequences, contextTokens: workload.tokenCount)
-                clock.advance(bySeconds: seconds)
-                record.computeSeconds += seconds
-                try hierarchy.reportAttention(needed + dropped, mass: mass + Array(repeating: 0, count: dropped.count))
-                hierarchy.release(request)
+                record.computeSeconds += layerSeconds
+                try hierarchy.reportAttention(attended + dropped, mass: mass + Array(repeating: 0, count: dropped.count))
+                for (sequence, seen) in attendedBySequence.enumerated() {
+                    try prefetch?.layerFinished(layer: layer, sequence: sequence, attention: attention, attended: seen.keys, mass: seen.mass)
+                }
+                for request in requests { hierarchy.release(request) }
             }
             let head = compute.headSeconds(batch: parameters.sequences)
             clock.advance(bySeconds: head)
@@ -302,6 +413,8 @@ public enum DecodeSimulation {
             }
             stall += record.stallSeconds
             computeTotal += record.computeSeconds
+            cpuBlocksTotal += record.cpuBlocks
+            skippedTotal += record.skippedBlocks
             record.time = clock.seconds - decodeStart
             let links = clock.linkStatistics
             let duration = max(clock.seconds - stepStart, 1e-12)
@@ -315,6 +428,8 @@ public enum DecodeSimulation {
             progress?(step + 1, parameters.decodeSteps)
         }
         let decodeSeconds = clock.seconds - decodeStart
+        prefetch?.finish()
+        let prefetchReport = prefetch?.report(byteScale: byteScale)
         let endStatistics = hierarchy.statistics
         let endLinks = clock.linkStatistics
         try hierarchy.close()
@@ -341,7 +456,11 @@ public enum DecodeSimulation {
             timeline: timeline, wallSeconds: Double(DispatchTime.now().uptimeNanoseconds - wallStart) / 1e9,
             droppedBlocks: endStatistics.droppedBlocks, corruptions: endStatistics.corruptions,
             metadataBytesPerBlock: Hierarchy.metadataBytesPerBlock(policies: [configuration.policy, configuration.policy, configuration.policy]),
-            vectorBytesPerBlock: trace == nil ? parameters.tokensPerBlock * parameters.vectorHeads * parameters.vectorDimension * MemoryLayout<Float>.size : 0)
+            vectorBytesPerBlock: trace == nil ? parameters.tokensPerBlock * parameters.vectorHeads * parameters.vectorDimension * MemoryLayout<Float>.size : 0,
+            prefetch: prefetchReport, summaryBytesPerBlock: 3 * model.kvHeads * model.headDim * 2, cpuAttention: configuration.cpuAttention,
+            cpuAttentionBytesPerSecond: configuration.resolvedCPUAttentionBytesPerSecond, cpuAttentionBlocks: cpuBlocksTotal,
+            demandFetchedBlocks: demandFetched, skippedBlocks: skippedTotal,
+            skippedMassPerLayer: skippedMass / Double(layers * parameters.decodeSteps * parameters.sequences))
     }
 
     /// The blocks a layer needs: by descending mass until `coverage` of it is held, plus the
@@ -431,5 +550,13 @@ public enum BeladyOracle {
             }
         }
         return hits
+    }
+}
+
+extension Optional where Wrapped == [Float] {
+    /// The array's buffer, or nil, for the length of `body`.
+    func withUnsafeOptionalBuffer<Result>(_ body: (UnsafeBufferPointer<Float>?) throws(TierKVError) -> Result) throws(TierKVError) -> Result {
+        guard let array = self else { return try body(nil) }
+        return try array.withUnsafeBufferPointer { (buffer) throws(TierKVError) in try body(buffer) }
     }
 }

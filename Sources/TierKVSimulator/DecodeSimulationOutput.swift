@@ -37,7 +37,14 @@ extension DecodeSimulationResult {
             ("decode_seconds", .number(decodeSeconds)),
             ("tokens_per_s", .number(tokensPerSecond)),
             ("compute_bound_tokens_per_s", .number(computeBoundTokensPerSecond)),
-            ("prefetch", .object([("mode", .string("none")), ("precision", .null), ("recall", .null)])),
+            ("prefetch", prefetchJSON),
+            ("cpu_attention", .bool(cpuAttention)),
+            ("cpu_attention_gbps", .number(cpuAttentionBytesPerSecond / 1e9)),
+            ("cpu_attention_blocks", .integer(Int64(cpuAttentionBlocks))),
+            ("demand_fetched_blocks", .integer(Int64(demandFetchedBlocks))),
+            ("skipped_blocks", .integer(Int64(skippedBlocks))),
+            ("skipped_mass_per_layer", .number(skippedMassPerLayer)),
+            ("summary_bytes_per_block", .integer(Int64(summaryBytesPerBlock))),
             ("block_bytes", .integer(Int64(blockBytes))),
             ("total_blocks", .integer(Int64(totalBlocks))),
             ("block_accesses", .integer(Int64(blockAccesses))),
@@ -52,6 +59,35 @@ extension DecodeSimulationResult {
             ("vector_bytes_per_block", .integer(Int64(vectorBytesPerBlock))),
             ("wall_seconds", .number(wallSeconds)),
             ("accesses_per_wall_second", .number(wallSeconds > 0 ? Double(blockAccesses) / wallSeconds : 0)),
+        ])
+    }
+
+    /// `prefetch.*`: the predictor, its settings, what the prefetcher did and how every predictor
+    /// ranked against the exact attention.
+    var prefetchJSON: JSONValue {
+        guard let prefetch else { return .object([("mode", .string("none")), ("precision", .null), ("recall", .null)]) }
+        let statistics = prefetch.statistics
+        let fetched = statistics.movedBlocks > 0
+        return .object([
+            ("mode", .string(prefetch.settings.kind.rawValue)),
+            ("lookahead_layers", .integer(Int64(prefetch.settings.lookaheadLayers))),
+            ("budget_blocks", .integer(Int64(prefetch.budgetBlocks))),
+            ("staging_budget_blocks", .integer(Int64(prefetch.stagingBudgetBlocks))),
+            ("top_k", .integer(Int64(prefetch.topK))),
+            ("precision", fetched ? .number(statistics.precision) : .null),
+            ("recall", prefetch.settings.kind == .none ? .null : .number(statistics.recall)),
+            ("timeliness", fetched ? .number(statistics.timeliness) : .null),
+            ("wasted_bytes", .integer(Int64(prefetch.wastedBytes))),
+            ("issued_blocks", .integer(Int64(statistics.issuedBlocks))),
+            ("fetched_blocks", .integer(Int64(statistics.fetchedBlocks))),
+            ("staged_blocks", .integer(Int64(statistics.stagedBlocks))),
+            ("withdrawn_blocks", .integer(Int64(statistics.withdrawnBlocks))),
+            ("used_blocks", .integer(Int64(statistics.fetchedAndUsed))),
+            ("predictors", .object(prefetch.quality.sorted { $0.key < $1.key }.map { name, quality in
+                (name, .object([("recall", .number(quality.recall)), ("needed_recall", .number(quality.neededRecall)),
+                    ("mass_coverage", .number(quality.massCoverage)),
+                    ("samples", .integer(Int64(quality.samples)))]))
+            })),
         ])
     }
 
@@ -77,6 +113,28 @@ extension DecodeSimulationResult {
         rows += [
             ("stall", String(format: "%.3f s of %.3f s decode: %.3f s waiting on warm→hot, %.3f s with blocks from cold, %.3f s storing new blocks", stallSeconds, decodeSeconds, stallFromWarmSeconds, stallFromColdSeconds, stallFromStoresSeconds)),
             ("tokens/s", String(format: "%.1f projected (%.1f if every block were in hot)", tokensPerSecond, computeBoundTokensPerSecond)),
+        ]
+        if let prefetch {
+            let statistics = prefetch.statistics
+            if prefetch.settings.kind != .none {
+                rows.append(("prefetch", String(format: "%@, lookahead %d layers, budget %d hot + %d staged blocks/layer: %d fetched, %d staged (%d withdrawn before moving), precision %.2f, recall %.2f (top-%d), timely %.2f, wasted %@",
+                    prefetch.settings.kind.rawValue, prefetch.settings.lookaheadLayers, prefetch.budgetBlocks, prefetch.stagingBudgetBlocks,
+                    statistics.fetchedBlocks, statistics.stagedBlocks,
+                    statistics.withdrawnBlocks, statistics.precision, statistics.recall, prefetch.topK, statistics.timeliness, formatBytes(prefetch.wastedBytes))))
+            }
+            let order = ["bound_exact", "bound", "speculative", "history", "combined"]
+            let quality = order.compactMap { name in
+                prefetch.quality[name].map { String(format: "%@ %.2f/%.2f/%.2f", name, $0.recall, $0.neededRecall, $0.massCoverage) }
+            }
+            if !quality.isEmpty {
+                rows.append(("predictors", "top-\(prefetch.topK) recall / needed-block recall / mass coverage: " + quality.joined(separator: ", ")))
+            }
+        }
+        if cpuAttention || skippedBlocks > 0 {
+            rows.append(("placement", String(format: "%d needed blocks attended on CPU (%.0f GB/s), %d fetched on demand, %d skipped (%.4f of a layer's mass lost on average)",
+                cpuAttentionBlocks, cpuAttentionBytesPerSecond / 1e9, demandFetchedBlocks, skippedBlocks, skippedMassPerLayer)))
+        }
+        rows += [
             ("simulator", String(format: "%.1f s wall, %.0f block accesses/s; %d B residency metadata + %d B of vectors per block", wallSeconds, wallSeconds > 0 ? Double(blockAccesses) / wallSeconds : 0, metadataBytesPerBlock, vectorBytesPerBlock)),
         ]
         if droppedBlocks > 0 || corruptions > 0 { rows.append(("integrity", "\(droppedBlocks) dropped, \(corruptions) corrupt")) }

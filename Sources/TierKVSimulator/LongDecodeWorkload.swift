@@ -82,6 +82,8 @@ public final class LongDecodeWorkload: AttentionSource, @unchecked Sendable {
     public var contextTokens: Int { parameters.contextTokens }
     public var decodeSteps: Int { parameters.decodeSteps }
     public var sinkTokens: Int { parameters.sinkTokens }
+    public var vectorHeads: Int { parameters.vectorHeads }
+    public var vectorDimension: Int { parameters.vectorDimension }
 
     private struct Stream {
         var generator: SplitMix64
@@ -246,11 +248,39 @@ public final class LongDecodeWorkload: AttentionSource, @unchecked Sendable {
                 output.value[row] = blockMass
             }
         }
-        var result = StepAttention(mass: [])
+        var result = StepAttention(mass: [], queries: [])
         for sequence in 0..<p.sequences {
             result.mass.append(Array(mass[(sequence * layers)..<((sequence + 1) * layers)]))
+            result.queries?.append((0..<layers).map { layer in
+                (0..<heads).flatMap { finalQueries[streamIndex(sequence, layer, $0)] }
+            })
         }
         return result
+    }
+
+    /// The key summary of a complete block, `[head][min, max, mean][dim]`.
+    public func keySummary(sequence: Int, layer: Int, block: Int) -> [Float]? {
+        guard (block + 1) * parameters.tokensPerBlock <= tokenCount else { return nil }
+        var summary = [Float](repeating: 0, count: heads * 3 * dimension)
+        for head in 0..<heads {
+            let rows = keys(sequence: sequence, layer: layer, head: head, block: block)
+            let base = head * 3 * dimension
+            for d in 0..<dimension {
+                summary[base + d] = .infinity
+                summary[base + dimension + d] = -.infinity
+            }
+            var token = rows.startIndex
+            while token < rows.endIndex {
+                for d in 0..<dimension {
+                    let value = rows[token + d]
+                    summary[base + d] = min(summary[base + d], value)
+                    summary[base + dimension + d] = max(summary[base + dimension + d], value)
+                    summary[base + 2 * dimension + d] += value / Float(parameters.tokensPerBlock)
+                }
+                token += dimension
+            }
+        }
+        return summary
     }
 
     /// Keys of one block for a (sequence, layer, head): `tokens × dimension` floats (for key

@@ -11,15 +11,33 @@ public protocol AttentionSource: AnyObject {
     var sinkTokens: Int { get }
     /// Tokens of context now (grows by one per `appendToken`).
     var tokenCount: Int { get }
+    /// KV heads and head dim of the queries and key summaries (the vectors the predictors see).
+    var vectorHeads: Int { get }
+    var vectorDimension: Int { get }
     /// The attention of the step at the current position: [sequence][layer][block] masses.
     func step() -> StepAttention
     func appendToken()
+    /// A complete block's key summary, `[head][min, max, mean][dim]` fp32, or nil when unknown.
+    func keySummary(sequence: Int, layer: Int, block: Int) -> [Float]?
 }
 
-/// Attention of one decode step: per sequence, per layer, the mass of each block.
+/// Attention of one decode step: per sequence, per layer, the mass of each block, and the query
+/// that produced it.
 public struct StepAttention: Sendable {
     /// [sequence][layer][block]
     public var mass: [[[Float]]]
+    /// [sequence][layer] → `vectorHeads × vectorDimension` fp32 (post-RoPE, one per KV head), or
+    /// nil when the source has none.
+    public var queries: [[[Float]?]]?
+    /// [sequence][layer] → the query speculated for the layer from the previous layer's input
+    /// (InfiniGen), when the source recorded one.
+    public var speculatedQueries: [[[Float]?]]?
+
+    public init(mass: [[[Float]]], queries: [[[Float]?]]? = nil, speculatedQueries: [[[Float]?]]? = nil) {
+        self.mass = mass
+        self.queries = queries
+        self.speculatedQueries = speculatedQueries
+    }
 }
 
 /// A per-step, per-layer attention trace recorded from a real model (`tools/record-tierkv-trace`),
@@ -34,12 +52,14 @@ public struct StepAttention: Sendable {
 /// then, for each decode step in order and each layer in order, a step line:
 ///
 ///     {"type": "step", "step": 0, "layer": 0, "position": 1024, "mass": [0.41, 0.002, ...],
-///      "query": [[...head_dim floats...], ... kv_heads rows]}
+///      "query": [[...head_dim floats...], ... kv_heads rows], "spec_query": [[...]]}
 ///
 /// `position` is the index of the token being decoded (`context_tokens + step`); `mass` holds
 /// the attention weight of each 16-token block of tokens 0...position (so ⌈(position+1)/16⌉
 /// entries), averaged over the layer's query heads: non-negative, summing to 1 (± 0.01).
-/// `query` (optional, for predictors) is the post-RoPE query per KV head (mean over its group).
+/// `query` (optional, for predictors) is the post-RoPE query per KV head (mean over its group);
+/// `spec_query` (optional) the same query speculated from the previous layer's input with this
+/// layer's weights (InfiniGen), for the speculative predictor.
 /// Optional block lines carry the key summaries of a block when it is complete:
 ///
 ///     {"type": "block", "layer": 0, "block": 63, "key_min": [[...]], "key_max": [[...]],
@@ -64,7 +84,11 @@ public final class TierKVTrace: AttentionSource {
     private let masses: [[[Float]]]
     /// [step][layer] → the query per KV head, when recorded.
     public let queries: [[[[Float]]?]]
-    public private(set) var blockSummaryCount = 0
+    /// [step][layer] → the speculated query per KV head, when recorded.
+    public let speculatedQueries: [[[[Float]]?]]
+    /// [layer][block] → key summary `[head][min, max, mean][dim]`, from the block lines.
+    private let summaries: [Int: [Int: [Float]]]
+    public var blockSummaryCount: Int { summaries.values.reduce(0) { $0 + $1.count } }
     public private(set) var tokenCount: Int
     private var currentStep = 0
 
@@ -74,6 +98,8 @@ public final class TierKVTrace: AttentionSource {
     public var contextTokens: Int { header.contextTokens }
     public var decodeSteps: Int { header.decodeSteps }
     public var sinkTokens: Int { header.sinkTokens }
+    public var vectorHeads: Int { header.kvHeads }
+    public var vectorDimension: Int { header.headDim }
 
     public static func load(path: String) throws(TierKVError) -> TierKVTrace {
         guard let data = FileManager.default.contents(atPath: path) else {
@@ -85,10 +111,10 @@ public final class TierKVTrace: AttentionSource {
 
     public init(parsing text: String, source: String = "trace") throws(TierKVError) {
         var header: Header?
-        var masses: [[[Float]]] = [], queries: [[[[Float]]?]] = []
+        var masses: [[[Float]]] = [], queries: [[[[Float]]?]] = [], speculated: [[[[Float]]?]] = []
         var expected = (step: 0, layer: 0)
         var lineNumber = 0
-        var summaries = 0
+        var summaries: [Int: [Int: [Float]]] = [:]
         func fail(_ reason: String) -> TierKVError { .invalid("\(source):\(lineNumber): \(reason)") }
         for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
             lineNumber += 1
@@ -127,11 +153,14 @@ public final class TierKVTrace: AttentionSource {
             case "block":
                 let layer = try integer("layer")
                 guard layer < known.layers else { throw fail("layer \(layer) is out of range (the header says \(known.layers) layers)") }
-                _ = try integer("block")
-                _ = try matrix("key_min")
-                _ = try matrix("key_max")
-                _ = try matrix("key_mean")
-                summaries += 1
+                let block = try integer("block")
+                let low = try matrix("key_min"), high = try matrix("key_max"), mean = try matrix("key_mean")
+                for head in 0..<known.kvHeads {
+                    if let dim = (0..<known.headDim).first(where: { low[head][$0] > high[head][$0] }) {
+                        throw fail("key_min exceeds key_max at head \(head) dim \(dim)")
+                    }
+                }
+                summaries[layer, default: [:]][block] = (0..<known.kvHeads).flatMap { low[$0] + high[$0] + mean[$0] }
             case "step":
                 let step = try integer("step"), layer = try integer("layer"), position = try integer("position")
                 guard step == expected.step, layer == expected.layer else {
@@ -151,12 +180,15 @@ public final class TierKVTrace: AttentionSource {
                 let sum = mass.reduce(0, +)
                 guard abs(sum - 1) <= 0.01 else { throw fail("masses sum to \(sum); expected 1 ± 0.01 (a softmax averaged over heads)") }
                 let query = object["query"] == nil ? nil : try matrix("query")
+                let speculatedQuery = object["spec_query"] == nil ? nil : try matrix("spec_query")
                 if layer == 0 {
                     masses.append([])
                     queries.append([])
+                    speculated.append([])
                 }
                 masses[step].append(mass)
                 queries[step].append(query)
+                speculated[step].append(speculatedQuery)
                 expected = layer + 1 == known.layers ? (step + 1, 0) : (step, layer + 1)
             default:
                 throw fail("unknown line type '\(type)' (expected step or block)")
@@ -169,14 +201,19 @@ public final class TierKVTrace: AttentionSource {
         self.header = header
         self.masses = masses
         self.queries = queries
-        self.blockSummaryCount = summaries
+        self.speculatedQueries = speculated
+        self.summaries = summaries
         self.tokenCount = header.contextTokens
     }
 
     public func step() -> StepAttention {
         let step = min(currentStep, masses.count - 1)
-        return StepAttention(mass: [masses[step]])
+        return StepAttention(
+            mass: [masses[step]], queries: [queries[step].map { $0?.flatMap { $0 } }],
+            speculatedQueries: [speculatedQueries[step].map { $0?.flatMap { $0 } }])
     }
+
+    public func keySummary(sequence: Int, layer: Int, block: Int) -> [Float]? { summaries[layer]?[block] }
 
     /// Back to the first step (each simulation run replays from the start).
     public func rewind() {

@@ -64,8 +64,20 @@ struct SimulateCommand: ParsableCommand {
     @Option(help: "Fraction of the compute roofline the GPU reaches (0-1].")
     var efficiency: Double?
 
-    @Option(help: "Prefetch: none (predictors are issue 9's work).")
+    @Option(help: "Prefetch predictor: none, bound (Quest's bound with the previous token's query), speculative (InfiniGen-style query speculated for the layer ahead), history (H2O mass with decay and recency), combined.")
     var prefetch: String = "none"
+    @Option(help: "Layers ahead a prefetch is issued: while layer L computes, layer L+D's blocks are fetched (0 leaves no time to fetch).")
+    var lookahead: Int = 1
+    @Option(help: "Best-predicted blocks per layer made resident in hot, or a size such as 2MiB (default: a quarter of the layer's share of the hot tier).")
+    var prefetchBudget: String?
+    @Option(help: "Best-predicted blocks per layer staged from cold into warm, or a size (default: the layer's share of the hot tier).")
+    var prefetchStaging: String?
+    @Option(help: "CPU attention over warm blocks: on or off. On, needed blocks not in hot are attended where they sit in host memory when the cost model says that finishes the layer sooner.")
+    var cpuAttention: String = "off"
+    @Option(help: "CPU attention rate, GB/s of K/V (default: the preset's host memory bandwidth × 0.47, the kernel's measured share of it, × 0.5 left to attention; measure yours with tierkv bench attention).")
+    var cpuAttentionGbps: Double?
+    @Option(help: "Approximate mode: skip needed blocks whose predicted share of a layer's attention is below this (e.g. 0.001). Off by default: attention stays exact.")
+    var approximateSkip: Double?
 
     // Traces
     @Option(help: "A request trace (JSON lines); switches to prefix-cache mode.")
@@ -79,8 +91,8 @@ struct SimulateCommand: ParsableCommand {
 
     @Option(help: "Eviction policy: \(EvictionPolicyKind.parsingHelp).")
     var policy: String = "lru"
-    @Option(help: "Compare in one run: policy=P,P,... or capacity=... (hot sizes for long-decode, e.g. 5%,10%,20%; blocks for traces).")
-    var sweep: String?
+    @Option(help: "Compare in one run: policy=P,P,... or capacity=... (hot sizes for long-decode, e.g. 5%,10%,20%; blocks for traces); long-decode also prefetch=K,K, lookahead=0,1,2, budget=16,64, staging=0,100, cpu-attention=off,on. Repeat to sweep the cross product.")
+    var sweep: [String] = []
 
     // Output
     @Flag(help: "Print one JSON object on stdout.")
@@ -103,6 +115,11 @@ struct SimulateCommand: ParsableCommand {
     }
 
     func runTrace(_ trace: String) throws {
+        guard prefetch == "none", cpuAttention == "off", approximateSkip == nil else {
+            throw CommandFailure("--prefetch, --cpu-attention and --approximate-skip apply to long-decode runs and tierkv traces, not to mooncake prefix traces")
+        }
+        guard sweep.count <= 1 else { throw CommandFailure("mooncake traces sweep one dimension at a time (policy= or capacity=)") }
+        let sweep = sweep.first
         guard let basePolicy = EvictionPolicyKind(parsing: policy) else {
             throw CommandFailure("--policy \(policy) is not one of: \(EvictionPolicyKind.parsingHelp)")
         }

@@ -13,33 +13,52 @@ extension SimulateCommand {
         guard workload == "long-decode" else {
             throw CommandFailure("--workload \(workload) is not known; use long-decode, or --trace FILE for request traces")
         }
-        guard prefetch == "none" else {
-            throw CommandFailure("--prefetch \(prefetch): speculative prefetch is not built yet (issue 9); use --prefetch none")
-        }
         let base = try decodeConfiguration()
         var runs: [(label: String, configuration: DecodeSimulationConfiguration)] = [(base.policy.name, base)]
-        if let sweep {
-            let parts = sweep.split(separator: "=", maxSplits: 1).map(String.init)
-            guard parts.count == 2, !parts[1].isEmpty else { throw CommandFailure("--sweep \(sweep): expected policy=P,P or capacity=S,S") }
-            let values = parts[1].split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
-            switch parts[0] {
-            case "policy":
-                runs = try values.map { value in
-                    guard let kind = EvictionPolicyKind(parsing: value) else {
-                        throw CommandFailure("--sweep policy: \(value) is not one of: \(EvictionPolicyKind.parsingHelp)")
-                    }
-                    var configuration = base
-                    configuration.policy = kind
-                    return (kind.name, configuration)
-                }
-            case "capacity":
-                runs = try values.map { value in
-                    var configuration = base
-                    try applySize(value, option: "--sweep capacity", fraction: &configuration.hotFraction, bytes: &configuration.hotBytes)
-                    return ("hot \(value)", configuration)
-                }
-            default: throw CommandFailure("--sweep \(parts[0]) is not supported; use policy= or capacity=")
+        for (index, dimension) in sweep.enumerated() {
+            let parts = dimension.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, !parts[1].isEmpty else {
+                throw CommandFailure("--sweep \(dimension): expected NAME=V,V,... (policy, capacity, prefetch, lookahead, budget, staging, cpu-attention)")
             }
+            let values = parts[1].split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
+            var expanded: [(label: String, configuration: DecodeSimulationConfiguration)] = []
+            for run in runs {
+                for value in values {
+                    var configuration = run.configuration
+                    let label: String
+                    switch parts[0] {
+                    case "policy":
+                        guard let kind = EvictionPolicyKind(parsing: value) else {
+                            throw CommandFailure("--sweep policy: \(value) is not one of: \(EvictionPolicyKind.parsingHelp)")
+                        }
+                        configuration.policy = kind
+                        label = kind.name
+                    case "capacity":
+                        try applySize(value, option: "--sweep capacity", fraction: &configuration.hotFraction, bytes: &configuration.hotBytes)
+                        label = "hot \(value)"
+                    case "prefetch":
+                        configuration.prefetch.kind = try prefetchKind(value, option: "--sweep prefetch")
+                        label = "prefetch \(value)"
+                    case "lookahead":
+                        guard let layers = Int(value), layers >= 0 else { throw CommandFailure("--sweep lookahead: \(value) is not a layer count ≥ 0") }
+                        configuration.prefetch.lookaheadLayers = layers
+                        label = "lookahead \(value)"
+                    case "budget":
+                        configuration.prefetch.budgetBlocks = try budgetBlocks(value, option: "--sweep budget", configuration: configuration)
+                        label = "budget \(value)"
+                    case "staging":
+                        configuration.prefetch.stagingBudgetBlocks = try budgetBlocks(value, option: "--sweep staging", configuration: configuration)
+                        label = "staging \(value)"
+                    case "cpu-attention":
+                        configuration.cpuAttention = try onOff(value, option: "--sweep cpu-attention")
+                        label = "cpu attention \(value)"
+                    default:
+                        throw CommandFailure("--sweep \(parts[0]) is not supported; use policy, capacity, prefetch, lookahead, budget, staging or cpu-attention")
+                    }
+                    expanded.append((index == 0 ? label : run.label + ", " + label, configuration))
+                }
+            }
+            runs = expanded
         }
         var results: [(label: String, result: DecodeSimulationResult)] = []
         for (index, run) in runs.enumerated() {
@@ -81,9 +100,16 @@ extension SimulateCommand {
         if results.count > 1 {
             print("")
             Output.printTable("sweep", results.map { label, result in
-                (label, String(format: "hot hit %.1f%% (oracle %.1f%%)   stall %.3f s   %.1f tokens/s   h2d %@   nvme read %@",
+                var line = String(format: "hot hit %.1f%% (oracle %.1f%%)   stall %.3f s   %.1f tokens/s   h2d %@   nvme read %@",
                     result.hotHitRate * 100, result.oracleHotHitRate * 100, result.stallSeconds, result.tokensPerSecond,
-                    formatBytes(result.bytesMoved["h2d"] ?? 0), formatBytes(result.bytesMoved["nvme_read"] ?? 0)))
+                    formatBytes(result.bytesMoved["h2d"] ?? 0), formatBytes(result.bytesMoved["nvme_read"] ?? 0))
+                if let prefetch = result.prefetch, prefetch.settings.kind != .none {
+                    let statistics = prefetch.statistics
+                    line += String(format: "   prefetch precision %.2f recall %.2f timely %.2f wasted %@",
+                        statistics.precision, statistics.recall, statistics.timeliness, formatBytes(prefetch.wastedBytes))
+                }
+                if result.cpuAttention { line += "   cpu blocks \(result.cpuAttentionBlocks)" }
+                return (label, line)
             })
         }
         if let csv { print("  timeline: \(csv)") }
@@ -116,7 +142,53 @@ extension SimulateCommand {
         if let nvmeReadGbps { configuration.hardware.nvmeRead.bytesPerSecond = try gigabytes(nvmeReadGbps, "--nvme-read-gbps") }
         if let nvmeWriteGbps { configuration.hardware.nvmeWrite.bytesPerSecond = try gigabytes(nvmeWriteGbps, "--nvme-write-gbps") }
         if let efficiency { configuration.computeEfficiency = efficiency }
+        configuration.prefetch.kind = try prefetchKind(prefetch, option: "--prefetch")
+        guard lookahead >= 0 else { throw CommandFailure("--lookahead \(lookahead): expected a number of layers ≥ 0") }
+        configuration.prefetch.lookaheadLayers = lookahead
+        if let prefetchBudget {
+            configuration.prefetch.budgetBlocks = try budgetBlocks(prefetchBudget, option: "--prefetch-budget", configuration: configuration)
+        }
+        if let prefetchStaging {
+            configuration.prefetch.stagingBudgetBlocks = try budgetBlocks(prefetchStaging, option: "--prefetch-staging", configuration: configuration)
+        }
+        configuration.cpuAttention = try onOff(cpuAttention, option: "--cpu-attention")
+        if let cpuAttentionGbps { configuration.cpuAttentionBytesPerSecond = try gigabytes(cpuAttentionGbps, "--cpu-attention-gbps") }
+        if let approximateSkip {
+            guard approximateSkip > 0, approximateSkip < 1 else {
+                throw CommandFailure("--approximate-skip \(approximateSkip): expected a share of a layer's attention in (0, 1), e.g. 0.001")
+            }
+            configuration.skipBelowMass = Float(approximateSkip)
+        }
         return configuration
+    }
+
+    private func prefetchKind(_ text: String, option: String) throws -> PrefetchKind {
+        guard let kind = PrefetchKind(rawValue: text.lowercased()) else {
+            throw CommandFailure("\(option) \(text) is not one of: " + PrefetchKind.allCases.map(\.rawValue).joined(separator: ", "))
+        }
+        return kind
+    }
+
+    private func onOff(_ text: String, option: String) throws -> Bool {
+        switch text.lowercased() {
+        case "on": return true
+        case "off": return false
+        default: throw CommandFailure("\(option) \(text): expected on or off")
+        }
+    }
+
+    /// `64` → blocks; `8MiB` → that many bytes of the model's blocks (at least 1 block).
+    private func budgetBlocks(_ text: String, option: String, configuration: DecodeSimulationConfiguration) throws -> Int {
+        if let blocks = Int(text) {
+            guard blocks >= 0 else { throw CommandFailure("\(option) \(text): expected a block count ≥ 0 or a size like 8MiB") }
+            return blocks
+        }
+        let bytes = try parseByteCount(text, option: option)
+        let blockBytes: Int
+        do { blockBytes = try configuration.model.layout(tokensPerBlock: configuration.workload.tokensPerBlock, dtype: configuration.kvDType).blockByteCount } catch {
+            throw CommandFailure(error)
+        }
+        return max(1, bytes / blockBytes)
     }
 
     private func gigabytes(_ value: Double, _ option: String) throws -> Double {

@@ -67,6 +67,30 @@ import TierKVTestSupport
         #expect(text.stderr.contains("decoding"), "progress on stderr")
     }
 
+    /// Prefetch and CPU attention end to end: the `prefetch.*` contract and a two-dimensional sweep.
+    @Test func prefetchReportsItsContractAndSweepsLookaheadByBudget() throws {
+        let small = ["simulate", "--context", "512", "--steps", "8", "--json"]
+        let report = try CLI.json(small + ["--prefetch", "combined", "--lookahead", "2", "--cpu-attention", "on"])
+        let prefetch = try #require(report["prefetch"] as? [String: Any])
+        #expect(prefetch["mode"] as? String == "combined" && prefetch["lookahead_layers"] as? Int == 2)
+        for field in ["precision", "recall", "timeliness"] {
+            let value = try #require(prefetch[field] as? Double, "\(field)")
+            #expect(value >= 0 && value <= 1)
+        }
+        #expect(prefetch["wasted_bytes"] is Int)
+        let predictors = try #require(prefetch["predictors"] as? [String: [String: Any]])
+        #expect(Set(predictors.keys) == ["bound_exact", "bound", "speculative", "history", "combined"])
+        #expect(report["cpu_attention"] as? Bool == true && report["cpu_attention_blocks"] is Int)
+        let sweep = try CLI.json(small + ["--prefetch", "bound", "--sweep", "lookahead=0,1", "--sweep", "budget=2,8"])
+        let runs = try #require(sweep["runs"] as? [[String: Any]])
+        #expect(runs.map { $0["label"] as? String } == ["lookahead 0, budget 2", "lookahead 0, budget 8", "lookahead 1, budget 2", "lookahead 1, budget 8"])
+        // Lookahead 0 leaves no time to fetch: nothing is issued.
+        let first = try #require(runs.first?["prefetch"] as? [String: Any])
+        #expect(first["issued_blocks"] as? Int == 0)
+        let trace = try CLI.run(["simulate", "--trace", "/nonexistent", "--prefetch", "bound"])
+        #expect(trace.status != 0 && trace.stderr.contains("not to mooncake"))
+    }
+
     @Test func longDecodeRefusesBadOptionsWithTheReason() throws {
         let directory = try TemporaryDirectory()
         let cases: [([String], String)] = [
@@ -75,7 +99,11 @@ import TierKVTestSupport
             (["--model", "gpt-9"], "gpt-9"),
             (["--hardware", "tpu"], "tpu"),
             (["--coverage", "2"], "coverage"),
-            (["--prefetch", "bound"], "issue 9"),
+            (["--prefetch", "oracle"], "--prefetch oracle is not one of"),
+            (["--lookahead", "-1"], "--lookahead"),
+            (["--cpu-attention", "maybe"], "--cpu-attention maybe"),
+            (["--approximate-skip", "2"], "--approximate-skip"),
+            (["--prefetch", "bound", "--lookahead", "99"], "lookahead is 99 layers"),
             (["--sweep", "colour=red"], "colour"),
             (["--workload", "chat"], "chat"),
         ]

@@ -213,6 +213,52 @@ import TierKV
         }
         return hits
     }
+
+    @Test func prefetchMeasuresEveryPredictorAndItsOwnWork() throws {
+        var configuration = Self.configuration()
+        configuration.prefetch.kind = .combined
+        configuration.prefetch.lookaheadLayers = 1
+        let result = try DecodeSimulation.run(configuration)
+        let prefetch = try #require(result.prefetch)
+        #expect(Set(prefetch.quality.keys) == ["bound_exact", "bound", "speculative", "history", "combined"])
+        for (name, quality) in prefetch.quality {
+            #expect(quality.samples > 0 && quality.recall > 0 && quality.recall <= 1, "\(name) \(quality)")
+            #expect(quality.massCoverage > 0.5 && quality.massCoverage <= 1 + 1e-9, "\(name) \(quality)")
+        }
+        // The layer's own query bounds better than the previous token's.
+        #expect(prefetch.quality["bound_exact"]!.massCoverage >= prefetch.quality["bound"]!.massCoverage - 0.02)
+        let statistics = prefetch.statistics
+        #expect(statistics.movedBlocks > 0 && statistics.settled > 0 && statistics.issuedBlocks >= statistics.movedBlocks)
+        #expect(statistics.fetchedAndUsed + statistics.wastedBlocks == statistics.movedBlocks)
+        #expect(abs(result.decodeSeconds - (result.computeSeconds + result.stallSeconds)) < 1e-6)
+        #expect(result.droppedBlocks == 0 && result.corruptions == 0)
+        // Deterministic: the same seed gives the same run.
+        let again = try DecodeSimulation.run(configuration)
+        #expect(again.stallSeconds == result.stallSeconds && again.prefetch?.statistics == statistics)
+    }
+
+    @Test func cpuAttentionTakesWarmBlocksWhenTheLinkIsSlow() throws {
+        var configuration = Self.configuration()
+        configuration.hardware.hostToDevice.bytesPerSecond = 2e9  // a slow host link
+        let fetched = try DecodeSimulation.run(configuration)
+        configuration.cpuAttention = true
+        configuration.cpuAttentionBytesPerSecond = 50e9
+        let split = try DecodeSimulation.run(configuration)
+        #expect(fetched.cpuAttentionBlocks == 0 && split.cpuAttentionBlocks > 0)
+        #expect(split.stallSeconds < fetched.stallSeconds, "\(split.stallSeconds) vs \(fetched.stallSeconds)")
+        #expect(split.timeline.map(\.cpuBlocks).reduce(0, +) == split.cpuAttentionBlocks)
+    }
+
+    @Test func approximateModeSkipsOnlyLowMassBlocksAndSaysWhatItLost() throws {
+        var configuration = Self.configuration()
+        let exact = try DecodeSimulation.run(configuration)
+        #expect(exact.skippedBlocks == 0)
+        configuration.skipBelowMass = 0.002
+        let approximate = try DecodeSimulation.run(configuration)
+        #expect(approximate.skippedBlocks > 0)
+        #expect(approximate.skippedMassPerLayer > 0 && approximate.skippedMassPerLayer < 0.05)
+    }
+
 }
 
 /// The `TierKVError` `body` throws, or nil.

@@ -32,18 +32,28 @@ extension Hierarchy {
         let isDemand = priority == .demand
         for maybeID in request.ids {
             guard let id = maybeID else {
-                state.statistics.hot.misses += 1
-                state.statistics.warm.misses += 1
-                state.statistics.cold.misses += 1
-                metrics.recordLookup(tier: nil)
+                if isDemand {
+                    state.statistics.hot.misses += 1
+                    state.statistics.warm.misses += 1
+                    state.statistics.cold.misses += 1
+                    metrics.recordLookup(tier: nil)
+                } else {
+                    state.statistics.prefetchLookups += 1
+                }
                 continue
             }
             var record = state.records[Int(id)]
             record.seenCount &+= record.seenCount == .max ? 0 : 1
             let flags = record.flags
-            // Where the block is served from, for hit accounting.
+            // Where the block is served from, for hit accounting (demand only: a prefetch is a
+            // guess, and its lookups would dilute the hit rate the engine sees).
             let source: Tier? = flags.contains(.inHot) ? .hot : flags.contains(.inWarm) ? .warm : flags.contains(.inCold) ? .cold : nil
-            countLookup(from: source, target: request.tier, &state)
+            if isDemand {
+                countLookup(from: source, target: request.tier, &state)
+            } else {
+                state.statistics.prefetchLookups += 1
+                if flags.contains(request.tier == .hot ? .inHot : .inWarm) { state.statistics.prefetchLookupsAlreadyResident += 1 }
+            }
             if let source { state.policies[source.rawValue].access(id) }
             switch request.tier {
             case .hot:
@@ -133,8 +143,8 @@ extension Hierarchy {
 
     /// Clears the queued (not started) moves of `request`'s blocks that nothing else wants:
     /// no pin, no waiter, no flush. Their queue entries are skipped when reached. Lock held.
-    func withdrawQueuedMoves(_ request: ResidencyRequest, _ state: inout HierarchyState) -> Int {
-        var withdrawn = 0
+    func withdrawQueuedMoves(_ request: ResidencyRequest, _ state: inout HierarchyState) -> [BlockKey] {
+        var withdrawn: [BlockKey] = []
         for (key, maybeID) in zip(request.keys, request.ids) {
             guard let id = maybeID else { continue }
             let record = state.records[Int(id)]
@@ -150,7 +160,7 @@ extension Hierarchy {
                 state.records[Int(id)].flags.remove(.queuedWarm)
                 isWithdrawn = true
             }
-            if isWithdrawn { withdrawn += 1 }
+            if isWithdrawn { withdrawn.append(key) }
         }
         return withdrawn
     }
@@ -602,6 +612,7 @@ extension Hierarchy {
         metrics.drops.increment()
         if record.references > 0 { state.statistics.droppedReferencedBlocks += 1 }
         failWaiters(id, reason: "block was dropped", &state)
+        summaries?.remove(state.records[Int(id)].key)
         state.removeRecord(id)
     }
 

@@ -67,6 +67,8 @@ public final class Hierarchy: @unchecked Sendable {
     let coldWrites: TransferScheduler<ColdStoreLink>?
     let state: ConditionLocked<HierarchyState>
     let metrics: HierarchyMetrics
+    /// Key summaries of every block held (nil when `configuration.keySummaries` is `.off`).
+    public let summaries: BlockSummaryTable?
     /// Offset of the payload in a warm slot: the cold slot header goes in front, so a warm slot
     /// is written to NVMe as it is.
     let warmPayloadOffset = ColdSlotHeader.byteCount
@@ -113,6 +115,13 @@ public final class Hierarchy: @unchecked Sendable {
             maximumBytesInFlight: configuration.maximumBytesInFlightPerLink, clock: configuration.clock)
         deviceToHost = TransferScheduler(link: try AcceleratorLink(accelerator: accelerator, direction: .deviceToHost),
             maximumBytesInFlight: configuration.maximumBytesInFlightPerLink, clock: configuration.clock)
+        switch configuration.keySummaries {
+        case .off: summaries = nil
+        case .fromStoredKeys:
+            guard layout.dtype != .fp8E4M3 else { throw .invalid("key summaries cannot be computed from fp8 keys; pass them with .provided") }
+            summaries = try BlockSummaryTable(shape: KeySummaryShape(layout: layout))
+        case .provided(let shape): summaries = try BlockSummaryTable(shape: shape)
+        }
         metrics = HierarchyMetrics(policies: [configuration.hotPolicy.name, configuration.warmPolicy.name, configuration.coldPolicy.name])
         var initial = HierarchyState(
             policies: [configuration.hotPolicy.makePolicy(), configuration.warmPolicy.makePolicy(), configuration.coldPolicy.makePolicy()],
@@ -155,11 +164,15 @@ public final class Hierarchy: @unchecked Sendable {
     /// - Parameters:
     ///   - position: the block's index in its sequence (policies such as StreamingLLM use it).
     ///   - sequence: the sequence that references the block until `drop`; nil stores it as cache only.
-    /// - Throws: a wrong byte count; `.capacityExceeded` when no tier can take the block because
-    ///   every block is pinned or referenced and dropping is not allowed; `.closed`.
+    ///   - keySummary: the block's key summary (`[head][min, max, mean][dim]` fp32) when the
+    ///     configuration's `keySummaries` is `.provided`; computed here with `.fromStoredKeys`.
+    /// - Throws: a wrong byte count; a missing or misshapen summary; `.capacityExceeded` when no
+    ///   tier can take the block because every block is pinned or referenced and dropping is not
+    ///   allowed; `.closed`.
     @discardableResult
     public func store(
-        _ key: BlockKey, position: Int, bytes: UnsafeRawBufferPointer, sequence: SequenceID? = nil
+        _ key: BlockKey, position: Int, bytes: UnsafeRawBufferPointer, sequence: SequenceID? = nil,
+        keySummary: UnsafeBufferPointer<Float>? = nil
     ) throws(TierKVError) -> StoreOutcome {
         guard bytes.count == blockByteCount, bytes.baseAddress != nil else {
             throw .invalid("block \(key) has \(bytes.count) bytes; the layout's blocks have \(blockByteCount) (2 × \(configuration.layout.tokensPerBlock) tokens × \(configuration.layout.kvHeads) KV heads × \(configuration.layout.headDim) × \(configuration.layout.dtype.byteSize) bytes)")
@@ -167,8 +180,18 @@ public final class Hierarchy: @unchecked Sendable {
         guard Int(key.layer) < configuration.layout.layers else {
             throw .invalid("block \(key) names layer \(key.layer); the layout has \(configuration.layout.layers) layers")
         }
+        if case .provided(let shape) = configuration.keySummaries, keySummary?.count != shape.valueCount {
+            throw .invalid("block \(key) needs its key summary (\(shape.valueCount) values: \(shape.kvHeads) KV heads × 3 × \(shape.headDim)); the hierarchy was configured with provided summaries; found \(keySummary.map { "\($0.count)" } ?? "none")")
+        }
         let reservation = try reserveForStore(key, position: Int32(clamping: position), sequence: sequence)
         guard let (id, slot) = reservation else { return .alreadyCached }
+        if let summaries {
+            if let keySummary {
+                try summaries.insert(key, summary: keySummary)
+            } else {
+                try summaries.insert(key, keys: bytes.baseAddress!, dtype: configuration.layout.dtype, tokenCount: configuration.layout.tokensPerBlock)
+            }
+        }
         memcpy(warmPayload(ofSlot: slot).baseAddress!, bytes.baseAddress!, blockByteCount)
         commitStore(id)
         return .stored
@@ -274,9 +297,12 @@ public final class Hierarchy: @unchecked Sendable {
     /// reason. Moves already on a link finish (their bandwidth is spent); their blocks simply
     /// stay where they land. Returns how many blocks' queued moves were withdrawn.
     @discardableResult
-    public func cancel(_ request: ResidencyRequest) -> Int {
-        guard request.markReleased() else { return 0 }
-        let withdrawn = state.withLock { state -> Int in
+    public func cancel(_ request: ResidencyRequest) -> Int { cancelReturningWithdrawn(request).count }
+
+    /// `cancel`, returning the keys whose queued moves were withdrawn.
+    public func cancelReturningWithdrawn(_ request: ResidencyRequest) -> [BlockKey] {
+        guard request.markReleased() else { return [] }
+        let withdrawn = state.withLock { state -> [BlockKey] in
             unpin(request, &state)
             let withdrawn = withdrawQueuedMoves(request, &state)
             pump(&state)

@@ -81,6 +81,8 @@ public struct HierarchyConfiguration: Sendable {
     /// Bytes started and not completed per link.
     public var maximumBytesInFlightPerLink: Int
     public var clock: any TransferClock
+    /// Key summaries for the prefetch predictors, kept in host memory for every block in any tier.
+    public var keySummaries: KeySummaries
 
     public init(
         layout: KVLayout, namespace: String = "default", hotCapacityBlocks: Int, warmCapacityBlocks: Int,
@@ -110,6 +112,18 @@ public struct HierarchyConfiguration: Sendable {
         self.coldFaultInjector = nil
         self.maximumBytesInFlightPerLink = 64 << 20
         self.clock = MonotonicClock()
+        self.keySummaries = .off
+    }
+
+    /// Where the key summaries the predictors score come from.
+    public enum KeySummaries: Sendable {
+        /// None kept (no summary-based prediction).
+        case off
+        /// Computed from each stored block's K half with the layout's shape (reads 1/2 of the block once).
+        case fromStoredKeys
+        /// The engine passes each block's summary to `store` (computed on its side, for example on the GPU
+        /// where the keys are made), in this shape.
+        case provided(KeySummaryShape)
     }
 
     /// Checks every field; the error names the field, the value and what is allowed.

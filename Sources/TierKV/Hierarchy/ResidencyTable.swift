@@ -92,6 +92,10 @@ public struct HierarchyStatistics: Sendable, Equatable {
     public var nvmeReadBytes = 0
     public var nvmeWriteBytes = 0
     public var storedBlocks = 0
+    /// Blocks asked for by prefetch requests, and those of them already in the target tier.
+    /// Prefetch lookups are not counted in the tiers' hits and misses, which are the demand's.
+    public var prefetchLookups = 0
+    public var prefetchLookupsAlreadyResident = 0
     /// Stores of a block that was already cached (prefix sharing): no bytes moved.
     public var sharedStores = 0
     /// Blocks whose last copy was freed: cache-only blocks (no live sequence) or, when allowed,

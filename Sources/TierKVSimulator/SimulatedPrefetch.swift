@@ -1,0 +1,269 @@
+import Foundation
+import TierKV
+
+/// Which predictor drives prefetch in a simulation.
+public enum PrefetchKind: String, Sendable, CaseIterable, Codable {
+    case none, bound, speculative, history, combined
+}
+
+/// Prefetch settings of a decode simulation (`--prefetch`, `--lookahead`, `--prefetch-budget`).
+public struct PrefetchSettings: Sendable, Equatable {
+    public var kind: PrefetchKind = .none
+    /// Layers ahead a prefetch is issued: while layer L computes, the blocks of layer L+d are
+    /// fetched (0 predicts a layer only when it starts: no time to fetch anything).
+    public var lookaheadLayers = 1
+    /// The best-predicted blocks of a layer made resident in hot; nil: a quarter of the layer's
+    /// share of the hot tier (the rest holds what the layers need: a larger budget turns the
+    /// cyclic walk over layers into LRU thrash).
+    public var budgetBlocks: Int?
+    /// The best-predicted blocks of a layer staged from cold into warm; nil: the layer's share of
+    /// the hot tier.
+    public var stagingBudgetBlocks: Int?
+    /// Weights of speculative, bound and history in `combined`.
+    public var combinedWeights: (speculative: Float, bound: Float, history: Float) = (0.5, 0.3, 0.2)
+    /// The generator's speculated query for L+d is the true query plus Gaussian noise of this
+    /// relative norm per layer of distance: a model of InfiniGen's approximation error (its paper
+    /// reports speculated and true attention inputs highly similar, not identical). Recorded
+    /// traces carry the real speculated query instead.
+    public var speculationError: Float = 0.3
+    /// H2O history: decay per step and the share given to recency.
+    public var historyDecay: Float = 0.9
+    public var historyRecencyWeight: Float = 0.2
+
+    public init() {}
+
+    public static func == (a: PrefetchSettings, b: PrefetchSettings) -> Bool {
+        a.kind == b.kind && a.lookaheadLayers == b.lookaheadLayers && a.budgetBlocks == b.budgetBlocks
+            && a.stagingBudgetBlocks == b.stagingBudgetBlocks
+            && a.combinedWeights == b.combinedWeights && a.speculationError == b.speculationError
+            && a.historyDecay == b.historyDecay && a.historyRecencyWeight == b.historyRecencyWeight
+    }
+}
+
+/// Top-k recall and mass coverage of one predictor, averaged over (step, layer, sequence).
+public struct PredictorQuality: Sendable, Equatable {
+    /// Share of the true top-k blocks in the predicted top-k.
+    public var recall = 0.0
+    /// Share of the blocks the layer needed (its coverage set, less the always-resident ones) in
+    /// the predicted top-k: what decides whether a prefetch spares a stall.
+    public var neededRecall = 0.0
+    public var massCoverage = 0.0
+    public var samples = 0
+}
+
+/// What prefetch and placement did in a decode simulation.
+public struct PrefetchReport: Sendable {
+    public var settings: PrefetchSettings
+    public var budgetBlocks: Int
+    public var stagingBudgetBlocks: Int
+    /// k of the top-k recall: the hot tier's blocks per layer and sequence.
+    public var topK: Int
+    public var statistics: PrefetchStatistics
+    /// Model bytes wasted (the statistics count stand-in bytes).
+    public var wastedBytes: Double
+    /// By predictor: `bound_exact` (Quest with the layer's own query, lookahead 0), `bound` (the
+    /// previous token's query for the layer), `speculative`, `history`, `combined`.
+    public var quality: [String: PredictorQuality]
+}
+
+/// The engine's side of prediction in a simulation: keeps the queries the engine would have, makes
+/// the hints (speculated queries), drives the library's `Prefetcher`, and measures every
+/// predictor against the exact attention.
+final class SimulatedPrefetch {
+    let settings: PrefetchSettings
+    let hierarchy: Hierarchy
+    let summaries: BlockSummaryTable
+    let bound: QuestBoundPredictor
+    let speculative: SpeculativePredictor
+    let history: AttentionHistoryPredictor
+    let combined: CombinedPredictor
+    let prefetcher: Prefetcher?
+    let layers: Int
+    let sequences: Int
+    let topK: Int
+    let budgetBlocks: Int
+    let stagingBudgetBlocks: Int
+    let sinkBlocks: Int
+    let seed: UInt64
+    /// [sequence][layer]: the newest exact query the engine computed for the layer.
+    private var lastQueries: [[[Float]?]]
+    /// Tickets by the global layer index (step × layers + layer) of their target, then sequence.
+    private var tickets: [Int: [Int: PrefetchTicket]] = [:]
+    private var qualitySums: [String: PredictorQuality] = [:]
+
+    init(
+        settings: PrefetchSettings, hierarchy: Hierarchy, layers: Int, sequences: Int, topK: Int, sinkBlocks: Int, seed: UInt64,
+        hostToDeviceBytesPerSecond: Double, coldReadBytesPerSecond: Double
+    ) throws(TierKVError) {
+        guard let summaries = hierarchy.summaries else { throw .invalid("prediction needs the hierarchy's key summaries") }
+        guard settings.lookaheadLayers >= 0 else { throw .invalid("lookahead is \(settings.lookaheadLayers) layers; expected ≥ 0") }
+        guard settings.lookaheadLayers <= layers else {
+            throw .invalid("lookahead is \(settings.lookaheadLayers) layers; the model has \(layers) (at most one step ahead)")
+        }
+        guard settings.speculationError >= 0 else { throw .invalid("speculation error \(settings.speculationError) must be ≥ 0") }
+        self.settings = settings
+        self.hierarchy = hierarchy
+        self.summaries = summaries
+        self.layers = layers
+        self.sequences = sequences
+        self.topK = topK
+        self.sinkBlocks = sinkBlocks
+        self.seed = seed
+        let tokensPerBlock = hierarchy.configuration.layout.tokensPerBlock
+        bound = QuestBoundPredictor(summaries: summaries, tokensPerBlock: tokensPerBlock)
+        speculative = SpeculativePredictor(summaries: summaries, tokensPerBlock: tokensPerBlock)
+        history = try AttentionHistoryPredictor(decay: settings.historyDecay, recencyWeight: settings.historyRecencyWeight)
+        let weights = settings.combinedWeights
+        combined = try CombinedPredictor([(speculative, weights.speculative), (bound, weights.bound), (history, weights.history)])
+        let budget = settings.budgetBlocks ?? max(1, topK / 4)
+        let staging = settings.stagingBudgetBlocks ?? topK
+        budgetBlocks = budget
+        stagingBudgetBlocks = staging
+        let driver: (any BlockPredictor)? = switch settings.kind {
+        case .none: nil
+        case .bound: bound
+        case .speculative: speculative
+        case .history: history
+        case .combined: combined
+        }
+        if let driver {
+            prefetcher = try Prefetcher(hierarchy: hierarchy, predictor: driver, configuration: Prefetcher.Configuration(
+                budgetBlocks: budget, stagingBudgetBlocks: staging, hostToDeviceBytesPerSecond: hostToDeviceBytesPerSecond, coldReadBytesPerSecond: coldReadBytesPerSecond))
+        } else {
+            prefetcher = nil
+        }
+        lastQueries = Array(repeating: Array(repeating: nil, count: layers), count: sequences)
+    }
+
+    /// Candidates of a layer: its stored blocks less the always-resident sinks and newest block.
+    func candidates(layer: Int, keys: [BlockKey]) -> PredictionCandidates {
+        PredictionCandidates.excludingAlwaysResident(layer: layer, keys: keys, sinkBlocks: sinkBlocks, recentBlocks: 1).candidates
+    }
+
+    /// The query speculated for `layer` from `distance` layers back: the recorded one, or the
+    /// true query with the modelled error.
+    func speculatedQuery(_ attention: StepAttention, step: Int, sequence: Int, layer: Int, distance: Int) -> [Float]? {
+        if let recorded = attention.speculatedQueries?[sequence][layer] { return recorded }
+        guard attention.speculatedQueries == nil, let exact = attention.queries?[sequence][layer] else { return nil }
+        let norm = exact.reduce(0) { $0 + $1 * $1 }.squareRoot()
+        let sigma = settings.speculationError * Float(max(1, distance)) * norm / Float(exact.count).squareRoot()
+        var generator = SplitMix64(seed: seed ^ UInt64(truncatingIfNeeded: ((step * layers + layer) * sequences + sequence) &* 0x2545_F491))
+        return exact.map { $0 + sigma * generator.nextGaussian() }
+    }
+
+    /// Settles the prefetches aimed at this layer and scores every predictor against the exact
+    /// attention, before the layer's demand request. `mass` is the layer's exact block mass.
+    func layerStarts(
+        step: Int, layer: Int, sequence: Int, attention: StepAttention, keys: [BlockKey], mass: [Float], needed: Set<BlockKey>
+    ) throws(TierKVError) {
+        let candidates = candidates(layer: layer, keys: keys)
+        let actual = candidates.positions.map { mass[$0] }
+        let relevant = candidates.keys.indices.filter { needed.contains(candidates.keys[$0]) }
+        let global = step * layers + layer
+        if let ticket = tickets[global]?.removeValue(forKey: sequence) {
+            if tickets[global]?.isEmpty ?? false { tickets[global] = nil }
+            try prefetcher?.settle(ticket, actualMass: Self.actual(ticket.candidates, mass: mass), needed: needed, topK: topK)
+        }
+        guard !candidates.keys.isEmpty else { return }
+        let exact = attention.queries?[sequence][layer].map(QueryHint.init)
+        let previous = lastQueries[sequence][layer].map(QueryHint.init)
+        let speculated = speculatedQuery(attention, step: step, sequence: sequence, layer: layer, distance: settings.lookaheadLayers)
+        func record(_ name: String, _ predicted: [Float]?) {
+            guard let predicted else { return }
+            var sum = qualitySums[name, default: PredictorQuality()]
+            sum.recall += PredictionQuality.recall(predicted: predicted, actual: actual, k: topK)
+            sum.neededRecall += PredictionQuality.recall(predicted: predicted, relevant: relevant, k: topK)
+            sum.massCoverage += PredictionQuality.massCoverage(predicted: predicted, actual: actual, k: topK)
+            sum.samples += 1
+            qualitySums[name] = sum
+        }
+        record("bound_exact", try bound.predictMass(candidates, hint: exact))
+        record("bound", try bound.predictMass(candidates, hint: previous))
+        if let speculated { speculative.offer(QueryHint(speculated), forLayer: layer) }
+        record("speculative", speculated == nil ? nil : try speculative.predictMass(candidates, hint: nil))
+        record("history", try history.predictMass(candidates, hint: nil))
+        record("combined", try combined.predictMass(candidates, hint: previous))
+    }
+
+    /// A ticket's candidates may be fewer than the layer's blocks now (a block was stored since).
+    private static func actual(_ candidates: PredictionCandidates, mass: [Float]) -> [Float] {
+        candidates.positions.map { $0 < mass.count ? mass[$0] : 0 }
+    }
+
+    /// The predicted mass of `layer`'s candidates with the layer's own query (for skip decisions).
+    func exactBound(layer: Int, sequence: Int, attention: StepAttention, keys: [BlockKey]) throws(TierKVError) -> [BlockKey: Float] {
+        let candidates = candidates(layer: layer, keys: keys)
+        guard let query = attention.queries?[sequence][layer],
+            let predicted = try bound.predictMass(candidates, hint: QueryHint(query))
+        else { return [:] }
+        return Dictionary(uniqueKeysWithValues: zip(candidates.keys, predicted))
+    }
+
+    /// After the layer ran: the engine knows its exact query and the mass of the blocks it attended.
+    func layerFinished(layer: Int, sequence: Int, attention: StepAttention, attended: [BlockKey], mass: [Float]) throws(TierKVError) {
+        if let query = attention.queries?[sequence][layer] { lastQueries[sequence][layer] = query }
+        try history.observe(layer: layer, keys: attended, mass: mass)
+    }
+
+    /// While layer `layer` of `step` runs: prefetch for the layer `lookahead` ahead (in this step
+    /// or the next), due in `secondsUntilNeeded`. Lookahead 0 issues nothing: a layer predicted
+    /// only when it starts leaves no time to fetch, so its stall is that of no prefetch.
+    func issue(
+        step: Int, layer: Int, attention: StepAttention, keysOf: (Int, Int) -> [BlockKey], secondsUntilNeeded: Double, lastStep: Int
+    ) throws(TierKVError) {
+        guard let prefetcher, settings.lookaheadLayers > 0 else { return }
+        let target = step * layers + layer + settings.lookaheadLayers
+        let targetStep = target / layers, targetLayer = target % layers
+        guard targetStep <= lastStep else { return }
+        for sequence in 0..<sequences {
+            let candidates = candidates(layer: targetLayer, keys: keysOf(sequence, targetLayer))
+            guard !candidates.keys.isEmpty else { continue }
+            // The freshest exact query of the target layer: the previous token's for a layer
+            // still to come in this step, this token's for a layer of the next step.
+            let freshest = lastQueries[sequence][targetLayer].map(QueryHint.init)
+            // The speculated query exists for a layer of this step (made from this token's hidden
+            // state); for the next step's layers the freshest exact query stands in.
+            if targetStep == step,
+                let speculated = speculatedQuery(attention, step: step, sequence: sequence, layer: targetLayer, distance: settings.lookaheadLayers)
+            {
+                speculative.offer(QueryHint(speculated), forLayer: targetLayer)
+            } else if let freshest {
+                speculative.offer(freshest, forLayer: targetLayer)
+            }
+            tickets[target, default: [:]][sequence] = try prefetcher.prefetch(candidates, hint: freshest, secondsUntilNeeded: secondsUntilNeeded)
+        }
+    }
+
+    /// Makes room for a demand of `needed` blocks in a hot tier of `capacity`: the prefetches for
+    /// the farthest layers give back their pins until the demand fits (the engine's need now
+    /// outranks a guess about later).
+    func yieldHot(needed: Int, capacity: Int) {
+        guard let prefetcher else { return }
+        var pinned = tickets.values.reduce(0) { $0 + $1.values.reduce(0) { $0 + $1.pinnedInHot } }
+        for target in tickets.keys.sorted(by: >) where needed + pinned > capacity {
+            for ticket in tickets.removeValue(forKey: target)?.values ?? [:].values {
+                prefetcher.abandon(ticket)
+                pinned -= ticket.pinnedInHot
+            }
+        }
+    }
+
+    /// Withdraws what is still queued at the end of the run.
+    func finish() {
+        for waiting in tickets.values { for ticket in waiting.values { prefetcher?.abandon(ticket) } }
+        tickets.removeAll()
+    }
+
+    func report(byteScale: Double) -> PrefetchReport {
+        var quality: [String: PredictorQuality] = [:]
+        for (name, sum) in qualitySums where sum.samples > 0 {
+            quality[name] = PredictorQuality(
+                recall: sum.recall / Double(sum.samples), neededRecall: sum.neededRecall / Double(sum.samples),
+                massCoverage: sum.massCoverage / Double(sum.samples), samples: sum.samples)
+        }
+        let statistics = prefetcher?.statistics ?? PrefetchStatistics()
+        return PrefetchReport(
+            settings: settings, budgetBlocks: budgetBlocks, stagingBudgetBlocks: stagingBudgetBlocks, topK: topK, statistics: statistics,
+            wastedBytes: statistics.wastedBytes * byteScale, quality: quality)
+    }
+}

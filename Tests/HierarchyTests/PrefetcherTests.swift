@@ -1,0 +1,110 @@
+import Testing
+import TierKV
+import TierKVTestSupport
+
+@Suite struct PrefetcherTests {
+    /// A hierarchy whose host→device link takes one block at a time, so a prefetch of several
+    /// blocks leaves some queued.
+    private func hierarchy(_ directory: TemporaryDirectory, summaries: HierarchyConfiguration.KeySummaries = .off) throws -> Hierarchy {
+        var configuration = tinyConfiguration(directory: directory.path + "/cache", hot: 6, warm: 8, cold: 32)
+        configuration.maximumBytesInFlightPerLink = smallLayout.blockByteCount
+        configuration.admitsNewBlocksToHot = false
+        configuration.keySummaries = summaries
+        return try Hierarchy(configuration)
+    }
+
+    @Test func cancellingAPrefetchUnpinsItAndItsLookupsAreNotHitsOrMisses() throws {
+        let directory = try TemporaryDirectory()
+        let hierarchy = try hierarchy(directory)
+        let keys = (0..<4).map { testKey($0) }
+        for (position, key) in keys.enumerated() { try hierarchy.storeTestBlock(key, position: position, sequence: SequenceID(1)) }
+        hierarchy.waitUntilIdle()
+        let prefetch = try hierarchy.makeResident(keys, in: .hot, priority: .prefetch)
+        prefetch.wait()
+        #expect(hierarchy.statistics.hot.pinnedBlocks == 4)
+        // Everything arrived: nothing to withdraw; the pins go.
+        #expect(hierarchy.cancelReturningWithdrawn(prefetch).isEmpty)
+        #expect(hierarchy.statistics.hot.pinnedBlocks == 0)
+        for key in keys { #expect(hierarchy.fastestTier(of: key) == .hot) }
+        let statistics = hierarchy.statistics
+        #expect(statistics.hot.hits == 0 && statistics.hot.misses == 0)
+        #expect(statistics.prefetchLookups == 4 && statistics.prefetchLookupsAlreadyResident == 0)
+        #expect(hierarchy.cancel(prefetch) == 0)  // cancelling twice is harmless
+        #expect(hierarchy.checkInvariants() == [])
+    }
+
+    @Test func aDemandForAPrefetchedBlockIsNotWithdrawnAndIsServed() throws {
+        let directory = try TemporaryDirectory()
+        let hierarchy = try hierarchy(directory)
+        let keys = (0..<4).map { testKey($0) }
+        for (position, key) in keys.enumerated() { try hierarchy.storeTestBlock(key, position: position, sequence: SequenceID(1)) }
+        hierarchy.waitUntilIdle()
+        let prefetch = try hierarchy.makeResident(keys, in: .hot, priority: .prefetch)
+        let demand = try hierarchy.makeResident([keys[3]], in: .hot, priority: .demand)
+        let withdrawn = hierarchy.cancelReturningWithdrawn(prefetch)
+        #expect(!withdrawn.contains(keys[3]))
+        demand.wait()
+        #expect(demand.failures.isEmpty && demand.deviceAddress(at: 0) != nil)
+        hierarchy.release(demand)
+        #expect(hierarchy.statistics.hot.misses == 1)
+        #expect(hierarchy.checkInvariants() == [])
+    }
+
+    @Test func prefetcherFetchesTheBestPredictedBlocksAndSettlesAgainstTheTruth() throws {
+        let directory = try TemporaryDirectory()
+        let hierarchy = try hierarchy(directory, summaries: .fromStoredKeys)
+        let table = try #require(hierarchy.summaries)
+        // Eight blocks; block b's first token points along dimension b (fp16 keys, 64 dims).
+        var keys: [BlockKey] = []
+        for block in 0..<8 {
+            let key = testKey(block)
+            keys.append(key)
+            var bytes = [Float16](repeating: 0, count: smallLayout.blockByteCount / 2)
+            bytes[block] = 4
+            try bytes.withUnsafeBytes { try hierarchy.store(key, position: block, bytes: $0, sequence: SequenceID(1)) }
+        }
+        hierarchy.waitUntilIdle()
+        #expect(table.count == 8)
+        let predictor = QuestBoundPredictor(summaries: table, tokensPerBlock: 16)
+        let prefetcher = try Prefetcher(hierarchy: hierarchy, predictor: predictor, configuration: Prefetcher.Configuration(
+            budgetBlocks: 2, hostToDeviceBytesPerSecond: 1e12, coldReadBytesPerSecond: 1e12))
+        var query = [Float](repeating: 0, count: 2 * 64)  // two query heads share the KV head
+        query[5] = 1
+        query[64 + 6] = 1
+        let candidates = PredictionCandidates(layer: 0, keys: keys, positions: Array(0..<8), newestPosition: 7)
+        let ticket = try prefetcher.prefetch(candidates, hint: QueryHint(query), secondsUntilNeeded: 1)
+        #expect(Set(ticket.fetched) == [keys[5], keys[6]])
+        hierarchy.waitUntilIdle()
+        // The layer attended blocks 5 and 7: one hit, one waste.
+        var mass = [Float](repeating: 0, count: 8)
+        mass[5] = 0.7
+        mass[7] = 0.3
+        try prefetcher.settle(ticket, actualMass: mass, needed: [keys[5], keys[7]], topK: 2)
+        let statistics = prefetcher.statistics
+        #expect(statistics.fetchedBlocks == 2 && statistics.fetchedInTopK == 1 && statistics.arrivedInTime == 2)
+        #expect(statistics.precision == 0.5 && statistics.recall == 0.5 && statistics.timeliness == 1)
+        #expect(statistics.wastedBlocks == 1 && statistics.wastedBytes == Double(smallLayout.blockByteCount))
+        #expect(hierarchy.statistics.hot.pinnedBlocks == 0)
+        // No time left: nothing is fetched.
+        let late = try prefetcher.prefetch(candidates, hint: QueryHint(query.map { -$0 }), secondsUntilNeeded: 0)
+        #expect(late.fetched.isEmpty)
+        prefetcher.abandon(late)
+        // A dropped block's summary goes with it.
+        hierarchy.drop(sequence: SequenceID(1))
+        try hierarchy.close()
+    }
+
+    @Test func providedSummariesAreRequiredAndChecked() throws {
+        let directory = try TemporaryDirectory()
+        let hierarchy = try hierarchy(directory, summaries: .provided(try KeySummaryShape(kvHeads: 2, headDim: 8)))
+        let bytes = blockBytes(for: testKey(0), count: smallLayout.blockByteCount)
+        let missing = tierKVError { _ = try bytes.withUnsafeBytes { try hierarchy.store(testKey(0), position: 0, bytes: $0, sequence: SequenceID(1)) } }
+        #expect(missing?.message.contains("key summary") ?? false)
+        let summary = [Float](repeating: 1, count: 48)
+        try summary.withUnsafeBufferPointer { summary in
+            try bytes.withUnsafeBytes { try hierarchy.store(testKey(0), position: 0, bytes: $0, sequence: SequenceID(1), keySummary: summary) }
+        }
+        #expect(hierarchy.summaries?.summary(of: testKey(0)) == summary)
+        try hierarchy.close()
+    }
+}
