@@ -39,6 +39,8 @@ public enum SimulationReport {
             groups: results.map { label, result in (label, [("policy", result.hotHitRate), ("oracle", result.oracleHotHitRate)]) },
             yLabel: "hot hit rate", stacked: false, percent: true)
 
+        body += prefetchSection(results)
+
         if results.count > 1 {
             body += "<h2>Sweep: projected tokens/s</h2>\n"
             body += barChart(
@@ -66,6 +68,45 @@ public enum SimulationReport {
             \(body)</body></html>
 
             """
+    }
+
+    /// Prefetch runs: stall and wasted bytes against lookahead, one line per (predictor, budget),
+    /// where prefetch pays and where it only spends bandwidth; and the predictors' quality.
+    static func prefetchSection(_ results: [(label: String, result: DecodeSimulationResult)]) -> String {
+        let prefetching = results.filter { ($0.result.prefetch?.settings.kind ?? .none) != .none }
+        guard !prefetching.isEmpty else { return "" }
+        var body = ""
+        var lines: [String: [(Double, Double, Double)]] = [:]  // series → (lookahead, stall, wasted GiB)
+        for (_, result) in prefetching {
+            let prefetch = result.prefetch!
+            let name = "\(prefetch.settings.kind.rawValue), budget \(prefetch.budgetBlocks)+\(prefetch.stagingBudgetBlocks)"
+            lines[name, default: []].append((Double(prefetch.settings.lookaheadLayers), result.stallSeconds, prefetch.wastedBytes / Double(1 << 30)))
+        }
+        let series = lines.sorted { $0.key < $1.key }.map { ($0.key, $0.value.sorted { $0.0 < $1.0 }) }
+        if let baseline = results.first(where: { ($0.result.prefetch?.settings.kind ?? .none) == .none }) {
+            body += "<p class=note>Without prefetch (\(escape(baseline.label))): stall \(String(format: "%.3f", baseline.result.stallSeconds)) s.</p>\n"
+        }
+        body += "<h2>Prefetch: stall against lookahead</h2>\n"
+        body += lineChart(series: series.map { ($0.0, $0.1.map { ($0.0, $0.1) }) }, xLabel: "lookahead (layers)", yLabel: "stall, virtual seconds")
+        body += "<h2>Prefetch: bandwidth wasted against lookahead</h2>\n"
+        body += lineChart(series: series.map { ($0.0, $0.1.map { ($0.0, $0.2) }) }, xLabel: "lookahead (layers)", yLabel: "GiB moved for blocks not used")
+        body += "<table>\n<tr><th>run</th><th>predictor</th><th>lookahead</th><th>budget (hot+staged)</th><th>precision</th><th>recall</th><th>timely</th><th>wasted</th><th>stall s</th><th>tokens/s</th><th>CPU blocks</th></tr>\n"
+        for (label, result) in prefetching {
+            let prefetch = result.prefetch!, statistics = prefetch.statistics
+            body += String(format: "<tr><td>%@</td><td>%@</td><td>%d</td><td>%d+%d</td><td>%.2f</td><td>%.2f</td><td>%.2f</td><td>%@</td><td>%.3f</td><td>%.1f</td><td>%d</td></tr>\n",
+                escape(label), prefetch.settings.kind.rawValue, prefetch.settings.lookaheadLayers, prefetch.budgetBlocks, prefetch.stagingBudgetBlocks,
+                statistics.precision, statistics.recall, statistics.timeliness, formatBytes(prefetch.wastedBytes), result.stallSeconds,
+                result.tokensPerSecond, result.cpuAttentionBlocks)
+        }
+        body += "</table>\n"
+        let quality = prefetching[0].result.prefetch!.quality
+        body += "<h2>Predictors against the exact attention (\(escape(prefetching[0].label)), k = \(prefetching[0].result.prefetch!.topK))</h2>\n<table>\n"
+        body += "<tr><th>predictor</th><th>top-k recall</th><th>needed-block recall</th><th>mass coverage</th></tr>\n"
+        for name in ["bound_exact", "bound", "speculative", "history", "combined"] {
+            guard let value = quality[name] else { continue }
+            body += String(format: "<tr><td>%@</td><td>%.3f</td><td>%.3f</td><td>%.3f</td></tr>\n", name, value.recall, value.neededRecall, value.massCoverage)
+        }
+        return body + "</table>\n"
     }
 
     private static let palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]

@@ -103,7 +103,9 @@ extension SimulateCommand {
                 var line = String(format: "hot hit %.1f%% (oracle %.1f%%)   stall %.3f s   %.1f tokens/s   h2d %@   nvme read %@",
                     result.hotHitRate * 100, result.oracleHotHitRate * 100, result.stallSeconds, result.tokensPerSecond,
                     formatBytes(result.bytesMoved["h2d"] ?? 0), formatBytes(result.bytesMoved["nvme_read"] ?? 0))
-                if let prefetch = result.prefetch, prefetch.settings.kind != .none {
+                if let prefetch = result.prefetch, prefetch.settings.kind != .none, prefetch.statistics.issuedBlocks == 0 {
+                    line += "   prefetch issued nothing (lookahead \(prefetch.settings.lookaheadLayers))"
+                } else if let prefetch = result.prefetch, prefetch.settings.kind != .none {
                     let statistics = prefetch.statistics
                     line += String(format: "   prefetch precision %.2f recall %.2f timely %.2f wasted %@",
                         statistics.precision, statistics.recall, statistics.timeliness, formatBytes(prefetch.wastedBytes))
