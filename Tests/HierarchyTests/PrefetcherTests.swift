@@ -101,7 +101,7 @@ import TierKVTestSupport
         let missing = tierKVError { _ = try bytes.withUnsafeBytes { try hierarchy.store(testKey(0), position: 0, bytes: $0, sequence: SequenceID(1)) } }
         #expect(missing?.message.contains("key summary") ?? false)
         let summary = [Float](repeating: 1, count: 48)
-        try summary.withUnsafeBufferPointer { summary in
+        _ = try summary.withUnsafeBufferPointer { summary in
             try bytes.withUnsafeBytes { try hierarchy.store(testKey(0), position: 0, bytes: $0, sequence: SequenceID(1), keySummary: summary) }
         }
         #expect(hierarchy.summaries?.summary(of: testKey(0)) == summary)
