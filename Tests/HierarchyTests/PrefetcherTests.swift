@@ -61,7 +61,7 @@ import TierKVTestSupport
             keys.append(key)
             var bytes = [Float16](repeating: 0, count: smallLayout.blockByteCount / 2)
             bytes[block] = 4
-            try bytes.withUnsafeBytes { try hierarchy.store(key, position: block, bytes: $0, sequence: SequenceID(1)) }
+            _ = try bytes.withUnsafeBytes { try hierarchy.store(key, position: block, bytes: $0, sequence: SequenceID(1)) }
         }
         hierarchy.waitUntilIdle()
         #expect(table.count == 8)
