@@ -1,4 +1,6 @@
-import FoundationEssentials
+#if canImport(Glibc)
+import Glibc
+#endif
 import TierKVCore
 
 /// A NumPy `.npy` array of float16 or float32, C order, little-endian (format versions 1–3).
@@ -45,11 +47,7 @@ public struct NumpyArray: Sendable {
 
     /// Reads `path`. - Throws: `.invalidArgument` naming the file and what is wrong with it.
     public static func read(_ path: String) throws(TierKVError) -> NumpyArray {
-        let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
-            throw TierKVError(.notFound, "cannot read \(path): \(error)", path: path)
-        }
-        let file = [UInt8](data)
+        let file = try BinaryFile.read(path)
         func bad(_ reason: String) -> TierKVError { TierKVError(.invalidArgument, "\(path): \(reason)", path: path) }
         guard file.count >= 10, file[0] == 0x93, Array(file[1...5]) == Array("NUMPY".utf8) else {
             throw bad("not a .npy file (no \\x93NUMPY magic)")
@@ -119,9 +117,7 @@ public struct NumpyArray: Sendable {
         file += [UInt8(length & 0xFF), UInt8(length >> 8)]
         file += Array(header.utf8)
         file += bytes
-        do { try Data(file).write(to: URL(fileURLWithPath: path)) } catch {
-            throw TierKVError(.systemCall, "cannot write \(path): \(error)", path: path)
-        }
+        try BinaryFile.write(file, to: path)
     }
 }
 

@@ -1,4 +1,6 @@
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import TierKVCore
 
 /// H2O-style prediction from what the engine reported: each block's attention mass accumulated

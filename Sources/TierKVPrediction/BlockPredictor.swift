@@ -1,4 +1,6 @@
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import TierKVCore
 
 /// The blocks a predictor ranks for one layer: those not in the always-resident set (sinks and

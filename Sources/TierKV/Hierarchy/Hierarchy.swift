@@ -73,6 +73,8 @@ public final class Hierarchy: @unchecked Sendable {
     /// is written to NVMe as it is.
     let warmPayloadOffset = ColdSlotHeader.byteCount
     let blockByteCount: Int
+    /// The staging buffer and stream of `store(_:position:deviceAddress:)`, made on first use.
+    let deviceStaging = Locked<DeviceStaging?>(nil)
 
     /// Opens the tiers: allocates the hot slots on the accelerator, maps the warm arena, opens (or
     /// creates) the cold block file and indexes the blocks it holds, so a restarted engine finds
@@ -195,6 +197,32 @@ public final class Hierarchy: @unchecked Sendable {
         memcpy(warmPayload(ofSlot: slot).baseAddress!, bytes.baseAddress!, blockByteCount)
         commitStore(id)
         return .stored
+    }
+
+    /// Stores one block whose KV is in accelerator memory (`layout.blockByteCount` bytes at
+    /// `deviceAddress`, e.g. a slot of the engine's paged cache). The bytes are copied to a
+    /// registered staging buffer on the hierarchy's own stream and then stored as `store` does;
+    /// returns once they are in host memory, so the engine may overwrite the device memory then.
+    /// Calls are serialised on the one staging buffer: engines that already hold the bytes on the
+    /// host should use `store`.
+    /// - Throws: what `store` throws; a device copy error (an address outside device memory).
+    @discardableResult
+    public func store(
+        _ key: BlockKey, position: Int, deviceAddress: DeviceAddress, sequence: SequenceID? = nil,
+        keySummary: UnsafeBufferPointer<Float>? = nil
+    ) throws(TierKVError) -> StoreOutcome {
+        try deviceStaging.withLock { (staging) throws(TierKVError) -> StoreOutcome in
+            let current: DeviceStaging
+            if let staging {
+                current = staging
+            } else {
+                current = try DeviceStaging(accelerator: accelerator, byteCount: blockByteCount)
+                staging = current
+            }
+            try current.stream.copyToHost(from: deviceAddress, to: current.bytes.baseAddress!, byteCount: blockByteCount)
+            try current.stream.synchronize()
+            return try store(key, position: position, bytes: UnsafeRawBufferPointer(current.bytes), sequence: sequence, keySummary: keySummary)
+        }
     }
 
     /// Stores every full block of `tokens` at `layer` from `kv(blockIndex)`, returning the keys.
@@ -443,5 +471,40 @@ public final class Hierarchy: @unchecked Sendable {
     /// The host bytes of a warm slot's payload.
     func warmPayload(ofSlot slot: Int32) -> UnsafeMutableRawBufferPointer {
         UnsafeMutableRawBufferPointer(start: warmArena.address(ofSlot: Int(slot)) + warmPayloadOffset, count: blockByteCount)
+    }
+}
+
+/// A registered host buffer of one block and a stream, for stores from device memory.
+final class DeviceStaging: @unchecked Sendable {
+    // @unchecked: used only under `Hierarchy.deviceStaging`'s lock.
+    let bytes: UnsafeMutableRawBufferPointer
+    let stream: any AcceleratorStream
+    let accelerator: any Accelerator
+
+    init(accelerator: any Accelerator, byteCount: Int) throws(TierKVError) {
+        var pointer: UnsafeMutableRawPointer?
+        guard posix_memalign(&pointer, 4096, byteCount) == 0, let pointer else {
+            throw TierKVError(.systemCall, "cannot allocate a \(byteCount)-byte staging buffer", operation: "posix_memalign")
+        }
+        bytes = UnsafeMutableRawBufferPointer(start: pointer, count: byteCount)
+        self.accelerator = accelerator
+        do {
+            try accelerator.registerHostMemory(bytes)
+        } catch {
+            free(pointer)
+            throw error
+        }
+        do {
+            stream = try accelerator.makeStream()
+        } catch {
+            try? accelerator.unregisterHostMemory(bytes)
+            free(pointer)
+            throw error
+        }
+    }
+
+    deinit {
+        try? accelerator.unregisterHostMemory(bytes)
+        free(bytes.baseAddress)
     }
 }
