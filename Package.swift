@@ -20,17 +20,27 @@ import Glibc
 
 // `tools/build-portable` sets TIERKV_STATIC_SYSTEM_LIBS=1 to link liburing and libnuma from their
 // static archives, so the binary runs on machines without them (e.g. a GPU box with no Swift).
-let staticSystemLibraries = getenv("TIERKV_STATIC_SYSTEM_LIBS") != nil
+// `tools/build-library` sets it to `uring`: Debian's libnuma.a is not position-independent, so the
+// shared library links liburing statically and libnuma (libnuma1, on most servers) dynamically.
+let staticSystemLibraries = getenv("TIERKV_STATIC_SYSTEM_LIBS").map { String(cString: $0) }
 let systemLibraryLinkerSettings: [LinkerSetting] =
-    staticSystemLibraries
-    ? [.unsafeFlags(["-Xlinker", "-l:liburing.a", "-Xlinker", "-l:libnuma.a"]), .linkedLibrary("dl")]
-    : [.linkedLibrary("uring"), .linkedLibrary("numa"), .linkedLibrary("dl")]
+    switch staticSystemLibraries {
+    case nil: [.linkedLibrary("uring"), .linkedLibrary("numa"), .linkedLibrary("dl")]
+    case "uring"?: [.unsafeFlags(["-Xlinker", "-l:liburing.a"]), .linkedLibrary("numa"), .linkedLibrary("dl")]
+    default: [.unsafeFlags(["-Xlinker", "-l:liburing.a", "-Xlinker", "-l:libnuma.a"]), .linkedLibrary("dl")]
+    }
+
+/// The C ABI's version (TIERKV_ABI_VERSION in include/tierkv.h): the shared library's soname.
+let abiVersion = 1
 
 let package = Package(
     name: "TierKV",
     products: [
         .library(name: "TierKV", targets: ["TierKV"]),
         .executable(name: "tierkv", targets: ["tierkv"]),
+        // The C ABI (include/tierkv.h) as a shared library; `tools/build-library` links the Swift
+        // runtime into it statically and installs it as libtierkv.so.
+        .library(name: "TierKVC", type: .dynamic, targets: ["TierKVC"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -77,6 +87,17 @@ let package = Package(
             dependencies: [
                 "TierKV", .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
+        // The C ABI: `include/tierkv.h`, imported so each `@c @implementation` is checked against it.
+        .systemLibrary(name: "CTierKVABI", path: "Sources/CTierKVABI"),
+        .target(
+            name: "TierKVC", dependencies: ["TierKV", "CTierKVABI"],
+            linkerSettings: [
+                .unsafeFlags([
+                    "-Xlinker", "-soname=libtierkv.so.\(abiVersion)",
+                    "-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/CTierKVABI/exports.map",
+                ])
             ]
         ),
         .executableTarget(

@@ -71,6 +71,26 @@ public final class ResidencyRequest: @unchecked Sendable {
     /// When the last block arrived, on the hierarchy's clock (virtual time in the simulator).
     public var readyNanoseconds: UInt64? { state.withLock { $0.readyNanoseconds } }
 
+    /// Where one block of a request stands.
+    public enum BlockState: Sendable, Equatable {
+        case pending
+        case ready
+        /// The hierarchy does not hold the block.
+        case missing
+        /// It could not be made resident (the reason: a corrupt cold copy, an I/O error).
+        case failed(String)
+    }
+
+    /// The state of block `index` (in the order of `keys`); nil for an index out of range.
+    public func state(at index: Int) -> BlockState? {
+        guard index >= 0, index < keys.count else { return nil }
+        guard ids[index] != nil else { return .missing }
+        return state.withLock { state in
+            if let reason = state.failures[index] { return .failed(reason) }
+            return state.slots[index] >= 0 ? .ready : .pending
+        }
+    }
+
     /// The hot-tier address of block `index`, or nil when it is missing or failed (or the request
     /// is not ready). Valid until `release`.
     public func deviceAddress(at index: Int) -> DeviceAddress? {

@@ -1,0 +1,262 @@
+/*
+ * tierkv.h: the C ABI of TierKV, a tiered KV-cache (accelerator / pinned host RAM / NVMe).
+ *
+ * C11 and C++17. Link with -ltierkv (pkg-config: tierkv). The library carries its own Swift
+ * runtime: a process needs no Swift toolchain.
+ *
+ * Conventions, for every function below:
+ *  - Every call returns a tierkv_status. TIERKV_OK is 0; anything else is an error, and
+ *    tierkv_last_error() then describes it. Nothing ever aborts the process on bad input: a
+ *    null pointer, a wrong size, a closed or unknown handle is an error return.
+ *  - Handles (tierkv_hierarchy, tierkv_request) are opaque. The library checks every handle
+ *    against the set it created, so a closed or never-opened handle gives
+ *    TIERKV_ERROR_INVALID_HANDLE rather than a crash (a pointer that was never a handle is
+ *    still undefined behaviour in C terms; it is detected as long as it is not dereferenced by
+ *    the caller).
+ *  - Ownership: the caller owns every buffer it passes; the library copies what it keeps
+ *    before returning, except where a function says a pointer stays valid "until release".
+ *  - Thread safety: every function may be called from any thread at any time, also
+ *    concurrently on one hierarchy handle. A request handle may be waited on from several
+ *    threads, but released once.
+ *  - Sizes are in bytes unless the name says otherwise (`_count` is a number of elements).
+ */
+#ifndef TIERKV_H
+#define TIERKV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The ABI version; tierkv_abi_version() returns the library's. Bumped on any incompatible change. */
+#define TIERKV_ABI_VERSION 1
+
+typedef int32_t tierkv_status;
+
+/* Status codes. */
+#define TIERKV_OK 0
+#define TIERKV_ERROR_INVALID_ARGUMENT 1 /* a bad pointer, size, shape, key or configuration field */
+#define TIERKV_ERROR_INVALID_HANDLE 2   /* the handle is closed, released or was never opened */
+#define TIERKV_ERROR_NOT_FOUND 3        /* the block is not cached */
+#define TIERKV_ERROR_CAPACITY 4         /* no tier can take the block (all pinned or referenced) */
+#define TIERKV_ERROR_CORRUPTION 5       /* a stored copy failed its checksum; it is never returned */
+#define TIERKV_ERROR_SYSTEM 6           /* a system call failed (the message names it and errno) */
+#define TIERKV_ERROR_UNSUPPORTED 7      /* this machine or filesystem lacks a feature */
+#define TIERKV_ERROR_CUDA 8             /* the CUDA driver returned an error */
+#define TIERKV_ERROR_CLOSED 9           /* the hierarchy is closed */
+#define TIERKV_ERROR_TIMEOUT 10         /* a wait ran out of time; nothing was changed */
+#define TIERKV_ERROR_BUFFER_TOO_SMALL 11 /* an output buffer is too small; the needed count is returned */
+#define TIERKV_ERROR_INTERNAL 12        /* a bug in TierKV: please report the message */
+
+/* Tiers. */
+#define TIERKV_TIER_HOT 0  /* accelerator memory */
+#define TIERKV_TIER_WARM 1 /* pinned host memory */
+#define TIERKV_TIER_COLD 2 /* NVMe */
+
+/* Priorities of tierkv_make_resident. */
+#define TIERKV_PRIORITY_DEMAND 0   /* the engine waits for these blocks now */
+#define TIERKV_PRIORITY_PREFETCH 1 /* speculative: after demand fetches */
+
+/* A sequence id that means "no sequence": the block is stored as cache only. */
+#define TIERKV_NO_SEQUENCE UINT64_MAX
+
+/* The hierarchy: all three tiers of one KV layout. */
+typedef struct tierkv_hierarchy tierkv_hierarchy;
+/* Blocks being made resident in one tier, pinned until tierkv_request_release. */
+typedef struct tierkv_request tierkv_request;
+
+/* A block's identity: the 128-bit hash of its token prefix (salted by the namespace) and its layer. */
+typedef struct tierkv_block_key {
+    uint64_t prefix_high;
+    uint64_t prefix_low;
+    uint32_t layer;
+    uint32_t reserved; /* must be 0 */
+} tierkv_block_key;
+
+/* The KV layout of a hierarchy. A block is K then V, each [tokens_per_block][kv_heads][head_dim]
+ * of `dtype`; block_bytes = 2 * tokens_per_block * kv_heads * head_dim * dtype size. */
+typedef struct tierkv_layout {
+    int32_t layers;
+    int32_t kv_heads;
+    int32_t query_heads;
+    int32_t head_dim;
+    int32_t tokens_per_block;
+    int32_t dtype_size;   /* bytes per element */
+    char dtype[16];       /* "fp16", "bf16", "fp32" or "fp8e4m3", NUL-terminated */
+    uint64_t block_bytes;
+} tierkv_layout;
+
+/* The longest cached prefix, in blocks (every layer of a block must be present). */
+typedef struct tierkv_prefix {
+    uint64_t in_hot;         /* leading blocks whose every layer is in hot */
+    uint64_t in_hot_or_warm; /* ... in hot or warm */
+    uint64_t cached;         /* ... in any tier */
+    uint64_t requested;      /* blocks asked about */
+} tierkv_prefix;
+
+/* Where one block of a request is. */
+#define TIERKV_BLOCK_PENDING 0 /* still moving */
+#define TIERKV_BLOCK_READY 1   /* resident: device_address (hot) or host_pointer (warm) is valid until release */
+#define TIERKV_BLOCK_MISSING 2 /* the hierarchy does not hold the block: recompute it */
+#define TIERKV_BLOCK_FAILED 3  /* it could not be brought back (corrupt or unreadable cold copy): recompute it */
+
+typedef struct tierkv_block_location {
+    int32_t state;            /* TIERKV_BLOCK_* */
+    int32_t tier;             /* the request's tier */
+    uint64_t device_address;  /* CUdeviceptr in the hot tier when READY and tier is HOT, else 0 */
+    const void *host_pointer; /* pinned host bytes when READY and tier is WARM, else NULL */
+    uint64_t byte_count;      /* block_bytes */
+} tierkv_block_location;
+
+/* Counters and occupancy. `struct_size` must be set to sizeof(tierkv_stats) by the caller, so
+ * later versions can grow the struct without breaking older callers. */
+typedef struct tierkv_tier_stats {
+    uint64_t capacity_blocks;
+    uint64_t resident_blocks;
+    uint64_t pinned_blocks;
+    uint64_t hits;
+    uint64_t misses;
+} tierkv_tier_stats;
+
+typedef struct tierkv_stats {
+    uint64_t struct_size;
+    tierkv_tier_stats hot;
+    tierkv_tier_stats warm;
+    tierkv_tier_stats cold;
+    uint64_t stored_blocks;
+    uint64_t shared_stores;       /* stores of a key already cached (prefix sharing) */
+    uint64_t bytes_host_to_device;
+    uint64_t bytes_device_to_host;
+    uint64_t bytes_nvme_read;
+    uint64_t bytes_nvme_written;
+    uint64_t corrupt_blocks;      /* cold copies that failed their checksum (never returned) */
+    uint64_t dropped_blocks;
+    uint64_t live_sequences;
+    int32_t cold_is_buffered;     /* 1 when the cold file fell back to buffered I/O (reported, never silent) */
+    int32_t accelerator_is_emulated; /* 1 when the hot tier is host memory standing in for a GPU */
+} tierkv_stats;
+
+/* ---- Library ---- */
+
+/* The library version, e.g. "0.5.0". Static storage; never NULL. */
+const char *tierkv_version(void);
+/* TIERKV_ABI_VERSION of the library (compare with the header's). */
+int32_t tierkv_abi_version(void);
+
+/* The message of the last failed call on this thread ("" when none). Owned by the library and
+ * valid until the next tierkv call on this thread; copy it to keep it. */
+const char *tierkv_last_error(void);
+/* The same message copied into `buffer` (NUL-terminated, truncated to `capacity`). Returns the
+ * length of the whole message, so a caller can size a second call. Never fails. */
+size_t tierkv_last_error_copy(char *buffer, size_t capacity);
+/* A short name of a status code ("invalid argument"). Static storage; never NULL. */
+const char *tierkv_status_name(tierkv_status status);
+
+/* ---- Hierarchy ---- */
+
+/* Opens a hierarchy from a JSON configuration, e.g.
+ *   {"layout": {"layers": 32, "kv_heads": 8, "query_heads": 32, "head_dim": 128,
+ *               "tokens_per_block": 16, "dtype": "fp16"},
+ *    "hot_blocks": 1024, "warm_blocks": 8192, "cold_blocks": 65536,
+ *    "cache_dir": "/nvme/tierkv", "accelerator": "cuda:0"}
+ * Fields: layout (required); hot_blocks, warm_blocks (required); cold_blocks (0) and cache_dir;
+ * namespace ("default"); policy ("lru"; also "lfu", "s3fifo", "h2o", "tova", "streaming-llm");
+ * accelerator ("cuda:N", or "emulated" for host memory standing in for a GPU: tests only);
+ * admit_to_hot (true); inclusive_warm (true); allow_dropping (false); numa_node; lock_memory
+ * (false); buffered_fallback (false); key_summaries ("off" or "from-keys"). An unknown field is
+ * an error naming it. On success *out is a new handle owned by the caller: close it. */
+tierkv_status tierkv_open(const char *config_json, tierkv_hierarchy **out);
+/* Waits for transfers in flight, flushes every block to the cold tier when `flush` is nonzero,
+ * closes, and frees the handle (also when the flush fails: the status says so). Requests still
+ * open are released and their handles freed. */
+tierkv_status tierkv_close(tierkv_hierarchy *hierarchy, int32_t flush);
+tierkv_status tierkv_get_layout(tierkv_hierarchy *hierarchy, tierkv_layout *out);
+tierkv_status tierkv_get_stats(tierkv_hierarchy *hierarchy, tierkv_stats *out);
+
+/* The keys of the full blocks of `tokens` at `layer` (a trailing partial block has none). Writes
+ * at most `capacity` keys; *count_out is the number of full blocks (BUFFER_TOO_SMALL when it
+ * exceeds `capacity`). */
+tierkv_status tierkv_block_keys(
+    tierkv_hierarchy *hierarchy, const uint32_t *tokens, size_t token_count, uint32_t layer,
+    tierkv_block_key *keys_out, size_t capacity, size_t *count_out);
+
+/* The longest cached prefix of `tokens`, per tier. */
+tierkv_status tierkv_lookup_prefix(
+    tierkv_hierarchy *hierarchy, const uint32_t *tokens, size_t token_count, tierkv_prefix *out);
+
+/* Stores one block (block_bytes bytes, K then V) from host memory for `sequence`
+ * (TIERKV_NO_SEQUENCE: cache only). The bytes are copied before the call returns. `position` is
+ * the block's index in its sequence. *stored_out (may be NULL) is 1 when the bytes were copied,
+ * 0 when the key was already cached (prefix sharing). */
+tierkv_status tierkv_store(
+    tierkv_hierarchy *hierarchy, const tierkv_block_key *key, int64_t position, const void *bytes,
+    size_t byte_count, uint64_t sequence, int32_t *stored_out);
+/* The same from accelerator memory (a CUdeviceptr of block_bytes bytes): copied on the
+ * library's own stream before the call returns. */
+tierkv_status tierkv_store_from_device(
+    tierkv_hierarchy *hierarchy, const tierkv_block_key *key, int64_t position, uint64_t device_address,
+    size_t byte_count, uint64_t sequence, int32_t *stored_out);
+
+/* Copies a block out of whichever tier holds it into `destination` (at least block_bytes). */
+tierkv_status tierkv_read(
+    tierkv_hierarchy *hierarchy, const tierkv_block_key *key, void *destination, size_t capacity);
+
+/* Which tier holds the block (*tier_out: TIERKV_TIER_*), or NOT_FOUND. */
+tierkv_status tierkv_fastest_tier(tierkv_hierarchy *hierarchy, const tierkv_block_key *key, int32_t *tier_out);
+
+/* Makes `keys` resident in `tier` (HOT for GPU attention, WARM for CPU attention) and pins them
+ * until tierkv_request_release. Returns at once; wait or poll on the request. */
+tierkv_status tierkv_make_resident(
+    tierkv_hierarchy *hierarchy, const tierkv_block_key *keys, size_t key_count, int32_t tier,
+    int32_t priority, tierkv_request **out);
+
+/* Waits until every block of the request arrived or failed. timeout_seconds < 0 waits for ever;
+ * otherwise TIMEOUT when it is not ready in time. */
+tierkv_status tierkv_request_wait(tierkv_request *request, double timeout_seconds);
+/* *ready_out = 1 when every block arrived or failed. Never blocks. */
+tierkv_status tierkv_request_poll(tierkv_request *request, int32_t *ready_out);
+/* Where block `index` (in the order of the keys given) is. */
+tierkv_status tierkv_request_block(tierkv_request *request, size_t index, tierkv_block_location *out);
+/* Unpins the blocks and frees the handle. Addresses from the request are invalid afterwards. */
+tierkv_status tierkv_request_release(tierkv_request *request);
+/* Releases and also withdraws the queued moves nothing else wants (a prefetch that lost its
+ * reason). *withdrawn_out (may be NULL): blocks whose moves were withdrawn. Frees the handle. */
+tierkv_status tierkv_request_cancel(tierkv_request *request, size_t *withdrawn_out);
+
+/* The attention mass each block received in the last step, for H2O/TOVA. Unknown keys are ignored. */
+tierkv_status tierkv_report_attention(
+    tierkv_hierarchy *hierarchy, const tierkv_block_key *keys, const float *mass, size_t count);
+/* Ends a sequence: its blocks lose its reference (they stay cached for prefix hits). */
+tierkv_status tierkv_drop_sequence(tierkv_hierarchy *hierarchy, uint64_t sequence);
+/* Makes every block durable in the cold tier and checkpoints its index. Outputs may be NULL. */
+tierkv_status tierkv_flush(tierkv_hierarchy *hierarchy, uint64_t *written_out, uint64_t *failed_out);
+
+/* ---- CPU attention over warm blocks ---- */
+
+/* Decode attention for one query over `keys` (in token order) on CPU threads: the blocks are
+ * made resident in the warm tier, attended, and released. `query` is query_heads * head_dim fp32;
+ * `token_counts` (may be NULL: every block full) gives each block's filled tokens (the last one
+ * may be partial). `scale` <= 0 means 1/sqrt(head_dim). Writes the partial result per query head:
+ * `output` (query_heads * head_dim, normalised), `max_out` (m, the max logit) and `sum_out`
+ * (l = sum of exp(logit - m), natural base), so it merges exactly with partials computed
+ * elsewhere (tierkv_merge_partials; LSE = m + ln l). A block the hierarchy lacks or cannot read
+ * back is an error naming it (NOT_FOUND / CORRUPTION): nothing is silently left out. The layout's
+ * dtype must be fp16, bf16 or fp32 and head_dim one of 64, 80, 96, 128, 256. */
+tierkv_status tierkv_attend_warm(
+    tierkv_hierarchy *hierarchy, const tierkv_block_key *keys, size_t key_count, const int32_t *token_counts,
+    const float *query, size_t query_count, float scale, float *output, float *max_out, float *sum_out);
+
+/* Merges `parts` partials of `heads` heads of `head_dim`: outputs[parts][heads][head_dim],
+ * maxima[parts][heads], sums[parts][heads] into output[heads][head_dim], max_out[heads],
+ * sum_out[heads]. An empty part has m = -inf and l = 0. Exact: merging is associative. */
+tierkv_status tierkv_merge_partials(
+    size_t parts, size_t heads, size_t head_dim, const float *outputs, const float *maxima, const float *sums,
+    float *output, float *max_out, float *sum_out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TIERKV_H */
