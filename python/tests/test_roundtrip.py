@@ -1,0 +1,103 @@
+"""The C ABI through Python: store -> evict to cold -> fetch -> CPU attention, with NumPy data."""
+
+import numpy as np
+import pytest
+
+import tierkv
+
+LAYOUT = {"layers": 2, "kv_heads": 2, "query_heads": 8, "head_dim": 128, "tokens_per_block": 16, "dtype": "fp16"}
+
+
+@pytest.fixture
+def cache(tmp_path):
+    with tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=8, cold_blocks=64, cache_dir=str(tmp_path / "cold"),
+                          accelerator="emulated", buffered_fallback=True, cpu_threads=2) as hierarchy:
+        yield hierarchy
+
+
+def reference_attention(blocks, query, token_counts):
+    """Attention over the blocks' tokens in float64 (GQA: query head h reads KV head h // group)."""
+    keys = np.concatenate([b[0, :n] for b, n in zip(blocks, token_counts)]).astype(np.float64)
+    values = np.concatenate([b[1, :n] for b, n in zip(blocks, token_counts)]).astype(np.float64)
+    heads, dim = query.shape
+    group = heads // keys.shape[1]
+    output = np.empty((heads, dim))
+    for head in range(heads):
+        logits = keys[:, head // group] @ query[head].astype(np.float64) / np.sqrt(dim)
+        weights = np.exp(logits - logits.max())
+        output[head] = weights @ values[:, head // group] / weights.sum()
+    return output
+
+
+def test_version():
+    assert tierkv.version().count(".") == 2
+    assert tierkv.abi_version() == 1
+
+
+def test_store_evict_fetch_attend(cache):
+    rng = np.random.default_rng(7)
+    tokens = np.arange(12 * 16, dtype=np.uint32) * 3 + 11
+    keys = cache.block_keys(tokens, layer=1)
+    assert len(keys) == 12 and all(key.layer == 1 for key in keys)
+    blocks = [rng.standard_normal(cache.layout.block_shape).astype(np.float16) for _ in keys]
+    for position, (key, block) in enumerate(zip(keys, blocks)):
+        assert cache.store(key, block, position=position, sequence=3)
+    assert not cache.store(keys[0], blocks[0], position=0, sequence=4), "a cached key is shared, not copied"
+
+    stats = cache.stats()
+    assert stats["cold"]["resident_blocks"] > 0 and stats["accelerator_is_emulated"]
+    assert cache.fastest_tier(keys[0]) == "cold"
+
+    # Fetch from cold into warm: zero-copy views of the pinned memory, equal to what was stored.
+    with cache.make_resident(keys[:4], tier="warm") as request:
+        request.wait(timeout=10)
+        assert request.ready and [request.state(i) for i in range(4)] == ["ready"] * 4
+        for index in range(4):
+            view = request.host_array(index)
+            assert not view.flags.writeable
+            np.testing.assert_array_equal(view, blocks[index])
+    with cache.make_resident(keys[:1], tier="hot") as request:
+        request.wait()
+        assert request.device_address(0) != 0
+    np.testing.assert_array_equal(cache.read(keys[5]), blocks[5])
+    assert cache.stats()["bytes_nvme_read"] > 0
+
+    # CPU attention over 6 blocks (the last partly filled) against float64 NumPy.
+    query = rng.standard_normal((8, 128)).astype(np.float32)
+    counts = [16, 16, 16, 16, 16, 9]
+    output, m, l = cache.attend_warm(keys[:6], query, token_counts=counts)
+    expected = reference_attention(blocks[:6], query, counts)
+    assert np.abs(output - expected).max() <= 2e-3
+
+    # Two partials merge to the whole.
+    first = cache.attend_warm(keys[:2], query, token_counts=counts[:2])
+    second = cache.attend_warm(keys[2:6], query, token_counts=counts[2:6])
+    merged, merged_m, merged_l = tierkv.merge_partials(
+        np.stack([first[0], second[0]]), np.stack([first[1], second[1]]), np.stack([first[2], second[2]]))
+    assert np.abs(merged - output).max() <= 1e-5
+    np.testing.assert_allclose(merged_l, l, rtol=1e-4)
+
+    # Prefix lookup over the keys' token sequence at both layers: layer 0 was never stored.
+    assert cache.lookup_prefix(tokens).cached == 0
+    for position, key in enumerate(cache.block_keys(tokens, layer=0)):
+        cache.store(key, blocks[position], position=position, sequence=3)
+    assert cache.lookup_prefix(tokens).cached == 12
+
+    cache.report_attention(keys[:3], [0.5, 0.25, 0.25])
+    cache.drop_sequence(3)
+    cache.drop_sequence(4)
+    written, failed = cache.flush()
+    assert failed == 0
+
+
+def test_restart_finds_flushed_blocks(tmp_path):
+    config = dict(layout=LAYOUT, hot_blocks=2, warm_blocks=4, cold_blocks=32, cache_dir=str(tmp_path / "cold"),
+                  accelerator="emulated", buffered_fallback=True)
+    block = np.full((2, 16, 2, 128), 1.5, dtype=np.float16)
+    with tierkv.Hierarchy(config) as first:
+        key = first.block_keys(np.arange(16), layer=0)[0]
+        first.store(key, block, position=0)
+        first.close(flush=True)
+    with tierkv.Hierarchy(config) as second:
+        assert second.fastest_tier(key) == "cold"
+        np.testing.assert_array_equal(second.read(key), block)

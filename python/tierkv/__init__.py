@@ -1,0 +1,509 @@
+"""TierKV from Python: a tiered KV cache (accelerator / pinned host RAM / NVMe) over its C ABI.
+
+    import numpy as np, tierkv
+    with tierkv.Hierarchy(layout={"layers": 32, "kv_heads": 8, "query_heads": 32, "head_dim": 128,
+                                  "tokens_per_block": 16, "dtype": "fp16"},
+                          hot_blocks=1024, warm_blocks=8192, cold_blocks=65536,
+                          cache_dir="/nvme/tierkv", accelerator="cuda:0") as cache:
+        keys = cache.block_keys(tokens, layer=0)
+        cache.store(keys[0], kv_block, position=0, sequence=7)      # kv_block: numpy, block_bytes bytes
+        with cache.make_resident(keys, tier="warm") as request:
+            request.wait()
+            view = request.host_array(0)                             # zero-copy, valid inside the block
+
+Every failure raises a `TierKVError` subclass carrying the library's message; nothing crashes the
+interpreter on bad input (wrong dtypes, shapes, closed handles).
+"""
+
+import ctypes
+import json
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _native
+from ._native import lib
+
+__all__ = [
+    "version", "abi_version", "Hierarchy", "Request", "BlockKey", "Layout", "Prefix", "merge_partials",
+    "TierKVError", "InvalidArgument", "InvalidHandle", "NotFound", "CapacityExceeded", "CorruptionError",
+    "SystemCallError", "Unsupported", "CUDAError", "ClosedError", "Timeout", "BufferTooSmall", "InternalError",
+]
+
+
+# ---- Errors ----
+
+class TierKVError(Exception):
+    """A failed TierKV call: `status` is the C status code, the text is the library's message."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class InvalidArgument(TierKVError, ValueError):
+    pass
+
+
+class InvalidHandle(TierKVError, ValueError):
+    pass
+
+
+class NotFound(TierKVError, KeyError):
+    def __str__(self):
+        return self.message
+
+
+class CapacityExceeded(TierKVError, MemoryError):
+    pass
+
+
+class CorruptionError(TierKVError, IOError):
+    pass
+
+
+class SystemCallError(TierKVError, OSError):
+    pass
+
+
+class Unsupported(TierKVError, NotImplementedError):
+    pass
+
+
+class CUDAError(TierKVError, RuntimeError):
+    pass
+
+
+class ClosedError(TierKVError, ValueError):
+    pass
+
+
+class Timeout(TierKVError, TimeoutError):
+    pass
+
+
+class BufferTooSmall(TierKVError, ValueError):
+    pass
+
+
+class InternalError(TierKVError, RuntimeError):
+    pass
+
+
+_ERRORS = {
+    _native.ERROR_INVALID_ARGUMENT: InvalidArgument, _native.ERROR_INVALID_HANDLE: InvalidHandle,
+    _native.ERROR_NOT_FOUND: NotFound, _native.ERROR_CAPACITY: CapacityExceeded,
+    _native.ERROR_CORRUPTION: CorruptionError, _native.ERROR_SYSTEM: SystemCallError,
+    _native.ERROR_UNSUPPORTED: Unsupported, _native.ERROR_CUDA: CUDAError, _native.ERROR_CLOSED: ClosedError,
+    _native.ERROR_TIMEOUT: Timeout, _native.ERROR_BUFFER_TOO_SMALL: BufferTooSmall,
+    _native.ERROR_INTERNAL: InternalError,
+}
+
+
+def _check(status):
+    """Raises the exception for a non-OK status with this thread's message from the library."""
+    if status != _native.OK:
+        message = lib.tierkv_last_error().decode("utf-8", "replace")
+        raise _ERRORS.get(status, TierKVError)(status, message)
+
+
+def version():
+    """The library's version string."""
+    return lib.tierkv_version().decode()
+
+
+def abi_version():
+    return lib.tierkv_abi_version()
+
+
+# ---- Values ----
+
+class BlockKey(NamedTuple):
+    """A block's identity: its 128-bit prefix hash and its layer. Any 128-bit value is a valid key."""
+    prefix_high: int
+    prefix_low: int
+    layer: int
+
+    def _struct(self):
+        for name, value, bits in (("prefix_high", self.prefix_high, 64), ("prefix_low", self.prefix_low, 64),
+                                  ("layer", self.layer, 32)):
+            if not isinstance(value, (int, np.integer)) or not 0 <= int(value) < 2**bits:
+                raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                      f"BlockKey.{name} must be an integer in [0, 2**{bits}), got {value!r}")
+        return _native.BlockKeyStruct(int(self.prefix_high), int(self.prefix_low), int(self.layer), 0)
+
+
+def _key_array(keys):
+    keys = list(keys)
+    array = (_native.BlockKeyStruct * max(1, len(keys)))()
+    for index, key in enumerate(keys):
+        if not isinstance(key, BlockKey):
+            if isinstance(key, tuple) and len(key) == 3:
+                key = BlockKey(*key)
+            else:
+                raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                      f"keys[{index}] is {type(key).__name__}; expected a tierkv.BlockKey")
+        array[index] = key._struct()
+    return array, len(keys)
+
+
+_DTYPES = {"fp16": np.dtype(np.float16), "fp32": np.dtype(np.float32), "bf16": np.dtype(np.uint16),
+           "fp8-e4m3": np.dtype(np.uint8)}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The hierarchy's KV layout. A block is K then V, each [tokens_per_block, kv_heads, head_dim]."""
+    layers: int
+    kv_heads: int
+    query_heads: int
+    head_dim: int
+    tokens_per_block: int
+    dtype: str
+    block_bytes: int
+
+    @property
+    def numpy_dtype(self):
+        """The NumPy type a block is read and written as (bf16 as raw uint16 bits, fp8 as uint8)."""
+        return _DTYPES[self.dtype]
+
+    @property
+    def block_shape(self):
+        return (2, self.tokens_per_block, self.kv_heads, self.head_dim)
+
+
+class Prefix(NamedTuple):
+    in_hot: int
+    in_hot_or_warm: int
+    cached: int
+    requested: int
+
+
+def _tokens(tokens):
+    array = np.ascontiguousarray(tokens)
+    if array.ndim != 1:
+        raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, f"tokens must be one-dimensional, got shape {array.shape}")
+    if array.size and (not np.issubdtype(array.dtype, np.integer) or array.min() < 0 or array.max() >= 2**32):
+        raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, "tokens must be integers in [0, 2**32)")
+    array = np.ascontiguousarray(array, dtype=np.uint32)
+    return array, array.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32))
+
+
+def _float_pointer(array):
+    return array.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+
+
+# ---- Hierarchy ----
+
+class Hierarchy:
+    """The tiered cache. Takes the configuration of `tierkv_open` (see include/tierkv.h) as a dict
+    or keyword arguments. Use as a context manager, or call `close()`. Thread-safe."""
+
+    def __init__(self, config=None, **fields):
+        configuration = dict(config or {})
+        configuration.update(fields)
+        handle = ctypes.c_void_p()
+        _check(lib.tierkv_open(json.dumps(configuration).encode(), ctypes.byref(handle)))
+        self._handle = handle
+        layout = _native.LayoutStruct()
+        _check(lib.tierkv_get_layout(self._handle, ctypes.byref(layout)))
+        self.layout = Layout(layout.layers, layout.kv_heads, layout.query_heads, layout.head_dim,
+                             layout.tokens_per_block, layout.dtype.decode(), layout.block_bytes)
+
+    # Lifetime
+
+    def close(self, flush=False):
+        """Waits for transfers, optionally flushes every block to cold, and closes. Idempotent."""
+        if self._handle is None:
+            return
+        handle, self._handle = self._handle, None
+        _check(lib.tierkv_close(handle, 1 if flush else 0))
+
+    @property
+    def closed(self):
+        return self._handle is None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "_handle", None) is not None:
+            try:
+                self.close()
+            except TierKVError:
+                pass
+
+    def _h(self):
+        if self._handle is None:
+            raise ClosedError(_native.ERROR_CLOSED, "the hierarchy is closed")
+        return self._handle
+
+    # Keys and lookup
+
+    def block_keys(self, tokens, layer):
+        """Keys of the full blocks of `tokens` at `layer`."""
+        array, pointer = _tokens(tokens)
+        capacity = max(1, array.size // self.layout.tokens_per_block)
+        keys = (_native.BlockKeyStruct * capacity)()
+        count = ctypes.c_size_t()
+        _check(lib.tierkv_block_keys(self._h(), pointer, array.size, int(layer), keys, capacity, ctypes.byref(count)))
+        return [BlockKey(k.prefix_high, k.prefix_low, k.layer) for k in keys[:count.value]]
+
+    def lookup_prefix(self, tokens):
+        """The longest cached prefix of `tokens`, in blocks, per tier."""
+        array, pointer = _tokens(tokens)
+        result = _native.PrefixStruct()
+        _check(lib.tierkv_lookup_prefix(self._h(), pointer, array.size, ctypes.byref(result)))
+        return Prefix(result.in_hot, result.in_hot_or_warm, result.cached, result.requested)
+
+    def fastest_tier(self, key):
+        """"hot", "warm" or "cold", or None when the block is not cached."""
+        tier = ctypes.c_int32()
+        status = lib.tierkv_fastest_tier(self._h(), ctypes.byref(BlockKey(*key)._struct()), ctypes.byref(tier))
+        if status == _native.ERROR_NOT_FOUND:
+            return None
+        _check(status)
+        return ("hot", "warm", "cold")[tier.value]
+
+    # Storing and reading
+
+    def _block_array(self, kv, name):
+        if not isinstance(kv, np.ndarray):
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                  f"{name} must be a numpy array, got {type(kv).__name__}")
+        expected = self.layout.numpy_dtype
+        if kv.dtype != expected:
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                  f"{name} has dtype {kv.dtype}; the layout stores {self.layout.dtype} "
+                                  f"(numpy {expected})")
+        if kv.nbytes != self.layout.block_bytes:
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                  f"{name} has shape {kv.shape} ({kv.nbytes} bytes); a block is "
+                                  f"{self.layout.block_shape} = {self.layout.block_bytes} bytes")
+        if not kv.flags["C_CONTIGUOUS"]:
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, f"{name} must be C-contiguous")
+        return kv
+
+    def store(self, key, kv, position, sequence=None):
+        """Stores one block (K then V, [2, tokens_per_block, kv_heads, head_dim] of the layout's
+        dtype) for `sequence` (None: cache only). Copies before returning. True when the bytes were
+        stored, False when the key was already cached (prefix sharing)."""
+        kv = self._block_array(kv, "kv")
+        stored = ctypes.c_int32()
+        _check(lib.tierkv_store(self._h(), ctypes.byref(BlockKey(*key)._struct()), int(position), kv.ctypes.data,
+                                kv.nbytes, _sequence(sequence), ctypes.byref(stored)))
+        return stored.value == 1
+
+    def store_from_device(self, key, device_address, position, sequence=None):
+        """Stores one block that is in accelerator memory (e.g. `tensor.data_ptr()` of a contiguous
+        CUDA tensor of block_bytes bytes)."""
+        stored = ctypes.c_int32()
+        _check(lib.tierkv_store_from_device(self._h(), ctypes.byref(BlockKey(*key)._struct()), int(position),
+                                            int(device_address), self.layout.block_bytes, _sequence(sequence),
+                                            ctypes.byref(stored)))
+        return stored.value == 1
+
+    def read(self, key, out=None):
+        """A copy of the block from whichever tier holds it; raises NotFound when it is not cached."""
+        if out is None:
+            out = np.empty(self.layout.block_shape, dtype=self.layout.numpy_dtype)
+        else:
+            out = self._block_array(out, "out")
+        _check(lib.tierkv_read(self._h(), ctypes.byref(BlockKey(*key)._struct()), out.ctypes.data, out.nbytes))
+        return out
+
+    # Residency
+
+    def make_resident(self, keys, tier="hot", priority="demand"):
+        """Starts making `keys` resident in "hot" or "warm" and pins them; returns a `Request`."""
+        tiers = {"hot": _native.TIER_HOT, "warm": _native.TIER_WARM}
+        priorities = {"demand": _native.PRIORITY_DEMAND, "prefetch": _native.PRIORITY_PREFETCH}
+        if tier not in tiers:
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, f"tier must be 'hot' or 'warm', got {tier!r}")
+        if priority not in priorities:
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                  f"priority must be 'demand' or 'prefetch', got {priority!r}")
+        array, count = _key_array(keys)
+        handle = ctypes.c_void_p()
+        _check(lib.tierkv_make_resident(self._h(), array, count, tiers[tier], priorities[priority],
+                                        ctypes.byref(handle)))
+        return Request(self, handle, count, tier)
+
+    def report_attention(self, keys, mass):
+        array, count = _key_array(keys)
+        mass = np.ascontiguousarray(mass, dtype=np.float32)
+        if mass.shape != (count,):
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, f"mass has shape {mass.shape}; expected ({count},)")
+        _check(lib.tierkv_report_attention(self._h(), array, _float_pointer(mass), count))
+
+    def drop_sequence(self, sequence):
+        _check(lib.tierkv_drop_sequence(self._h(), _sequence(sequence)))
+
+    def flush(self):
+        """Makes every block durable in cold; returns (written, failed)."""
+        written, failed = ctypes.c_uint64(), ctypes.c_uint64()
+        _check(lib.tierkv_flush(self._h(), ctypes.byref(written), ctypes.byref(failed)))
+        return written.value, failed.value
+
+    def stats(self):
+        """Counters and occupancy as a dict."""
+        stats = _native.StatsStruct()
+        stats.struct_size = ctypes.sizeof(_native.StatsStruct)
+        _check(lib.tierkv_get_stats(self._h(), ctypes.byref(stats)))
+        result = {}
+        for name, kind in _native.StatsStruct._fields_:
+            value = getattr(stats, name)
+            if kind is _native.TierStatsStruct:
+                value = {field: getattr(value, field) for field, _ in _native.TierStatsStruct._fields_}
+            result[name] = value
+        result.pop("struct_size")
+        result["cold_is_buffered"] = bool(result["cold_is_buffered"])
+        result["accelerator_is_emulated"] = bool(result["accelerator_is_emulated"])
+        return result
+
+    # CPU attention
+
+    def attend_warm(self, keys, query, token_counts=None, scale=None):
+        """Decode attention of `query` ([query_heads, head_dim], fp32) over `keys` in token order, on
+        CPU threads from the warm tier. Returns (output [query_heads, head_dim], m [query_heads],
+        l [query_heads]): a partial that merges exactly with others (`merge_partials`)."""
+        layout = self.layout
+        query = np.ascontiguousarray(query, dtype=np.float32)
+        if query.shape != (layout.query_heads, layout.head_dim):
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                  f"query has shape {query.shape}; expected ({layout.query_heads}, {layout.head_dim})")
+        array, count = _key_array(keys)
+        counts_pointer = None
+        if token_counts is not None:
+            counts = np.ascontiguousarray(token_counts, dtype=np.int32)
+            if counts.shape != (count,):
+                raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                      f"token_counts has shape {counts.shape}; expected ({count},)")
+            counts_pointer = counts.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        output = np.empty((layout.query_heads, layout.head_dim), dtype=np.float32)
+        maxima = np.empty(layout.query_heads, dtype=np.float32)
+        sums = np.empty(layout.query_heads, dtype=np.float32)
+        _check(lib.tierkv_attend_warm(self._h(), array, count, counts_pointer, _float_pointer(query), query.size,
+                                      float(scale or 0), _float_pointer(output), _float_pointer(maxima),
+                                      _float_pointer(sums)))
+        return output, maxima, sums
+
+
+def _sequence(sequence):
+    if sequence is None:
+        return _native.NO_SEQUENCE
+    if not isinstance(sequence, (int, np.integer)) or not 0 <= int(sequence) < _native.NO_SEQUENCE:
+        raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                              f"sequence must be an integer in [0, 2**64 - 1), got {sequence!r}")
+    return int(sequence)
+
+
+class Request:
+    """Blocks being made resident, pinned until `release()` (or the end of a `with` block)."""
+
+    def __init__(self, hierarchy, handle, count, tier):
+        self._hierarchy = hierarchy
+        self._handle = handle
+        self._count = count
+        self.tier = tier
+
+    def _h(self):
+        if self._handle is None:
+            raise InvalidHandle(_native.ERROR_INVALID_HANDLE, "the request was released")
+        return self._handle
+
+    def __len__(self):
+        return self._count
+
+    def wait(self, timeout=None):
+        """Blocks (without holding the GIL) until every block arrived or failed; raises Timeout."""
+        _check(lib.tierkv_request_wait(self._h(), -1.0 if timeout is None else float(timeout)))
+        return self
+
+    @property
+    def ready(self):
+        ready = ctypes.c_int32()
+        _check(lib.tierkv_request_poll(self._h(), ctypes.byref(ready)))
+        return ready.value == 1
+
+    def state(self, index):
+        """"pending", "ready", "missing" or "failed" for block `index`."""
+        location = self._location(index)
+        return ("pending", "ready", "missing", "failed")[location.state]
+
+    def _location(self, index):
+        if not isinstance(index, (int, np.integer)) or not 0 <= int(index) < self._count:
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                  f"index {index!r} is out of range; the request has {self._count} blocks")
+        location = _native.BlockLocationStruct()
+        _check(lib.tierkv_request_block(self._h(), int(index), ctypes.byref(location)))
+        return location
+
+    def device_address(self, index):
+        """The block's address in accelerator memory (hot requests), valid until release."""
+        location = self._location(index)
+        if self.tier != "hot":
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, "device_address is for hot requests; this one is warm")
+        if location.state != _native.BLOCK_READY:
+            raise NotFound(_native.ERROR_NOT_FOUND, f"block {index} is {self.state(index)}, not ready")
+        return location.device_address
+
+    def host_array(self, index):
+        """A zero-copy NumPy view [2, tokens_per_block, kv_heads, head_dim] of a warm block's pinned
+        host memory, read-only, valid until release (copy it to keep it)."""
+        location = self._location(index)
+        if self.tier != "warm":
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, "host_array is for warm requests; this one is hot")
+        if location.state != _native.BLOCK_READY:
+            raise NotFound(_native.ERROR_NOT_FOUND, f"block {index} is {self.state(index)}, not ready")
+        layout = self._hierarchy.layout
+        buffer = (ctypes.c_char * location.byte_count).from_address(location.host_pointer)
+        view = np.frombuffer(buffer, dtype=layout.numpy_dtype).reshape(layout.block_shape)
+        view.flags.writeable = False
+        return view
+
+    def release(self):
+        """Unpins the blocks. Idempotent."""
+        if self._handle is None:
+            return
+        handle, self._handle = self._handle, None
+        if not self._hierarchy.closed:
+            _check(lib.tierkv_request_release(handle))
+
+    def cancel(self):
+        """Releases and withdraws queued moves nothing else wants; returns how many were withdrawn."""
+        handle = self._h()
+        self._handle = None
+        withdrawn = ctypes.c_size_t()
+        _check(lib.tierkv_request_cancel(handle, ctypes.byref(withdrawn)))
+        return withdrawn.value
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def merge_partials(outputs, maxima, sums):
+    """Merges partials: outputs [parts, heads, head_dim], maxima and sums [parts, heads]. Exact."""
+    outputs = np.ascontiguousarray(outputs, dtype=np.float32)
+    maxima = np.ascontiguousarray(maxima, dtype=np.float32)
+    sums = np.ascontiguousarray(sums, dtype=np.float32)
+    if outputs.ndim != 3 or maxima.shape != outputs.shape[:2] or sums.shape != outputs.shape[:2]:
+        raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                              f"outputs {outputs.shape}, maxima {maxima.shape}, sums {sums.shape}: expected "
+                              "[parts, heads, head_dim], [parts, heads], [parts, heads]")
+    parts, heads, head_dim = outputs.shape
+    output = np.empty((heads, head_dim), dtype=np.float32)
+    maximum = np.empty(heads, dtype=np.float32)
+    total = np.empty(heads, dtype=np.float32)
+    _check(lib.tierkv_merge_partials(parts, heads, head_dim, _float_pointer(outputs), _float_pointer(maxima),
+                                     _float_pointer(sums), _float_pointer(output), _float_pointer(maximum),
+                                     _float_pointer(total)))
+    return output, maximum, total
