@@ -1,0 +1,46 @@
+import Testing
+import TierKV
+import TierKVTestSupport
+
+/// Stores from accelerator memory and the per-block state of a request (both used by the C ABI).
+@Suite struct DeviceStoreTests {
+    @Test func aBlockStoredFromDeviceMemoryReadsBackByteExact() throws {
+        let directory = try TemporaryDirectory()
+        let hierarchy = try Hierarchy(tinyConfiguration(directory: directory.path + "/cache", hot: 2, warm: 4))
+        let source = testKey(1)
+        try hierarchy.storeTestBlock(source, position: 0, sequence: SequenceID(1))
+        let request = try hierarchy.makeResident([source], in: .hot)
+        request.wait()
+        #expect(request.state(at: 0) == .ready)
+        #expect(request.state(at: 1) == nil)
+        let address = try #require(request.deviceAddress(at: 0))
+        let copy = testKey(2)
+        #expect(try hierarchy.store(copy, position: 0, deviceAddress: address, sequence: SequenceID(1)) == .stored)
+        hierarchy.release(request)
+        var bytes = [UInt8](repeating: 0, count: smallLayout.blockByteCount)
+        try bytes.withUnsafeMutableBytes { try hierarchy.read(copy, into: $0) }
+        #expect(bytes == blockBytes(for: source, count: smallLayout.blockByteCount))
+        #expect(hierarchy.checkInvariants() == [])
+    }
+
+    @Test func aDeviceAddressOutsideDeviceMemoryIsAnErrorAndStoresNothing() throws {
+        let directory = try TemporaryDirectory()
+        let hierarchy = try Hierarchy(tinyConfiguration(directory: directory.path + "/cache"))
+        #expect(throws: TierKVError.self) {
+            try hierarchy.store(testKey(3), position: 0, deviceAddress: DeviceAddress(0x1000), sequence: nil)
+        }
+        #expect(hierarchy.fastestTier(of: testKey(3)) == nil)
+        #expect(hierarchy.statistics.storedBlocks == 0)
+    }
+
+    @Test func requestStatesNameMissingBlocks() throws {
+        let directory = try TemporaryDirectory()
+        let hierarchy = try Hierarchy(tinyConfiguration(directory: directory.path + "/cache"))
+        try hierarchy.storeTestBlock(testKey(4), position: 0, sequence: nil)
+        let request = try hierarchy.makeResident([testKey(4), testKey(5)], in: .warm)
+        request.wait()
+        #expect(request.state(at: 0) == .ready)
+        #expect(request.state(at: 1) == .missing)
+        hierarchy.release(request)
+    }
+}
