@@ -101,3 +101,14 @@ def test_restart_finds_flushed_blocks(tmp_path):
     with tierkv.Hierarchy(config) as second:
         assert second.fastest_tier(key) == "cold"
         np.testing.assert_array_equal(second.read(key), block)
+
+
+def test_readme_python_example_runs(tmp_path):
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = re.search(r"```python\n(import numpy as np, tierkv.*?)```", readme, re.S).group(1)
+    assert '"/tmp/tierkv"' in code
+    scope = {}
+    exec(code.replace('"/tmp/tierkv"', repr(str(tmp_path / "cold"))), scope)
+    assert scope["out"].shape == (8, 128) and np.all(scope["l"] == 64)
