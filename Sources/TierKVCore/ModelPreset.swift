@@ -82,11 +82,50 @@ public struct ModelPreset: Hashable, Sendable, Codable {
 
     /// Finds a preset by name, ignoring case, `-`, `_`, `.` and spaces (`llama3-8b` finds Llama-3-8B).
     /// - Throws: `.notFound` listing the known names.
+    /// A path (containing `/`, or ending in `.json`) is read as a Hugging Face `config.json`, or a
+    /// model directory holding one (`ModelPreset(configFile:)`).
     public static func named(_ name: String) throws(TierKVError) -> ModelPreset {
+        if name.contains("/") || name.hasSuffix(".json") {
+            let isDirectory = TextFile.read(name + "/config.json") != nil
+            return try ModelPreset(configFile: isDirectory ? name + "/config.json" : name)
+        }
         let wanted = normalise(name)
         if let preset = all.first(where: { normalise($0.name) == wanted }) { return preset }
         throw TierKVError(
             .notFound, "unknown model '\(name)'; known models: " + all.map(\.name).joined(separator: ", "))
+    }
+
+    /// The shape of a model from its Hugging Face `config.json` (`num_hidden_layers`,
+    /// `num_attention_heads`, `num_key_value_heads`, `head_dim` or hidden / heads, `hidden_size`,
+    /// `intermediate_size`, `vocab_size`, `max_position_embeddings`, `tie_word_embeddings`). The
+    /// parameter count is computed for a Llama-style decoder (q, k, v, o projections, a gated MLP,
+    /// embeddings, and an LM head unless tied).
+    /// - Throws: `.notFound` when the file cannot be read; `.invalidArgument` naming a missing field.
+    public init(configFile path: String) throws(TierKVError) {
+        guard let text = TextFile.read(path, limitBytes: 16 << 20) else {
+            throw TierKVError(.notFound, "cannot read the model config \(path)", path: path)
+        }
+        let config = try JSONValue(parsing: text)
+        func field(_ name: String, default value: Int? = nil) throws(TierKVError) -> Int {
+            if let number = config[name]?.integerValue, number > 0 { return number }
+            if let value { return value }
+            throw .invalid("\(path): \"\(name)\" is missing or not a positive integer")
+        }
+        let layers = try field("num_hidden_layers")
+        let heads = try field("num_attention_heads")
+        let kvHeads = try field("num_key_value_heads", default: heads)
+        let hidden = try field("hidden_size")
+        let headDim = try field("head_dim", default: hidden / heads)
+        let intermediate = try field("intermediate_size")
+        let vocabulary = try field("vocab_size")
+        let tied = config["tie_word_embeddings"]?.boolValue ?? false
+        let perLayer = hidden * headDim * (2 * heads + 2 * kvHeads) + 3 * hidden * intermediate + 2 * hidden
+        let name = (path.split(separator: "/").dropLast().last.map(String.init)) ?? path
+        self.init(
+            name: name, layers: layers, queryHeads: heads, kvHeads: kvHeads, headDim: headDim, hiddenSize: hidden,
+            intermediateSize: intermediate, vocabularySize: vocabulary,
+            parameterCount: layers * perLayer + vocabulary * hidden * (tied ? 1 : 2) + hidden,
+            maximumContextTokens: try field("max_position_embeddings", default: 4096))
     }
 
     private static func normalise(_ name: String) -> String {

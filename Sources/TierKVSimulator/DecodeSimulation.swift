@@ -241,7 +241,7 @@ public enum DecodeSimulation {
                 }
                 summary = known
             }
-            try summary.withUnsafeOptionalBuffer { (summary) throws(TierKVError) in
+            _ = try summary.withUnsafeOptionalBuffer { (summary) throws(TierKVError) in
                 try hierarchy.store(
                     key, position: block, bytes: UnsafeRawBufferPointer(payload), sequence: SequenceID(UInt64(sequence + 1)), keySummary: summary)
             }

@@ -83,7 +83,7 @@ public enum SimulationReport {
             lines[name, default: []].append((Double(prefetch.settings.lookaheadLayers), result.stallSeconds, prefetch.wastedBytes / Double(1 << 30)))
         }
         let series = lines.sorted { $0.key < $1.key }.map { ($0.key, $0.value.sorted { $0.0 < $1.0 }) }
-        if let baseline = results.first(where: { ($0.result.prefetch?.settings.kind ?? .none) == .none }) {
+        if let baseline = results.first(where: { ($0.result.prefetch?.settings.kind ?? PrefetchKind.none) == PrefetchKind.none }) {
             body += "<p class=note>Without prefetch (\(escape(baseline.label))): stall \(String(format: "%.3f", baseline.result.stallSeconds)) s.</p>\n"
         }
         body += "<h2>Prefetch: stall against lookahead</h2>\n"

@@ -1,4 +1,7 @@
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 import TierKVCore
 
 @Suite struct JSONParserTests {
@@ -28,5 +31,23 @@ import TierKVCore
                 #expect(error.message.contains("JSON at byte"))
             }
         }
+    }
+}
+
+@Suite struct ModelConfigFileTests {
+    @Test func aHuggingFaceConfigGivesTheModelShape() throws {
+        let directory = "/tmp/tierkv-model-config-\(getpid())"
+        mkdir(directory, 0o700)
+        defer { unlink(directory + "/config.json"); rmdir(directory) }
+        // Llama-3.2-1B's published config.json figures (tied embeddings).
+        let text = #"{"num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 2048, "head_dim": 64, "intermediate_size": 8192, "vocab_size": 128256, "max_position_embeddings": 131072, "tie_word_embeddings": true}"#
+        try BinaryFile.write(Array(text.utf8), to: directory + "/config.json")
+        let model = try ModelPreset.named(directory)
+        #expect(model.layers == 16 && model.queryHeads == 32 && model.kvHeads == 8 && model.headDim == 64)
+        #expect(model.maximumContextTokens == 131072)
+        // 1.24 B parameters published; the Llama-style count must land within 1%.
+        #expect(abs(Double(model.parameterCount) / 1.2358e9 - 1) < 0.01, "\(model.parameterCount)")
+        try BinaryFile.write(Array(#"{"num_hidden_layers": 2}"#.utf8), to: directory + "/config.json")
+        #expect(throws: TierKVError.self) { try ModelPreset.named(directory + "/config.json") }
     }
 }
