@@ -8,19 +8,41 @@ public final class QuestBoundPredictor: BlockPredictor {
     public let summaries: BlockSummaryTable
     public let tokensPerBlock: Int
     public let scale: Float
+    public let scoring: SummaryScoring
     public var name: String { "bound" }
 
-    /// - Parameter scale: the softmax scale, default 1/√headDim.
-    public init(summaries: BlockSummaryTable, tokensPerBlock: Int, scale: Float? = nil) {
+    /// - Parameters:
+    ///   - scale: the softmax scale, default 1/√headDim.
+    ///   - scoring: how a block's summary is scored against the query (Quest's bound by default).
+    public init(summaries: BlockSummaryTable, tokensPerBlock: Int, scale: Float? = nil, scoring: SummaryScoring = .bound) {
         self.summaries = summaries
         self.tokensPerBlock = tokensPerBlock
         self.scale = scale ?? 1 / Float(summaries.shape.headDim).squareRoot()
+        self.scoring = scoring
     }
 
     public func predictMass(_ candidates: PredictionCandidates, hint: QueryHint?) throws(TierKVError) -> [Float]? {
         guard let hint else { return nil }
-        let scores = try summaries.scores(.bound, query: hint.values, keys: candidates.keys)
-        return PredictedMass.fromScores(
-            scores, kvHeads: summaries.shape.kvHeads, scale: scale, tokenCounts: candidates.tokenCounts, tokensPerBlock: tokensPerBlock)
+        func mass(_ kind: BlockSummaryTable.Score) throws(TierKVError) -> [Float] {
+            let scores = try summaries.scores(kind, query: hint.values, keys: candidates.keys)
+            return PredictedMass.fromScores(
+                scores, kvHeads: summaries.shape.kvHeads, scale: scale, tokenCounts: candidates.tokenCounts, tokensPerBlock: tokensPerBlock)
+        }
+        switch scoring {
+        case .bound: return try mass(.bound)
+        case .mean: return try mass(.mean)
+        case .boundAndMean: return zip(try mass(.bound), try mass(.mean)).map { ($0 + $1) / 2 }
+        }
     }
+}
+
+/// How a block's key summary is scored against a query.
+public enum SummaryScoring: String, Sendable, CaseIterable {
+    /// Quest's upper bound Σᵢ max(qᵢ·maxᵢ, qᵢ·minᵢ): never misses a block with one large logit,
+    /// but ranks wide-ranged blocks high.
+    case bound
+    /// q · mean of the block's keys: the block's average logit (its typical attention).
+    case mean
+    /// The average of the two predicted masses.
+    case boundAndMean = "bound+mean"
 }

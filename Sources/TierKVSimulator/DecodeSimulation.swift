@@ -349,13 +349,25 @@ public enum DecodeSimulation {
                         record.skippedBlocks += 1
                     }
                 }
-                demandFetched += plan.fetched
+                // A layer whose needed blocks outnumber the hot tier attends the overflow on CPU
+                // (fetched blocks of least predicted mass first) when CPU attention is on.
+                var fetchedDemand = plan.fetched
+                if toHot.count > capacity[.hot]!, configuration.cpuAttention {
+                    let fetchedHere = Set(zip(elsewhere, plan.decisions).compactMap { $1 == .fetch ? $0.key : nil })
+                    let overflow = elsewhere.filter { fetchedHere.contains($0.key) }.sorted { $0.predicted < $1.predicted }
+                        .prefix(toHot.count - capacity[.hot]!).map(\.key)
+                    let moved = Set(overflow)
+                    toHot.removeAll { moved.contains($0) }
+                    onCPU += overflow
+                    fetchedDemand -= overflow.count
+                }
+                demandFetched += fetchedDemand
                 record.cpuBlocks += onCPU.count
                 record.neededBlocks += attended.count
                 if toHot.count > capacity[.hot]! {
                     throw TierKVError(.capacityExceeded, """
                         step \(step) layer \(layer) needs \(toHot.count) blocks in hot at once but the hot tier holds \(capacity[.hot]!): \
-                        enlarge the hot tier (--hot) or lower --coverage
+                        enlarge the hot tier (--hot), lower --coverage, or attend the overflow on CPU (--cpu-attention on)
                         """)
                 }
                 prefetch?.yieldHot(needed: toHot.count, capacity: capacity[.hot]!)
@@ -366,7 +378,8 @@ public enum DecodeSimulation {
                 try prefetch?.issue(
                     step: step, layer: layer, attention: attention,
                     keysOf: { sequence, layer in Array(keys[sequence][layer][0..<min(storedBlocks, fullBlocksPerLayer)]) },
-                    secondsUntilNeeded: Double(configuration.prefetch.lookaheadLayers) * layerSeconds, lastStep: parameters.decodeSteps - 1)
+                    secondsUntilNeeded: Double(configuration.prefetch.lookaheadLayers) * layerSeconds, lastStep: parameters.decodeSteps - 1,
+                    demandPinned: toHot.count, hotCapacity: capacity[.hot]!)
                 let requests = [hotRequest, warmRequest].compactMap { $0 }
                 guard clock.run(until: { requests.allSatisfy(\.isReady) }) else {
                     throw TierKVError(.simulation, "step \(step) layer \(layer): the needed blocks never arrived and nothing is in flight")

@@ -71,6 +71,7 @@ extension DecodeSimulationResult {
         return .object([
             ("mode", .string(prefetch.settings.kind.rawValue)),
             ("lookahead_layers", .integer(Int64(prefetch.settings.lookaheadLayers))),
+            ("scoring", .string(prefetch.settings.scoring.rawValue)),
             ("budget_blocks", .integer(Int64(prefetch.budgetBlocks))),
             ("staging_budget_blocks", .integer(Int64(prefetch.stagingBudgetBlocks))),
             ("top_k", .integer(Int64(prefetch.topK))),

@@ -29,6 +29,8 @@ public struct PrefetchSettings: Sendable, Equatable {
     /// H2O history: decay per step and the share given to recency.
     public var historyDecay: Float = 0.9
     public var historyRecencyWeight: Float = 0.2
+    /// How `bound` and `speculative` score a block's key summary (`--prefetch-scoring`).
+    public var scoring: SummaryScoring = .bound
 
     public init() {}
 
@@ -36,7 +38,7 @@ public struct PrefetchSettings: Sendable, Equatable {
         a.kind == b.kind && a.lookaheadLayers == b.lookaheadLayers && a.budgetBlocks == b.budgetBlocks
             && a.stagingBudgetBlocks == b.stagingBudgetBlocks
             && a.combinedWeights == b.combinedWeights && a.speculationError == b.speculationError
-            && a.historyDecay == b.historyDecay && a.historyRecencyWeight == b.historyRecencyWeight
+            && a.historyDecay == b.historyDecay && a.historyRecencyWeight == b.historyRecencyWeight && a.scoring == b.scoring
     }
 }
 
@@ -110,8 +112,8 @@ final class SimulatedPrefetch {
         self.sinkBlocks = sinkBlocks
         self.seed = seed
         let tokensPerBlock = hierarchy.configuration.layout.tokensPerBlock
-        bound = QuestBoundPredictor(summaries: summaries, tokensPerBlock: tokensPerBlock)
-        speculative = SpeculativePredictor(summaries: summaries, tokensPerBlock: tokensPerBlock)
+        bound = QuestBoundPredictor(summaries: summaries, tokensPerBlock: tokensPerBlock, scoring: settings.scoring)
+        speculative = SpeculativePredictor(summaries: summaries, tokensPerBlock: tokensPerBlock, scoring: settings.scoring)
         history = try AttentionHistoryPredictor(decay: settings.historyDecay, recencyWeight: settings.historyRecencyWeight)
         let weights = settings.combinedWeights
         combined = try CombinedPredictor([(speculative, weights.speculative), (bound, weights.bound), (history, weights.history)])
@@ -208,10 +210,13 @@ final class SimulatedPrefetch {
     /// While layer `layer` of `step` runs: prefetch for the layer `lookahead` ahead (in this step
     /// or the next), due in `secondsUntilNeeded`. Lookahead 0 issues nothing: a layer predicted
     /// only when it starts leaves no time to fetch, so its stall is that of no prefetch.
+    /// - Parameter hotRoom: hot slots neither the current demand nor earlier prefetches pin.
     func issue(
-        step: Int, layer: Int, attention: StepAttention, keysOf: (Int, Int) -> [BlockKey], secondsUntilNeeded: Double, lastStep: Int
+        step: Int, layer: Int, attention: StepAttention, keysOf: (Int, Int) -> [BlockKey], secondsUntilNeeded: Double, lastStep: Int,
+        demandPinned: Int, hotCapacity: Int
     ) throws(TierKVError) {
         guard let prefetcher, settings.lookaheadLayers > 0 else { return }
+        var hotRoom = hotCapacity - demandPinned - tickets.values.reduce(0) { $0 + $1.values.reduce(0) { $0 + $1.pinnedInHot } }
         let target = step * layers + layer + settings.lookaheadLayers
         let targetStep = target / layers, targetLayer = target % layers
         guard targetStep <= lastStep else { return }
@@ -230,7 +235,10 @@ final class SimulatedPrefetch {
             } else if let freshest {
                 speculative.offer(freshest, forLayer: targetLayer)
             }
-            tickets[target, default: [:]][sequence] = try prefetcher.prefetch(candidates, hint: freshest, secondsUntilNeeded: secondsUntilNeeded)
+            let ticket = try prefetcher.prefetch(
+                candidates, hint: freshest, secondsUntilNeeded: secondsUntilNeeded, hotBlockLimit: max(0, hotRoom))
+            hotRoom -= ticket.pinnedInHot
+            tickets[target, default: [:]][sequence] = ticket
         }
     }
 

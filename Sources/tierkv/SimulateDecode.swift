@@ -18,7 +18,7 @@ extension SimulateCommand {
         for (index, dimension) in sweep.enumerated() {
             let parts = dimension.split(separator: "=", maxSplits: 1).map(String.init)
             guard parts.count == 2, !parts[1].isEmpty else {
-                throw CommandFailure("--sweep \(dimension): expected NAME=V,V,... (policy, capacity, prefetch, lookahead, budget, staging, cpu-attention)")
+                throw CommandFailure("--sweep \(dimension): expected NAME=V,V,... (policy, capacity, prefetch, lookahead, budget, staging, scoring, cpu-attention)")
             }
             let values = parts[1].split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
             var expanded: [(label: String, configuration: DecodeSimulationConfiguration)] = []
@@ -52,8 +52,14 @@ extension SimulateCommand {
                     case "cpu-attention":
                         configuration.cpuAttention = try onOff(value, option: "--sweep cpu-attention")
                         label = "cpu attention \(value)"
+                    case "scoring":
+                        guard let scoring = SummaryScoring(rawValue: value) else {
+                            throw CommandFailure("--sweep scoring: \(value) is not one of \(SummaryScoring.allCases.map(\.rawValue).joined(separator: ", "))")
+                        }
+                        configuration.prefetch.scoring = scoring
+                        label = "scoring \(value)"
                     default:
-                        throw CommandFailure("--sweep \(parts[0]) is not supported; use policy, capacity, prefetch, lookahead, budget, staging or cpu-attention")
+                        throw CommandFailure("--sweep \(parts[0]) is not supported; use policy, capacity, prefetch, lookahead, budget, staging, scoring or cpu-attention")
                     }
                     expanded.append((index == 0 ? label : run.label + ", " + label, configuration))
                 }
@@ -153,6 +159,10 @@ extension SimulateCommand {
         if let prefetchStaging {
             configuration.prefetch.stagingBudgetBlocks = try budgetBlocks(prefetchStaging, option: "--prefetch-staging", configuration: configuration)
         }
+        guard let scoring = SummaryScoring(rawValue: prefetchScoring) else {
+            throw CommandFailure("--prefetch-scoring \(prefetchScoring): expected one of \(SummaryScoring.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        configuration.prefetch.scoring = scoring
         configuration.cpuAttention = try onOff(cpuAttention, option: "--cpu-attention")
         if let cpuAttentionGbps { configuration.cpuAttentionBytesPerSecond = try gigabytes(cpuAttentionGbps, "--cpu-attention-gbps") }
         if let approximateSkip {

@@ -94,6 +94,40 @@ import TierKVTestSupport
         try hierarchy.close()
     }
 
+    /// A prefetch never pins more hot slots than the engine leaves it: the budget's blocks
+    /// beyond the limit are not fetched (a demand would find every slot pinned).
+    @Test func aPrefetchPinsNoMoreHotSlotsThanItIsLeft() throws {
+        let directory = try TemporaryDirectory()
+        let hierarchy = try hierarchy(directory, summaries: .fromStoredKeys)
+        let table = try #require(hierarchy.summaries)
+        var keys: [BlockKey] = []
+        for block in 0..<8 {
+            let key = testKey(block)
+            keys.append(key)
+            var bytes = [Float16](repeating: 0, count: smallLayout.blockByteCount / 2)
+            bytes[block] = Float16(Float(block + 1))
+            _ = try bytes.withUnsafeBytes { try hierarchy.store(key, position: block, bytes: $0, sequence: SequenceID(1)) }
+        }
+        hierarchy.waitUntilIdle()
+        let prefetcher = try Prefetcher(
+            hierarchy: hierarchy, predictor: QuestBoundPredictor(summaries: table, tokensPerBlock: 16),
+            configuration: Prefetcher.Configuration(budgetBlocks: 4, hostToDeviceBytesPerSecond: 1e12, coldReadBytesPerSecond: 1e12))
+        let query = [Float](repeating: 1, count: 2 * 64)
+        let candidates = PredictionCandidates(layer: 0, keys: keys, positions: Array(0..<8), newestPosition: 7)
+        let limited = try prefetcher.prefetch(candidates, hint: QueryHint(query), secondsUntilNeeded: 1, hotBlockLimit: 1)
+        #expect(limited.pinnedInHot == 1)
+        hierarchy.waitUntilIdle()
+        #expect(hierarchy.statistics.hot.pinnedBlocks == 1)
+        prefetcher.abandon(limited)
+        let none = try prefetcher.prefetch(candidates, hint: QueryHint(query), secondsUntilNeeded: 1, hotBlockLimit: 0)
+        #expect(none.pinnedInHot == 0 && none.fetched.isEmpty)
+        prefetcher.abandon(none)
+        let unlimited = try prefetcher.prefetch(candidates, hint: QueryHint(query), secondsUntilNeeded: 1)
+        #expect(unlimited.pinnedInHot == 4)
+        prefetcher.abandon(unlimited)
+        try hierarchy.close()
+    }
+
     @Test func providedSummariesAreRequiredAndChecked() throws {
         let directory = try TemporaryDirectory()
         let hierarchy = try hierarchy(directory, summaries: .provided(try KeySummaryShape(kvHeads: 2, headDim: 8)))

@@ -143,6 +143,31 @@ private func directSummary(_ keys: [[Float]], kvHeads: Int, headDim: Int) -> [Fl
         #expect(try speculative.predictMass(candidates, hint: nil) == mass)
     }
 
+    @Test func meanScoringRanksByTheAverageKeyAndBlendingAveragesTheMasses() throws {
+        let headDim = 8
+        let table = try BlockSummaryTable(shape: KeySummaryShape(kvHeads: 1, headDim: headDim))
+        // Block 0: one token points hard along dimension 0 (a high bound, a low mean); block 1:
+        // every token points mildly along it (a lower bound, a higher mean).
+        var spiky = [[Float]](repeating: [Float](repeating: 0, count: headDim), count: 4)
+        spiky[0][0] = 4
+        let steady = [[Float]](repeating: [2] + [Float](repeating: 0, count: headDim - 1), count: 4)
+        try directSummary(spiky, kvHeads: 1, headDim: headDim).withUnsafeBufferPointer { try table.insert(key(0), summary: $0) }
+        try directSummary(steady, kvHeads: 1, headDim: headDim).withUnsafeBufferPointer { try table.insert(key(1), summary: $0) }
+        let candidates = PredictionCandidates(layer: 0, keys: [key(0), key(1)], positions: [0, 1], newestPosition: 1)
+        var query = [Float](repeating: 0, count: headDim)
+        query[0] = 1
+        let hint = QueryHint(query)
+        let bound = try #require(try QuestBoundPredictor(summaries: table, tokensPerBlock: 4, scoring: .bound).predictMass(candidates, hint: hint))
+        let mean = try #require(try QuestBoundPredictor(summaries: table, tokensPerBlock: 4, scoring: .mean).predictMass(candidates, hint: hint))
+        let both = try #require(try QuestBoundPredictor(summaries: table, tokensPerBlock: 4, scoring: .boundAndMean).predictMass(candidates, hint: hint))
+        #expect(bound[0] > bound[1], "the bound favours the spike (4 vs 2)")
+        #expect(mean[1] > mean[0], "the mean favours the steady block (2 vs 1)")
+        // Scores 1 and 2 scaled by 1/√8: softmax (e^a, e^b) / sum.
+        let a = exp(Float(1) / Float(headDim).squareRoot()), b = exp(Float(2) / Float(headDim).squareRoot())
+        #expect(abs(mean[1] - b / (a + b)) < 1e-5)
+        for index in 0..<2 { #expect(abs(both[index] - (bound[index] + mean[index]) / 2) < 1e-6) }
+    }
+
     @Test func historyDecaysAccumulatedMassAndBlendsRecency() throws {
         let history = try AttentionHistoryPredictor(decay: 0.5, recencyWeight: 0, recencyWindowBlocks: 4)
         let candidates = PredictionCandidates(layer: 3, keys: [key(0), key(1), key(2)], positions: [0, 1, 2], newestPosition: 2)

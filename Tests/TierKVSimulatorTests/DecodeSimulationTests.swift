@@ -237,6 +237,32 @@ import TierKV
         #expect(again.stallSeconds == result.stallSeconds && again.prefetch?.statistics == statistics)
     }
 
+    /// Prefetching several layers ahead into a small hot tier runs to the end (the prefetcher is
+    /// given only the hot slots the demand leaves: `PrefetcherTests` pins that mechanism down).
+    @Test(arguments: [2, 3])
+    func prefetchesFarAheadNeverStarveADemandOfHotSlots(lookahead: Int) throws {
+        var configuration = Self.configuration()
+        configuration.hotFraction = 0.08
+        configuration.attentionCoverage = 0.8  // every layer's needs fit in hot, with little room to spare
+        configuration.prefetch.kind = .combined
+        configuration.prefetch.lookaheadLayers = lookahead
+        configuration.prefetch.budgetBlocks = 8
+        let result = try DecodeSimulation.run(configuration)
+        #expect(result.droppedBlocks == 0 && (result.prefetch?.statistics.movedBlocks ?? 0) > 0)
+    }
+
+    /// A layer needing more blocks than the hot tier holds attends the overflow on CPU when CPU
+    /// attention is on, and is refused with the remedies when it is off.
+    @Test func aWorkingSetLargerThanHotGoesToCPUAttentionOrIsRefused() throws {
+        var configuration = Self.configuration()
+        configuration.hotFraction = 0.005
+        let refusal = failure { _ = try DecodeSimulation.run(configuration) }
+        #expect(refusal?.code == .capacityExceeded && refusal?.message.contains("--cpu-attention on") == true)
+        configuration.cpuAttention = true
+        let result = try DecodeSimulation.run(configuration)
+        #expect(result.cpuAttentionBlocks > 0)
+    }
+
     @Test func cpuAttentionTakesWarmBlocksWhenTheLinkIsSlow() throws {
         var configuration = Self.configuration()
         configuration.hardware.hostToDevice.bytesPerSecond = 2e9  // a slow host link

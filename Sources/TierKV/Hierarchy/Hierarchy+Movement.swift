@@ -305,7 +305,13 @@ extension Hierarchy {
         if state.records[Int(id)].flags.contains(.queuedFlush) { state.flushFailed += 1 }
         state.records[Int(id)].flags.subtract([.queuedHot, .queuedWarm, .queuedFlush])
         let capacity = state.capacity[tier.rawValue]
-        let reason = "the \(tier) tier has no slot it can free: its \(capacity) slots hold pinned blocks or blocks that cannot move down; release requests or enlarge the tier"
+        let flag: BlockRecord.Flags = tier == .hot ? .inHot : .inWarm
+        var pinned = 0, resident = 0
+        for record in state.records where record.flags.contains(.live) && record.flags.contains(flag) {
+            resident += 1
+            if (tier == .hot ? record.hotPins : record.warmPins) > 0 { pinned += 1 }
+        }
+        let reason = "the \(tier) tier has no slot it can free: of its \(capacity) slots \(resident) hold blocks, \(pinned) of them pinned, the rest unable to move down; release requests or enlarge the tier"
         failWaiters(id, reason: reason, &state)
     }
 

@@ -55,7 +55,13 @@ public final class Prefetcher: @unchecked Sendable {
     /// ones before it on the links). Below them, the best-scored blocks down to
     /// `stagingBudgetBlocks` that sit in cold are read into warm. Blocks predicted at zero mass
     /// are left alone.
-    public func prefetch(_ candidates: PredictionCandidates, hint: QueryHint?, secondsUntilNeeded: Double) throws(TierKVError) -> PrefetchTicket {
+    /// - Parameter hotBlockLimit: the most blocks this prefetch may pin in hot (the room the
+    ///   engine's own demand leaves); the budget's blocks beyond it are only staged when cold. A
+    ///   prefetch must never pin the slots a demand arrival needs.
+    public func prefetch(
+        _ candidates: PredictionCandidates, hint: QueryHint?, secondsUntilNeeded: Double, hotBlockLimit: Int? = nil
+    ) throws(TierKVError) -> PrefetchTicket {
+        let hotBudget = max(0, min(configuration.budgetBlocks, hotBlockLimit ?? configuration.budgetBlocks))
         let predicted = try predictor.predictMass(candidates, hint: hint)
         var chosen: [BlockKey] = [], fromCold: [Bool] = [], resident: [BlockKey] = [], staged: [BlockKey] = []
         if let predicted {
@@ -69,7 +75,7 @@ public final class Prefetcher: @unchecked Sendable {
                 guard predicted[index] > 0 else { break }
                 let key = candidates.keys[index]
                 guard let tier = hierarchy.fastestTier(of: key) else { continue }
-                if rank >= configuration.budgetBlocks {
+                if rank >= configuration.budgetBlocks || resident.count + chosen.count >= hotBudget {
                     // Staging: only the NVMe read, which must finish in time.
                     guard tier == .cold, stagingReads + reads + readSeconds <= secondsUntilNeeded else { continue }
                     stagingReads += readSeconds
