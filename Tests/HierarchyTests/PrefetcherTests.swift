@@ -50,20 +50,26 @@ import TierKVTestSupport
         #expect(hierarchy.checkInvariants() == [])
     }
 
-    @Test func prefetcherFetchesTheBestPredictedBlocksAndSettlesAgainstTheTruth() throws {
-        let directory = try TemporaryDirectory()
-        let hierarchy = try hierarchy(directory, summaries: .fromStoredKeys)
-        let table = try #require(hierarchy.summaries)
-        // Eight blocks; block b's first token points along dimension b (fp16 keys, 64 dims).
+    /// Stores eight blocks for sequence 1: block b's first token has `value(b)` in dimension b.
+    private func storeDirectionalBlocks(_ hierarchy: Hierarchy, value: (Int) -> Float16) throws -> [BlockKey] {
         var keys: [BlockKey] = []
         for block in 0..<8 {
             let key = testKey(block)
             keys.append(key)
             var bytes = [Float16](repeating: 0, count: smallLayout.blockByteCount / 2)
-            bytes[block] = 4
+            bytes[block] = value(block)
             _ = try bytes.withUnsafeBytes { try hierarchy.store(key, position: block, bytes: $0, sequence: SequenceID(1)) }
         }
         hierarchy.waitUntilIdle()
+        return keys
+    }
+
+    @Test func prefetcherFetchesTheBestPredictedBlocksAndSettlesAgainstTheTruth() throws {
+        let directory = try TemporaryDirectory()
+        let hierarchy = try hierarchy(directory, summaries: .fromStoredKeys)
+        let table = try #require(hierarchy.summaries)
+        // Eight blocks; block b's first token points along dimension b (fp16 keys, 64 dims).
+        let keys = try storeDirectionalBlocks(hierarchy) { _ in 4 }
         #expect(table.count == 8)
         let predictor = QuestBoundPredictor(summaries: table, tokensPerBlock: 16)
         let prefetcher = try Prefetcher(hierarchy: hierarchy, predictor: predictor, configuration: Prefetcher.Configuration(
@@ -100,15 +106,7 @@ import TierKVTestSupport
         let directory = try TemporaryDirectory()
         let hierarchy = try hierarchy(directory, summaries: .fromStoredKeys)
         let table = try #require(hierarchy.summaries)
-        var keys: [BlockKey] = []
-        for block in 0..<8 {
-            let key = testKey(block)
-            keys.append(key)
-            var bytes = [Float16](repeating: 0, count: smallLayout.blockByteCount / 2)
-            bytes[block] = Float16(Float(block + 1))
-            _ = try bytes.withUnsafeBytes { try hierarchy.store(key, position: block, bytes: $0, sequence: SequenceID(1)) }
-        }
-        hierarchy.waitUntilIdle()
+        let keys = try storeDirectionalBlocks(hierarchy) { Float16(Float($0 + 1)) }
         let prefetcher = try Prefetcher(
             hierarchy: hierarchy, predictor: QuestBoundPredictor(summaries: table, tokensPerBlock: 16),
             configuration: Prefetcher.Configuration(budgetBlocks: 4, hostToDeviceBytesPerSecond: 1e12, coldReadBytesPerSecond: 1e12))
