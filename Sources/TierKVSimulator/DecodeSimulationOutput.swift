@@ -72,6 +72,11 @@ extension DecodeSimulationResult {
             ("mode", .string(prefetch.settings.kind.rawValue)),
             ("lookahead_layers", .integer(Int64(prefetch.settings.lookaheadLayers))),
             ("scoring", .string(prefetch.settings.scoring.rawValue)),
+            ("combined_weights", .object([
+                ("speculative", .number(Double(prefetch.settings.combinedWeights.speculative))),
+                ("bound", .number(Double(prefetch.settings.combinedWeights.bound))),
+                ("history", .number(Double(prefetch.settings.combinedWeights.history))),
+            ])),
             ("budget_blocks", .integer(Int64(prefetch.budgetBlocks))),
             ("staging_budget_blocks", .integer(Int64(prefetch.stagingBudgetBlocks))),
             ("top_k", .integer(Int64(prefetch.topK))),

@@ -72,8 +72,10 @@ struct SimulateCommand: ParsableCommand {
     var prefetchBudget: String?
     @Option(help: "Best-predicted blocks per layer staged from cold into warm, or a size (default: the layer's share of the hot tier).")
     var prefetchStaging: String?
+    @Option(help: "Weights of speculative, bound and history in --prefetch combined (default 0.3,0.2,0.5, tuned on a recorded trace).")
+    var prefetchWeights: String?
     @Option(help: "How bound and speculative score a block's key summary: bound (Quest's upper bound), mean (q · the keys' mean), bound+mean (the average of the two).")
-    var prefetchScoring: String = "bound"
+    var prefetchScoring: String = "bound+mean"
     @Option(help: "CPU attention over warm blocks: on or off. On, needed blocks not in hot are attended where they sit in host memory when the cost model says that finishes the layer sooner.")
     var cpuAttention: String = "off"
     @Option(help: "CPU attention rate, GB/s of K/V (default: the preset's host memory bandwidth × 0.47, the kernel's measured share of it, × 0.5 left to attention; measure yours with tierkv bench attention).")

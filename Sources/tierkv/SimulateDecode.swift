@@ -163,6 +163,15 @@ extension SimulateCommand {
             throw CommandFailure("--prefetch-scoring \(prefetchScoring): expected one of \(SummaryScoring.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         configuration.prefetch.scoring = scoring
+        if let prefetchWeights {
+            let weights = prefetchWeights.split(separator: ",").map { Float($0.trimmingCharacters(in: .whitespaces)) }
+            guard weights.count == 3, let speculative = weights[0], let bound = weights[1], let history = weights[2],
+                speculative >= 0, bound >= 0, history >= 0, speculative + bound + history > 0
+            else {
+                throw CommandFailure("--prefetch-weights \(prefetchWeights): expected three weights ≥ 0 (speculative,bound,history), not all 0, e.g. 0.5,0.3,0.2")
+            }
+            configuration.prefetch.combinedWeights = (speculative, bound, history)
+        }
         configuration.cpuAttention = try onOff(cpuAttention, option: "--cpu-attention")
         if let cpuAttentionGbps { configuration.cpuAttentionBytesPerSecond = try gigabytes(cpuAttentionGbps, "--cpu-attention-gbps") }
         if let approximateSkip {
