@@ -112,3 +112,34 @@ def test_readme_python_example_runs(tmp_path):
     scope = {}
     exec(code.replace('"/tmp/tierkv"', repr(str(tmp_path / "cold"))), scope)
     assert scope["out"].shape == (8, 128) and np.all(scope["l"] == 64)
+
+
+def test_concurrent_threads_share_one_hierarchy(tmp_path):
+    """ctypes drops the GIL during calls: four threads store, fetch and read at once."""
+    import threading
+    with tierkv.Hierarchy(layout=LAYOUT, hot_blocks=4, warm_blocks=16, cold_blocks=256, cache_dir=str(tmp_path / "c"),
+                          accelerator="emulated", buffered_fallback=True) as cache:
+        errors = []
+
+        def work(thread):
+            try:
+                rng = np.random.default_rng(thread)
+                keys = cache.block_keys(np.arange(16 * 8) + 1000 * thread, layer=thread % 2)
+                blocks = [rng.standard_normal(cache.layout.block_shape).astype(np.float16) for _ in keys]
+                for position, (key, block) in enumerate(zip(keys, blocks)):
+                    cache.store(key, block, position=position, sequence=thread)
+                for key, block in zip(keys, blocks):
+                    np.testing.assert_array_equal(cache.read(key), block)
+                with cache.make_resident(keys[:2], tier="warm") as request:
+                    request.wait(timeout=30)
+                    np.testing.assert_array_equal(request.host_array(1), blocks[1])
+            except Exception as error:  # noqa: BLE001 (reported below)
+                errors.append((thread, error))
+
+        threads = [threading.Thread(target=work, args=(index,)) for index in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        assert cache.stats()["cold"]["resident_blocks"] > 0
