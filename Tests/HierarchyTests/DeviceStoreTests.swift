@@ -44,3 +44,34 @@ import TierKVTestSupport
         hierarchy.release(request)
     }
 }
+
+/// Key summaries of blocks an earlier run left in cold are rebuilt when they come back.
+@Suite struct SummaryRestartTests {
+    @Test func summariesOfBlocksFoundInColdAreRebuiltOnTheirFirstReturn() throws {
+        let directory = try TemporaryDirectory()
+        func open() throws -> Hierarchy {
+            var configuration = tinyConfiguration(directory: directory.path + "/cache", hot: 2, warm: 4)
+            configuration.keySummaries = .fromStoredKeys
+            return try Hierarchy(configuration)
+        }
+        let keys = (0..<3).map { testKey($0) }
+        let first = try open()
+        for (position, key) in keys.enumerated() {
+            // Finite fp16 keys (random bytes would hold NaNs, which never compare equal).
+            let values = (0..<smallLayout.blockByteCount / 2).map { Float16(Float(($0 * 7 + position * 13) % 41) - 20) }
+            _ = try values.withUnsafeBytes { try first.store(key, position: position, bytes: $0, sequence: nil) }
+        }
+        let original = keys.map { first.summaries?.summary(of: $0) }
+        #expect(original.allSatisfy { $0 != nil })
+        try first.close(flushing: true)
+
+        let second = try open()
+        let table = try #require(second.summaries)
+        #expect(keys.allSatisfy { !table.contains($0) }, "summaries are host memory: a restart starts without them")
+        var bytes = [UInt8](repeating: 0, count: smallLayout.blockByteCount)
+        try bytes.withUnsafeMutableBytes { try second.read(keys[1], into: $0) }
+        #expect(table.summary(of: keys[1]) == original[1])
+        #expect(!table.contains(keys[0]) && !table.contains(keys[2]))
+        try second.close()
+    }
+}

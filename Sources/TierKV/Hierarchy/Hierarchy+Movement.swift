@@ -884,6 +884,7 @@ extension Hierarchy {
         let now = configuration.clock.nanoseconds()
         state.records[Int(id)].flags.insert(.inWarm)
         let record = state.records[Int(id)]
+        rebuildSummaryIfMissing(record)
         state.policies[Tier.warm.rawValue].insert(id, context: context(of: record))
         state.statistics.warm.insertions += 1
         state.statistics.warm.residentBlocks += 1
@@ -897,6 +898,17 @@ extension Hierarchy {
             queueForHot(id, isDemand: isDemand, &state)
         }
         if record.flags.contains(.queuedFlush) { state.wantFlush.append(id) }
+    }
+
+    /// Blocks found in cold at open (an earlier run's) have no key summary: computed from the
+    /// keys when the block first comes back to warm (`.fromStoredKeys` only; with `.provided` the
+    /// engine stores it again with its summary). Half a block is read, under the lock, once.
+    private func rebuildSummaryIfMissing(_ record: BlockRecord) {
+        guard let summaries, case .fromStoredKeys = configuration.keySummaries, !summaries.contains(record.key) else { return }
+        let layout = configuration.layout
+        try? summaries.insert(
+            record.key, keys: UnsafeRawPointer(warmPayload(ofSlot: record.warmSlot).baseAddress!), dtype: layout.dtype,
+            tokenCount: layout.tokensPerBlock)
     }
 
     private func arriveInHot(_ id: Int32, now: UInt64, _ state: inout HierarchyState) {
