@@ -59,13 +59,17 @@ public struct StorageBenchmark: Sendable {
     public var mode: Mode
     public var seconds: Double
     public var syncsWrites: Bool
+    /// Open the block file buffered where the filesystem refuses O_DIRECT (tmpfs), reported in
+    /// the result's `isDirect`; without it such a filesystem is an error.
+    public var allowsBufferedFallback: Bool
     /// Called with each batch of key indices once acknowledged (the crash test logs them).
     public var onAcknowledged: @Sendable ([Int]) -> Void
 
     public init(
         directory: String, fileByteCount: Int, blockByteCount: Int, queueDepth: Int, mode: Mode, seconds: Double,
-        syncsWrites: Bool = true, onAcknowledged: @escaping @Sendable ([Int]) -> Void = { _ in }
+        syncsWrites: Bool = true, allowsBufferedFallback: Bool = false, onAcknowledged: @escaping @Sendable ([Int]) -> Void = { _ in }
     ) {
+        self.allowsBufferedFallback = allowsBufferedFallback
         self.directory = directory
         self.fileByteCount = fileByteCount
         self.blockByteCount = blockByteCount
@@ -102,7 +106,7 @@ public struct StorageBenchmark: Sendable {
         }
         let store = try BlockStore(
             directory: directory, geometry: .init(slotByteCount: blockByteCount, slotCount: slotCount),
-            queueDepth: UInt32(min(queueDepth, 4096)), syncsWrites: syncsWrites)
+            allowBufferedFallback: allowsBufferedFallback, queueDepth: UInt32(min(queueDepth, 4096)), syncsWrites: syncsWrites)
         let payload = store.payloadCapacity
         // Live keys leave room for a queue depth in flight and one awaiting its flush (copy-on-write).
         let keySpace = slotCount - 2 * queueDepth

@@ -32,6 +32,8 @@ struct BenchStorageCommand: ParsableCommand {
     var noSync = false
     @Option(help: "Append the index of every acknowledged block to this file (used by the crash test).")
     var ackLog: String?
+    @Flag(help: "Where the filesystem refuses O_DIRECT (tmpfs), open the block file buffered and say so (JSON o_direct false) instead of failing. Buffered figures measure the page cache, not the device.")
+    var fallbackBuffered = false
     @Flag(help: "Print one JSON object on stdout.")
     var json = false
 
@@ -44,11 +46,21 @@ struct BenchStorageCommand: ParsableCommand {
         let log = AcknowledgementLog(path: ackLog)
         let benchmark = StorageBenchmark(
             directory: dir, fileByteCount: fileBytes, blockByteCount: blockBytes, queueDepth: queueDepth, mode: mode,
-            seconds: seconds, syncsWrites: !noSync, onAcknowledged: { log.append($0) })
+            seconds: seconds, syncsWrites: !noSync, allowsBufferedFallback: fallbackBuffered, onAcknowledged: { log.append($0) })
         Output.printError("bench storage: \(mode.rawValue), \(ByteCount(UInt64(blockBytes))) blocks, QD \(queueDepth), \(ByteCount(UInt64(fileBytes))) in \(dir)")
         let result: StorageBenchmark.Result
-        do { result = try benchmark.run(progress: { Output.printError("  " + $0) }) } catch { throw CommandFailure(error) }
-        if !result.isDirect { Output.printError("note: O_DIRECT is not available here; the buffered fallback was used") }
+        do {
+            result = try benchmark.run(progress: { Output.printError("  " + $0) })
+        } catch {
+            var failure = error
+            if error.code == .unsupported, error.message.contains("O_DIRECT"), !fallbackBuffered {
+                failure.message += " (here: --fallback-buffered)"
+            }
+            throw CommandFailure(failure)
+        }
+        if !result.isDirect {
+            Output.printError("note: \(dir) does not support O_DIRECT; the block file was opened buffered (--fallback-buffered): these figures measure the page cache, not the device")
+        }
         if json {
             Output.printJSON(result.json)
         } else {

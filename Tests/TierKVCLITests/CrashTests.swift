@@ -74,3 +74,32 @@ import Glibc
         }
     }
 }
+
+/// `bench storage` on a filesystem without O_DIRECT: a clear error, or with `--fallback-buffered`
+/// an explicit buffered run that says so (never silent).
+@Suite(.serialized) struct BenchStorageFallbackTests {
+    @Test(.enabled(if: geteuid() == 0, "needs root to mount a ramfs"))
+    func withoutODirectTheBenchFailsOrFallsBackOnlyWhenAsked() throws {
+        let directory = try TemporaryDirectory()
+        let mountPoint = directory.path + "/ram"
+        mkdir(mountPoint, 0o700)
+        func shell(_ command: String) throws -> Int32 {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = ["-c", command]
+            try process.run()
+            process.waitUntilExit()
+            return process.terminationStatus
+        }
+        #expect(try shell("mount -t ramfs ramfs \(mountPoint)") == 0)
+        defer { _ = try? shell("umount \(mountPoint)") }
+        let arguments = ["bench", "storage", "--dir", mountPoint + "/cache", "--size", "4MiB", "--block-size", "64KiB",
+                         "--queue-depth", "4", "--rw", "write", "--seconds", "0.2"]
+        let refused = try CLI.run(arguments)
+        #expect(refused.status != 0 && refused.stderr.contains("does not support O_DIRECT") && refused.stderr.contains("--fallback-buffered"), "\(refused.stderr)")
+        let buffered = try CLI.run(arguments + ["--fallback-buffered", "--json"])
+        #expect(buffered.status == 0, "\(buffered.stderr)")
+        #expect(buffered.stdout.contains("\"o_direct\": false") || buffered.stdout.contains("\"o_direct\":false"), "\(buffered.stdout)")
+        #expect(buffered.stderr.contains("opened buffered (--fallback-buffered)"))
+    }
+}
