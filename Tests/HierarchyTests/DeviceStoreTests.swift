@@ -1,4 +1,7 @@
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 import TierKV
 import TierKVTestSupport
 
@@ -73,5 +76,43 @@ import TierKVTestSupport
         #expect(table.summary(of: keys[1]) == original[1])
         #expect(!table.contains(keys[0]) && !table.contains(keys[2]))
         try second.close()
+    }
+}
+
+/// The manager checkpoints the cold index every `coldCheckpointInterval` writes, so a restart
+/// after a crash scans only what was written since.
+@Suite struct ColdCheckpointTests {
+    private func indexFileBytes(_ directory: String) -> Int {
+        var info = stat()
+        return stat(directory + "/" + BlockStore.checkpointFileName, &info) == 0 ? Int(info.st_size) : -1
+    }
+
+    @Test(arguments: [0, 4])
+    func theColdIndexIsCheckpointedEveryIntervalOfWrites(interval: Int) throws {
+        let directory = try TemporaryDirectory()
+        var configuration = tinyConfiguration(directory: directory.path + "/cache", hot: 2, warm: 3, cold: 32)
+        configuration.coldCheckpointInterval = interval
+        let hierarchy = try Hierarchy(configuration)
+        let emptyIndex = indexFileBytes(directory.path + "/cache")
+        for position in 0..<16 { try hierarchy.storeTestBlock(testKey(position), position: position, sequence: SequenceID(1)) }
+        hierarchy.waitUntilIdle()
+        let statistics = hierarchy.statistics
+        #expect(statistics.cold.insertions >= 12)
+        if interval == 0 {
+            #expect(statistics.coldCheckpoints == 0 && indexFileBytes(directory.path + "/cache") == emptyIndex)
+        } else {
+            #expect(statistics.coldCheckpoints >= statistics.cold.insertions / interval - 1, "\(statistics.coldCheckpoints)")
+            #expect(statistics.coldCheckpointFailures == 0)
+            #expect(indexFileBytes(directory.path + "/cache") > emptyIndex, "the checkpoint holds the written blocks")
+        }
+        #expect(hierarchy.checkInvariants() == [])
+        try hierarchy.close()
+    }
+
+    @Test func aNegativeIntervalIsRefused() throws {
+        let directory = try TemporaryDirectory()
+        var configuration = tinyConfiguration(directory: directory.path + "/cache")
+        configuration.coldCheckpointInterval = -1
+        #expect(tierKVError { _ = try Hierarchy(configuration) }?.message.contains("coldCheckpointInterval") == true)
     }
 }

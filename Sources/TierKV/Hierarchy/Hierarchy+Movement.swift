@@ -725,6 +725,26 @@ extension Hierarchy {
         #endif
     }
 
+    /// Checkpoints the cold index once `coldCheckpointInterval` writes have landed since the last
+    /// one, on the completing link's thread and outside the hierarchy's lock (`close` waits for it).
+    private func checkpointColdIndexIfDue() {
+        let interval = configuration.coldCheckpointInterval
+        guard interval > 0, let coldStore else { return }
+        let due = state.withLock { state -> Bool in
+            guard !state.isClosed, !state.isCheckpointing, state.coldWritesSinceCheckpoint >= interval else { return false }
+            state.isCheckpointing = true
+            state.coldWritesSinceCheckpoint = 0
+            return true
+        }
+        guard due else { return }
+        let succeeded = (try? coldStore.checkpoint()) != nil
+        state.withLock { state in
+            state.isCheckpointing = false
+            if succeeded { state.statistics.coldCheckpoints += 1 } else { state.statistics.coldCheckpointFailures += 1 }
+        }
+        state.broadcast()
+    }
+
     private func completing(_ body: (inout HierarchyState) -> Void) {
         state.withLock { state in
             body(&state)
@@ -863,6 +883,7 @@ extension Hierarchy {
                     continue
                 }
                 if wasFlush { state.flushWritten += 1 }
+                state.coldWritesSinceCheckpoint += 1
                 state.statistics.nvmeWriteBytes += blockByteCount
                 metrics.linkBytes[LinkIndex.coldWrite].increment(by: blockByteCount)
                 state.records[Int(id)].flags.insert(.inCold)
@@ -872,6 +893,7 @@ extension Hierarchy {
                 if wasEviction, isEvictableFromWarm(state.records[Int(id)]) { freeWarmCopy(id, &state) }
             }
         }
+        checkpointColdIndexIfDue()
     }
 
     // MARK: Arrivals

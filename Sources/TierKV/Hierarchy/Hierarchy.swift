@@ -413,7 +413,7 @@ public final class Hierarchy: @unchecked Sendable {
         if state.withLock({ $0.isClosed }) { return }
         if flushing { try flush() }
         state.waitingWithLock(makingProgress: configuration.clock.advanceToNextEvent) { state -> ConditionLocked<HierarchyState>.Step<Void> in
-            guard state.inFlight.isEmpty, !state.isDraining else { return .wait }
+            guard state.inFlight.isEmpty, !state.isDraining, !state.isCheckpointing else { return .wait }
             state.isClosed = true
             return .done(())
         }

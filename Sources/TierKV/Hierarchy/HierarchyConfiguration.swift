@@ -78,6 +78,9 @@ public struct HierarchyConfiguration: Sendable {
     public var coldAllowsBufferedFallback: Bool
     /// Test hook under the cold tier's I/O completions (EIO and friends).
     public var coldFaultInjector: IOFaultInjector?
+    /// Cold writes between checkpoints of the cold index, so a restart after a crash scans only
+    /// the slots written since (0: only `flush` and `close` checkpoint).
+    public var coldCheckpointInterval: Int
     /// Bytes started and not completed per link.
     public var maximumBytesInFlightPerLink: Int
     public var clock: any TransferClock
@@ -110,6 +113,7 @@ public struct HierarchyConfiguration: Sendable {
         self.accelerator = accelerator
         self.coldAllowsBufferedFallback = false
         self.coldFaultInjector = nil
+        self.coldCheckpointInterval = 4096
         self.maximumBytesInFlightPerLink = 64 << 20
         self.clock = MonotonicClock()
         self.keySummaries = .off
@@ -138,6 +142,7 @@ public struct HierarchyConfiguration: Sendable {
         guard lowWatermark > 0, lowWatermark <= highWatermark, highWatermark <= 1 else {
             throw .invalid("watermarks must satisfy 0 < low ≤ high ≤ 1 (low \(lowWatermark), high \(highWatermark))")
         }
+        guard coldCheckpointInterval >= 0 else { throw .invalid("coldCheckpointInterval is \(coldCheckpointInterval); use 0 to checkpoint only on flush and close") }
         guard maximumBytesInFlightPerLink >= layout.blockByteCount else {
             throw .invalid("maximumBytesInFlightPerLink \(maximumBytesInFlightPerLink) is smaller than one block (\(layout.blockByteCount) bytes)")
         }

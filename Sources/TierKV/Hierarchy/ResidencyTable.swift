@@ -116,6 +116,10 @@ public struct HierarchyStatistics: Sendable, Equatable {
     public var liveSequences = 0
     /// Whether the cold file is open buffered because its filesystem has no O_DIRECT.
     public var coldIsBuffered = false
+    /// Cold index checkpoints written between flushes (every `coldCheckpointInterval` writes),
+    /// and those that failed (the index is then rebuilt by a scan on the next open: no data lost).
+    public var coldCheckpoints = 0
+    public var coldCheckpointFailures = 0
 
     public func tier(_ tier: Tier) -> TierStatistics {
         switch tier {
@@ -154,6 +158,9 @@ struct HierarchyState {
     /// Bumped on every completed movement: a store waiting for a free slot waits for a change.
     var generation: UInt64 = 0
     var isClosed = false
+    /// Cold writes since the cold index was last checkpointed, and whether one is being written.
+    var coldWritesSinceCheckpoint = 0
+    var isCheckpointing = false
     /// Invariant violations seen at run time (tests require none).
     var violations: [String] = []
 
