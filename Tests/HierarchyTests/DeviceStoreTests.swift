@@ -116,3 +116,25 @@ import TierKVTestSupport
         #expect(tierKVError { _ = try Hierarchy(configuration) }?.message.contains("coldCheckpointInterval") == true)
     }
 }
+
+@Suite struct CloseWithWaitersTests {
+    /// A request whose blocks cannot arrive (every hot slot pinned) is failed by `close`, so a
+    /// thread waiting on it returns instead of hanging.
+    @Test func closingFailsRequestsThatCouldNeverComplete() throws {
+        let directory = try TemporaryDirectory()
+        var configuration = tinyConfiguration(directory: directory.path + "/cache", hot: 2, warm: 4)
+        configuration.admitsNewBlocksToHot = false
+        let hierarchy = try Hierarchy(configuration)
+        for position in 0..<3 { try hierarchy.storeTestBlock(testKey(position), position: position, sequence: SequenceID(1)) }
+        hierarchy.waitUntilIdle()
+        let holding = try hierarchy.makeResident([testKey(0), testKey(1)], in: .hot)
+        holding.wait()
+        let starved = try hierarchy.makeResident([testKey(2)], in: .hot)
+        #expect(!starved.wait(seconds: 0.05) || !starved.failures.isEmpty)
+        try hierarchy.close()
+        starved.wait()
+        #expect(starved.isReady)
+        #expect(starved.deviceAddress(at: 0) == nil)
+        hierarchy.release(holding)
+    }
+}

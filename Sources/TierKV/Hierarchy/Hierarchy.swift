@@ -415,6 +415,11 @@ public final class Hierarchy: @unchecked Sendable {
         state.waitingWithLock(makingProgress: configuration.clock.advanceToNextEvent) { state -> ConditionLocked<HierarchyState>.Step<Void> in
             guard state.inFlight.isEmpty, !state.isDraining, !state.isCheckpointing else { return .wait }
             state.isClosed = true
+            // Moves still queued (waiting for a slot) will never start: their waiters fail now
+            // rather than wait for ever.
+            for id in Set(state.hotWaiters.keys).union(state.warmWaiters.keys) {
+                failWaiters(id, reason: "the hierarchy was closed before the block arrived", &state)
+            }
             return .done(())
         }
         try coldStore?.checkpoint()
