@@ -353,9 +353,8 @@ public enum DecodeSimulation {
                 // (fetched blocks of least predicted mass first) when CPU attention is on.
                 var fetchedDemand = plan.fetched
                 if toHot.count > capacity[.hot]!, configuration.cpuAttention {
-                    let fetchedHere = Set(zip(elsewhere, plan.decisions).compactMap { $1 == .fetch ? $0.key : nil })
-                    let overflow = elsewhere.filter { fetchedHere.contains($0.key) }.sorted { $0.predicted < $1.predicted }
-                        .prefix(toHot.count - capacity[.hot]!).map(\.key)
+                    let overflow = zip(elsewhere, plan.decisions).filter { $0.1 == .fetch }.map(\.0)
+                        .sorted { $0.predicted < $1.predicted }.prefix(toHot.count - capacity[.hot]!).map(\.key)
                     let moved = Set(overflow)
                     toHot.removeAll { moved.contains($0) }
                     onCPU += overflow

@@ -73,9 +73,9 @@ extension DecodeSimulationResult {
             ("lookahead_layers", .integer(Int64(prefetch.settings.lookaheadLayers))),
             ("scoring", .string(prefetch.settings.scoring.rawValue)),
             ("combined_weights", .object([
-                ("speculative", .number(Double(prefetch.settings.combinedWeights.speculative))),
-                ("bound", .number(Double(prefetch.settings.combinedWeights.bound))),
-                ("history", .number(Double(prefetch.settings.combinedWeights.history))),
+                ("speculative", .number((Double(prefetch.settings.combinedWeights.speculative) * 1e6).rounded() / 1e6)),
+                ("bound", .number((Double(prefetch.settings.combinedWeights.bound) * 1e6).rounded() / 1e6)),
+                ("history", .number((Double(prefetch.settings.combinedWeights.history) * 1e6).rounded() / 1e6)),
             ])),
             ("budget_blocks", .integer(Int64(prefetch.budgetBlocks))),
             ("staging_budget_blocks", .integer(Int64(prefetch.stagingBudgetBlocks))),

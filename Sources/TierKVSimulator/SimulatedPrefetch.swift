@@ -214,13 +214,15 @@ final class SimulatedPrefetch {
     /// While layer `layer` of `step` runs: prefetch for the layer `lookahead` ahead (in this step
     /// or the next), due in `secondsUntilNeeded`. Lookahead 0 issues nothing: a layer predicted
     /// only when it starts leaves no time to fetch, so its stall is that of no prefetch.
-    /// - Parameter hotRoom: hot slots neither the current demand nor earlier prefetches pin.
+    /// - Parameters:
+    ///   - demandPinned: hot blocks the layer now running holds; with the earlier tickets' pins
+    ///     they bound what this prefetch may pin (`hotCapacity` minus both).
     func issue(
         step: Int, layer: Int, attention: StepAttention, keysOf: (Int, Int) -> [BlockKey], secondsUntilNeeded: Double, lastStep: Int,
         demandPinned: Int, hotCapacity: Int
     ) throws(TierKVError) {
         guard let prefetcher, settings.lookaheadLayers > 0 else { return }
-        var hotRoom = hotCapacity - demandPinned - tickets.values.reduce(0) { $0 + $1.values.reduce(0) { $0 + $1.pinnedInHot } }
+        var hotRoom = hotCapacity - demandPinned - pinnedByTickets
         let target = step * layers + layer + settings.lookaheadLayers
         let targetStep = target / layers, targetLayer = target % layers
         guard targetStep <= lastStep else { return }
@@ -246,12 +248,15 @@ final class SimulatedPrefetch {
         }
     }
 
+    /// Hot blocks the outstanding prefetch tickets pin.
+    private var pinnedByTickets: Int { tickets.values.reduce(0) { $0 + $1.values.reduce(0) { $0 + $1.pinnedInHot } } }
+
     /// Makes room for a demand of `needed` blocks in a hot tier of `capacity`: the prefetches for
     /// the farthest layers give back their pins until the demand fits (the engine's need now
     /// outranks a guess about later).
     func yieldHot(needed: Int, capacity: Int) {
         guard let prefetcher else { return }
-        var pinned = tickets.values.reduce(0) { $0 + $1.values.reduce(0) { $0 + $1.pinnedInHot } }
+        var pinned = pinnedByTickets
         for target in tickets.keys.sorted(by: >) where needed + pinned > capacity {
             for ticket in tickets.removeValue(forKey: target)?.values ?? [:].values {
                 prefetcher.abandon(ticket)
