@@ -70,7 +70,7 @@ struct OpenConfiguration {
             accelerator: accelerator)
         if let policyName = try string("policy") {
             guard let policy = EvictionPolicyKind(parsing: policyName) else {
-                throw .invalid("\"policy\" is \"\(policyName)\"; expected lru, lfu, s3fifo, h2o, tova or streamingllm (optionally with parameters, e.g. h2o:8)")
+                throw .invalid("\"policy\" is \"\(policyName)\"; expected one of \(EvictionPolicyKind.parsingHelp)")
             }
             configuration.hotPolicy = policy
             configuration.warmPolicy = policy
