@@ -26,6 +26,9 @@ def test_configuration_errors_name_the_field():
         tierkv.Hierarchy(layout=LAYOUT, hot_blocks=0, warm_blocks=4, accelerator="emulated")
     with pytest.raises(tierkv.InvalidArgument, match="unknown dtype 'fp12'"):
         tierkv.Hierarchy(layout={**LAYOUT, "dtype": "fp12"}, hot_blocks=2, warm_blocks=4, accelerator="emulated")
+    with pytest.raises(tierkv.InvalidArgument, match=r'"policy" is "fifo"; expected one of lru, lfu'):
+        tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, accelerator="emulated", policy="fifo")
+    tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, accelerator="emulated", policy="streamingllm:1:8").close()
     with pytest.raises(tierkv.InvalidArgument, match="cache_dir|cacheDirectory"):
         tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, cold_blocks=8, accelerator="emulated")
 
