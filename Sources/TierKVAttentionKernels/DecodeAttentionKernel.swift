@@ -16,6 +16,46 @@ public struct KVBlockView: @unchecked Sendable {
     }
 }
 
+/// The next chunk's keys and values, prefetched a few cache lines at a time from inside the
+/// kernel's inner loops so the loads overlap the arithmetic.
+struct PrefetchCursor {
+    var keys: UnsafeRawPointer?
+    var values: UnsafeRawPointer?
+    var offset = 0
+    var end = 0
+    var linesPerStep = 0
+
+    init() {}
+
+    init(_ keys: UnsafeRawPointer, _ values: UnsafeRawPointer, _ byteCount: Int) {
+        self.keys = keys
+        self.values = values
+        self.end = byteCount
+    }
+
+    /// Prefetches the next `linesPerStep` lines of keys and of values.
+    @_transparent
+    mutating func step() {
+        guard offset < end, let keys, let values else { return }
+        for _ in 0..<linesPerStep {
+            ctierkv_prefetch(keys + offset)
+            ctierkv_prefetch(values + offset)
+            offset += 64
+        }
+    }
+
+    /// Prefetches whatever the steps did not reach.
+    @_transparent
+    mutating func finish() {
+        guard let keys, let values else { return }
+        while offset < end {
+            ctierkv_prefetch(keys + offset)
+            ctierkv_prefetch(values + offset)
+            offset += 64
+        }
+    }
+}
+
 /// The SIMD decode-attention kernel: one pass over K and V with an online softmax.
 ///
 /// For every query head (`kvHeads × groupSize` of them) over `blocks`, it writes the normalised
@@ -34,7 +74,7 @@ public enum DecodeAttentionKernel {
     static let ln2: Float = 0.693_147_18
 
     public static func scratchFloatCount(queryHeads: Int, kvHeads: Int, headDim: Int) -> Int {
-        queryHeads * headDim + queryHeads * chunkTokens
+        queryHeads * headDim + 4 * chunkTokens + chunkTokens
     }
 
     /// - Parameters:
@@ -67,7 +107,8 @@ public enum DecodeAttentionKernel {
     ) {
         let queryHeads = kvHeads * groupSize
         let scaledQuery = scratch  // query × scale × log2(e): scores come out in base 2
-        let scores = scaledQuery + queryHeads * headDim  // queryHeads × chunkTokens
+        let tileScores = scaledQuery + queryHeads * headDim  // [token][4 heads] of one tile
+        let headScores = tileScores + 4 * chunkTokens  // [token] of one head outside a tile
         let factor = scale * log2e
         for index in 0..<(queryHeads * headDim) {
             scaledQuery[index] = query[index] * factor
@@ -86,39 +127,42 @@ public enum DecodeAttentionKernel {
                 let count = min(chunkTokens, block.tokenCount - start)
                 let keys = block.keys + start * rowBytes
                 let values = block.values + start * rowBytes
-                // Ask for the next chunk's rows now: a single stream otherwise waits on DRAM
-                // latency at every new row (measured: the kernel then runs at a third of memory speed).
+                // Ask for the next chunk's rows while this one is computed, a few cache lines per
+                // inner-loop iteration. Without it a single stream waits on DRAM latency at every
+                // new row; issued all at once, the ~1000 prefetches fill the miss buffers and stall
+                // the core until they land, so memory and arithmetic take turns (measured: no
+                // overlap at all, 7.7 GB/s on one core where the arithmetic alone runs at 12).
+                var ahead = PrefetchCursor()
                 if start + count < block.tokenCount {
-                    prefetch(keys + count * rowBytes, values + count * rowBytes, min(chunkTokens, block.tokenCount - start - count) * rowBytes)
+                    ahead = PrefetchCursor(keys + count * rowBytes, values + count * rowBytes, min(chunkTokens, block.tokenCount - start - count) * rowBytes)
                 } else if blockIndex + 1 < blocks.count {
                     let next = blocks[blockIndex + 1]
-                    prefetch(next.keys, next.values, min(chunkTokens, next.tokenCount) * rowBytes)
+                    ahead = PrefetchCursor(next.keys, next.values, min(chunkTokens, next.tokenCount) * rowBytes)
                 }
+                // Inner iterations this chunk: token pairs of every tile, plus 16-dim (tile of 4)
+                // or 32-dim (single head) passes over the values.
+                let tiles = groupSize / 4, singles = groupSize % 4
+                let iterations = kvHeads * (tiles * ((count + 1) / 2 + headDim / 16) + singles * (count + (headDim + 31) / 32))
+                ahead.linesPerStep = (ahead.end / 64 + iterations - 1) / max(iterations, 1)
                 for kvHead in 0..<kvHeads {
+                    let headKeys = keys + kvHead * headBytes
+                    let headValues = values + kvHead * headBytes
                     var first = kvHead * groupSize
                     let end = first + groupSize
                     while first + 4 <= end {
-                        scoreTile4(L.self, keys + kvHead * headBytes, rowBytes, count, headDim, scaledQuery + first * headDim, scores + first * chunkTokens)
+                        scoreTile4(L.self, headKeys, rowBytes, count, headDim, scaledQuery + first * headDim, tileScores, &ahead)
+                        softmaxTile4(headDim, tileScores, output + first * headDim, maxima + first, sums + first)
+                        accumulateTile4(L.self, headValues, rowBytes, count, headDim, tileScores, output + first * headDim, &ahead)
                         first += 4
                     }
                     while first < end {
-                        scoreTile1(L.self, keys + kvHead * headBytes, rowBytes, count, headDim, scaledQuery + first * headDim, scores + first * chunkTokens)
+                        scoreTile1(L.self, headKeys, rowBytes, count, headDim, scaledQuery + first * headDim, headScores, &ahead)
+                        softmaxHead(headDim, count, headScores, output + first * headDim, maxima + first, sums + first)
+                        accumulateTile1(L.self, headValues, rowBytes, count, headDim, headScores, output + first * headDim, &ahead)
                         first += 1
                     }
                 }
-                softmaxChunk(queryHeads, headDim, count, scores, output, maxima, sums)
-                for kvHead in 0..<kvHeads {
-                    var first = kvHead * groupSize
-                    let end = first + groupSize
-                    while first + 4 <= end {
-                        accumulateTile4(L.self, values + kvHead * headBytes, rowBytes, count, headDim, scores + first * chunkTokens, output + first * headDim)
-                        first += 4
-                    }
-                    while first < end {
-                        accumulateTile1(L.self, values + kvHead * headBytes, rowBytes, count, headDim, scores + first * chunkTokens, output + first * headDim)
-                        first += 1
-                    }
-                }
+                ahead.finish()
                 start += count
             }
         }
@@ -130,29 +174,22 @@ public enum DecodeAttentionKernel {
         }
     }
 
-    /// Prefetches `byteCount` bytes of keys and of values, a cache line at a time.
-    @_transparent
-    static func prefetch(_ keys: UnsafeRawPointer, _ values: UnsafeRawPointer, _ byteCount: Int) {
-        var offset = 0
-        while offset < byteCount {
-            ctierkv_prefetch(keys + offset)
-            ctierkv_prefetch(values + offset)
-            offset += 64
-        }
-    }
-
     /// Scores of 4 query heads against `count` keys, two tokens at a time: 8 accumulators in
-    /// registers, each key vector converted once and used by 4 FMAs.
+    /// registers, each key vector converted once and used by 4 FMAs. The 8 dot products are
+    /// reduced together into one vector `[h0 h1 h2 h3 | h0 h1 h2 h3]` of tokens t, t+1, stored
+    /// at `scores[4t]`: the tile's scores are `[token][head]`, padded to `chunkTokens` with −∞.
     @_transparent
     static func scoreTile4<L: KVElementLoader>(
         _ loader: L.Type, _ keys: UnsafeRawPointer, _ rowBytes: Int, _ count: Int, _ headDim: Int,
-        _ query: UnsafeMutablePointer<Float>, _ scores: UnsafeMutablePointer<Float>
+        _ query: UnsafeMutablePointer<Float>, _ scores: UnsafeMutablePointer<Float>, _ ahead: inout PrefetchCursor
     ) {
         let lanes = headDim / 8
         let q = UnsafeRawPointer(query)
+        let out = UnsafeMutableRawPointer(scores)
         let stride = headDim * 4
         var token = 0
         while token < count {
+            ahead.step()
             let pair = token + 1 < count
             let k0 = keys + token * rowBytes
             let k1 = pair ? k0 + rowBytes : k0
@@ -169,16 +206,13 @@ public enum DecodeAttentionKernel {
                 a0.addProduct(q0, x); a1.addProduct(q1, x); a2.addProduct(q2, x); a3.addProduct(q3, x)
                 b0.addProduct(q0, y); b1.addProduct(q1, y); b2.addProduct(q2, y); b3.addProduct(q3, y)
             }
-            scores[token] = a0.horizontalSum
-            scores[chunkTokens + token] = a1.horizontalSum
-            scores[2 * chunkTokens + token] = a2.horizontalSum
-            scores[3 * chunkTokens + token] = a3.horizontalSum
-            if pair {
-                scores[token + 1] = b0.horizontalSum
-                scores[chunkTokens + token + 1] = b1.horizontalSum
-                scores[2 * chunkTokens + token + 1] = b2.horizontalSum
-                scores[3 * chunkTokens + token + 1] = b3.horizontalSum
-            }
+            var both = ctierkv_sums8(a0, a1, a2, a3, b0, b1, b2, b3)
+            if !pair { both.highHalf = SIMD4(repeating: -.infinity) }
+            out.storeBytes(of: both, toByteOffset: token * 16, as: SIMD8<Float>.self)
+            token += 2
+        }
+        while token < chunkTokens {
+            out.storeBytes(of: SIMD8<Float>(repeating: -.infinity), toByteOffset: token * 16, as: SIMD8<Float>.self)
             token += 2
         }
     }
@@ -187,11 +221,12 @@ public enum DecodeAttentionKernel {
     @_transparent
     static func scoreTile1<L: KVElementLoader>(
         _ loader: L.Type, _ keys: UnsafeRawPointer, _ rowBytes: Int, _ count: Int, _ headDim: Int,
-        _ query: UnsafeMutablePointer<Float>, _ scores: UnsafeMutablePointer<Float>
+        _ query: UnsafeMutablePointer<Float>, _ scores: UnsafeMutablePointer<Float>, _ ahead: inout PrefetchCursor
     ) {
         let lanes = headDim / 8
         let q = UnsafeRawPointer(query)
         for token in 0..<count {
+            ahead.step()
             let k = keys + token * rowBytes
             var even = SIMD8<Float>(repeating: 0), odd = even
             var lane = 0
@@ -204,43 +239,93 @@ public enum DecodeAttentionKernel {
         }
     }
 
-    /// Online softmax over one chunk: new max per head, rescale what was accumulated, and turn
-    /// the chunk's scores into weights 2^(s − m) in place. Vectorised over the chunk's 16 tokens
-    /// (scalar code here cost as much as all the FMAs, measured).
+    /// Online softmax over one chunk of a 4-head tile (`scores` as `scoreTile4` leaves them):
+    /// new maxima, rescale what the 4 heads accumulated where a maximum grew, and turn the scores
+    /// into weights 2^(s − m) in place. All 4 heads at once: 8 lanes are 2 tokens × 4 heads.
     @_transparent
-    static func softmaxChunk(
-        _ queryHeads: Int, _ headDim: Int, _ count: Int, _ scores: UnsafeMutablePointer<Float>,
-        _ output: UnsafeMutablePointer<Float>, _ maxima: UnsafeMutablePointer<Float>, _ sums: UnsafeMutablePointer<Float>
+    static func softmaxTile4(
+        _ headDim: Int, _ scores: UnsafeMutablePointer<Float>, _ output: UnsafeMutablePointer<Float>,
+        _ maxima: UnsafeMutablePointer<Float>, _ sums: UnsafeMutablePointer<Float>
     ) {
-        for head in 0..<queryHeads {
-            let headScores = scores + head * chunkTokens
-            for token in count..<chunkTokens { headScores[token] = -.infinity }
-            let raw = UnsafeMutableRawPointer(headScores)
-            let s0 = raw.load(as: SIMD8<Float>.self)
-            let s1 = raw.load(fromByteOffset: 32, as: SIMD8<Float>.self)
-            let chunkMax = s0.lanewiseMax(s1).horizontalMax
-            let previous = maxima[head]
-            let current = max(previous, chunkMax)
-            if current > previous {
-                if previous == -.infinity {
-                    sums[head] = 0
-                } else {
-                    let alpha = fastExp2(SIMD8<Float>(repeating: previous - current))
-                    sums[head] *= alpha[0]
-                    let accumulator = UnsafeMutableRawPointer(output + head * headDim)
-                    for lane in 0..<(headDim / 8) {
-                        let value = accumulator.load(fromByteOffset: lane * 32, as: SIMD8<Float>.self)
-                        accumulator.storeBytes(of: value * alpha, toByteOffset: lane * 32, as: SIMD8<Float>.self)
-                    }
+        let raw = UnsafeMutableRawPointer(scores)
+        let s0 = raw.loadUnaligned(as: SIMD8<Float>.self)
+        let s1 = raw.loadUnaligned(fromByteOffset: 32, as: SIMD8<Float>.self)
+        let s2 = raw.loadUnaligned(fromByteOffset: 64, as: SIMD8<Float>.self)
+        let s3 = raw.loadUnaligned(fromByteOffset: 96, as: SIMD8<Float>.self)
+        let s4 = raw.loadUnaligned(fromByteOffset: 128, as: SIMD8<Float>.self)
+        let s5 = raw.loadUnaligned(fromByteOffset: 160, as: SIMD8<Float>.self)
+        let s6 = raw.loadUnaligned(fromByteOffset: 192, as: SIMD8<Float>.self)
+        let s7 = raw.loadUnaligned(fromByteOffset: 224, as: SIMD8<Float>.self)
+        let top = s0.lanewiseMax(s1).lanewiseMax(s2.lanewiseMax(s3)).lanewiseMax(s4.lanewiseMax(s5).lanewiseMax(s6.lanewiseMax(s7)))
+        let chunkMax = top.lanewiseMax(SIMD8(lowHalf: top.highHalf, highHalf: top.lowHalf))  // per head, twice
+        let previous4 = UnsafeRawPointer(maxima).loadUnaligned(as: SIMD4<Float>.self)
+        let previous = SIMD8(lowHalf: previous4, highHalf: previous4)
+        let current = previous.lanewiseMax(chunkMax)
+        if any(current .> previous) {
+            // On the first chunk previous is −∞ and alpha 2⁻¹²⁶: it scales zeros.
+            let alpha = fastExp2(previous - current)
+            let sums4 = UnsafeMutableRawPointer(sums)
+            sums4.storeBytes(of: sums4.loadUnaligned(as: SIMD4<Float>.self) * alpha.lowHalf, as: SIMD4<Float>.self)
+            for head in 0..<4 where current[head] > previous[head] {
+                let factor = SIMD8<Float>(repeating: alpha[head])
+                let accumulator = UnsafeMutableRawPointer(output + head * headDim)
+                for lane in 0..<(headDim / 8) {
+                    let value = accumulator.loadUnaligned(fromByteOffset: lane * 32, as: SIMD8<Float>.self)
+                    accumulator.storeBytes(of: value * factor, toByteOffset: lane * 32, as: SIMD8<Float>.self)
                 }
-                maxima[head] = current
             }
-            let m = SIMD8<Float>(repeating: current)
-            let w0 = fastExp2(s0 - m), w1 = fastExp2(s1 - m)
-            raw.storeBytes(of: w0, as: SIMD8<Float>.self)
-            raw.storeBytes(of: w1, toByteOffset: 32, as: SIMD8<Float>.self)
-            sums[head] += (w0 + w1).horizontalSum
+            UnsafeMutableRawPointer(maxima).storeBytes(of: current.lowHalf, as: SIMD4<Float>.self)
         }
+        let w0 = fastExp2(s0 - current), w1 = fastExp2(s1 - current)
+        let w2 = fastExp2(s2 - current), w3 = fastExp2(s3 - current)
+        let w4 = fastExp2(s4 - current), w5 = fastExp2(s5 - current)
+        let w6 = fastExp2(s6 - current), w7 = fastExp2(s7 - current)
+        raw.storeBytes(of: w0, as: SIMD8<Float>.self)
+        raw.storeBytes(of: w1, toByteOffset: 32, as: SIMD8<Float>.self)
+        raw.storeBytes(of: w2, toByteOffset: 64, as: SIMD8<Float>.self)
+        raw.storeBytes(of: w3, toByteOffset: 96, as: SIMD8<Float>.self)
+        raw.storeBytes(of: w4, toByteOffset: 128, as: SIMD8<Float>.self)
+        raw.storeBytes(of: w5, toByteOffset: 160, as: SIMD8<Float>.self)
+        raw.storeBytes(of: w6, toByteOffset: 192, as: SIMD8<Float>.self)
+        raw.storeBytes(of: w7, toByteOffset: 224, as: SIMD8<Float>.self)
+        let total = ((w0 + w1) + (w2 + w3)) + ((w4 + w5) + (w6 + w7))
+        let sums4 = UnsafeMutableRawPointer(sums)
+        sums4.storeBytes(of: sums4.loadUnaligned(as: SIMD4<Float>.self) + (total.lowHalf + total.highHalf), as: SIMD4<Float>.self)
+    }
+
+    /// Online softmax over one chunk of one head (scores `[token]`, `count` of them): the
+    /// single-head counterpart of `softmaxTile4`, vectorised over the chunk's 16 tokens.
+    @_transparent
+    static func softmaxHead(
+        _ headDim: Int, _ count: Int, _ scores: UnsafeMutablePointer<Float>, _ output: UnsafeMutablePointer<Float>,
+        _ maxima: UnsafeMutablePointer<Float>, _ sums: UnsafeMutablePointer<Float>
+    ) {
+        for token in count..<chunkTokens { scores[token] = -.infinity }
+        let raw = UnsafeMutableRawPointer(scores)
+        let s0 = raw.loadUnaligned(as: SIMD8<Float>.self)
+        let s1 = raw.loadUnaligned(fromByteOffset: 32, as: SIMD8<Float>.self)
+        let chunkMax = s0.lanewiseMax(s1).horizontalMax
+        let previous = maxima[0]
+        let current = max(previous, chunkMax)
+        if current > previous {
+            if previous == -.infinity {
+                sums[0] = 0
+            } else {
+                let alpha = fastExp2(SIMD8<Float>(repeating: previous - current))
+                sums[0] *= alpha[0]
+                let accumulator = UnsafeMutableRawPointer(output)
+                for lane in 0..<(headDim / 8) {
+                    let value = accumulator.loadUnaligned(fromByteOffset: lane * 32, as: SIMD8<Float>.self)
+                    accumulator.storeBytes(of: value * alpha, toByteOffset: lane * 32, as: SIMD8<Float>.self)
+                }
+            }
+            maxima[0] = current
+        }
+        let m = SIMD8<Float>(repeating: current)
+        let w0 = fastExp2(s0 - m), w1 = fastExp2(s1 - m)
+        raw.storeBytes(of: w0, as: SIMD8<Float>.self)
+        raw.storeBytes(of: w1, toByteOffset: 32, as: SIMD8<Float>.self)
+        sums[0] += (w0 + w1).horizontalSum
     }
 
     /// 2^x for 8 lanes: x = n + f with n an integer and f in [-0.5, 0.5]; 2^f from its degree-6
@@ -250,7 +335,7 @@ public enum DecodeAttentionKernel {
     /// kernel so it inlines (as a free function in another file it was called, ~25% of the time).
     @_transparent
     static func fastExp2(_ x: SIMD8<Float>) -> SIMD8<Float> {
-        let clamped = x.lanewiseMax(SIMD8(repeating: -126)).lanewiseMin(SIMD8(repeating: 127))
+        let clamped = SIMD8<Float>(repeating: -126).lanewiseMax(x).lanewiseMin(SIMD8(repeating: 127))
         let magic = SIMD8<Float>(repeating: 12_582_912)
         let shifted = clamped + magic
         let f = clamped - (shifted - magic)
@@ -270,12 +355,13 @@ public enum DecodeAttentionKernel {
     @_transparent
     static func accumulateTile4<L: KVElementLoader>(
         _ loader: L.Type, _ values: UnsafeRawPointer, _ rowBytes: Int, _ count: Int, _ headDim: Int,
-        _ weights: UnsafeMutablePointer<Float>, _ output: UnsafeMutablePointer<Float>
+        _ weights: UnsafeMutablePointer<Float>, _ output: UnsafeMutablePointer<Float>, _ ahead: inout PrefetchCursor
     ) {
         let out = UnsafeMutableRawPointer(output)
         let stride = headDim * 4
         var lane = 0
         while lane < headDim / 8 {
+            ahead.step()
             let offset = lane * 32
             var a0 = out.load(fromByteOffset: offset, as: SIMD8<Float>.self)
             var a1 = out.load(fromByteOffset: stride + offset, as: SIMD8<Float>.self)
@@ -289,10 +375,10 @@ public enum DecodeAttentionKernel {
                 let row = values + token * rowBytes
                 let x = L.load8(row, lane * 8)
                 let y = L.load8(row, lane * 8 + 8)
-                let w0 = SIMD8<Float>(repeating: weights[token])
-                let w1 = SIMD8<Float>(repeating: weights[chunkTokens + token])
-                let w2 = SIMD8<Float>(repeating: weights[2 * chunkTokens + token])
-                let w3 = SIMD8<Float>(repeating: weights[3 * chunkTokens + token])
+                let w0 = SIMD8<Float>(repeating: weights[4 * token])
+                let w1 = SIMD8<Float>(repeating: weights[4 * token + 1])
+                let w2 = SIMD8<Float>(repeating: weights[4 * token + 2])
+                let w3 = SIMD8<Float>(repeating: weights[4 * token + 3])
                 a0.addProduct(w0, x); a1.addProduct(w1, x); a2.addProduct(w2, x); a3.addProduct(w3, x)
                 b0.addProduct(w0, y); b1.addProduct(w1, y); b2.addProduct(w2, y); b3.addProduct(w3, y)
             }
@@ -312,12 +398,13 @@ public enum DecodeAttentionKernel {
     @_transparent
     static func accumulateTile1<L: KVElementLoader>(
         _ loader: L.Type, _ values: UnsafeRawPointer, _ rowBytes: Int, _ count: Int, _ headDim: Int,
-        _ weights: UnsafeMutablePointer<Float>, _ output: UnsafeMutablePointer<Float>
+        _ weights: UnsafeMutablePointer<Float>, _ output: UnsafeMutablePointer<Float>, _ ahead: inout PrefetchCursor
     ) {
         let out = UnsafeMutableRawPointer(output)
         let lanes = headDim / 8
         var lane = 0
         while lane < lanes {
+            ahead.step()
             let width = min(4, lanes - lane)  // 2 or 4: lanes is even
             var a = out.load(fromByteOffset: lane * 32, as: SIMD8<Float>.self)
             var b = out.load(fromByteOffset: lane * 32 + 32, as: SIMD8<Float>.self)

@@ -1,37 +1,36 @@
 internal import CTierKVLinux
 
 /// Loads 8 key or value elements of one storage type as fp32 lanes. With x86-64-v3 the fp16
-/// conversion is one `vcvtph2ps`, bf16 a widen-and-shift, fp32 a plain load.
-public protocol KVElementLoader {
+/// conversion is one `vcvtph2ps`, bf16 a widen-and-shift, fp32 a plain load (the C helpers in
+/// CTierKVLinux, which always inline).
+protocol KVElementLoader {
     /// Bytes per element.
     static var elementByteCount: Int { get }
     /// Elements `index ..< index + 8` of the row at `base`.
     static func load8(_ base: UnsafeRawPointer, _ index: Int) -> SIMD8<Float>
 }
 
-public enum FP16Elements: KVElementLoader {
-    public static var elementByteCount: Int { 2 }
+enum FP16Elements: KVElementLoader {
+    static var elementByteCount: Int { 2 }
     @_transparent
-    public static func load8(_ base: UnsafeRawPointer, _ index: Int) -> SIMD8<Float> {
-        SIMD8<Float>(base.loadUnaligned(fromByteOffset: index * 2, as: SIMD8<Float16>.self))
+    static func load8(_ base: UnsafeRawPointer, _ index: Int) -> SIMD8<Float> {
+        ctierkv_load_fp16x8(base + index * 2)
     }
 }
 
-public enum BF16Elements: KVElementLoader {
-    public static var elementByteCount: Int { 2 }
+enum BF16Elements: KVElementLoader {
+    static var elementByteCount: Int { 2 }
     @_transparent
-    public static func load8(_ base: UnsafeRawPointer, _ index: Int) -> SIMD8<Float> {
-        // bf16 is the top half of an fp32: interleave zeros below each value (vpunpck*wd).
-        var widened = SIMD16<UInt16>()
-        widened.oddHalf = base.loadUnaligned(fromByteOffset: index * 2, as: SIMD8<UInt16>.self)
-        return unsafeBitCast(widened, to: SIMD8<Float>.self)
+    static func load8(_ base: UnsafeRawPointer, _ index: Int) -> SIMD8<Float> {
+        // bf16 is the top half of an fp32: widen each value to 32 bits and shift it up.
+        ctierkv_load_bf16x8(base + index * 2)
     }
 }
 
-public enum FP32Elements: KVElementLoader {
-    public static var elementByteCount: Int { 4 }
+enum FP32Elements: KVElementLoader {
+    static var elementByteCount: Int { 4 }
     @_transparent
-    public static func load8(_ base: UnsafeRawPointer, _ index: Int) -> SIMD8<Float> {
+    static func load8(_ base: UnsafeRawPointer, _ index: Int) -> SIMD8<Float> {
         base.loadUnaligned(fromByteOffset: index * 4, as: SIMD8<Float>.self)
     }
 }

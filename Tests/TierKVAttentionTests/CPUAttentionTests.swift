@@ -138,7 +138,7 @@ func maximumError(_ result: AttentionPartial, _ reference: (output: [Double], m:
 
     static let cases: [Case] = DType.allCases.filter { $0 != .fp8E4M3 }.flatMap { dtype in
         AttentionShape.supportedHeadDims.flatMap { dim in
-            [(8, 8), (8, 2), (6, 1)].map { Case(dtype: dtype, headDim: dim, queryHeads: $0.0, kvHeads: $0.1) }
+            [(8, 8), (8, 2), (6, 1), (16, 2)].map { Case(dtype: dtype, headDim: dim, queryHeads: $0.0, kvHeads: $0.1) }
         }
     }
 
