@@ -97,6 +97,9 @@ public struct AttentionBenchmark: Sendable {
         let keysOnly = try HostArena(.init(
             slotByteCount: halfBlockBytes, slotCount: batch * blocksPerSequence, numaNode: numaNode))
         Self.fill(keysOnly.region, dtype: shape.dtype)
+        let keyBlocks = blocks.indices.map { index in
+            KVBlockView(keys: keysOnly.address(ofSlot: index), values: keysOnly.address(ofSlot: index), tokenCount: blocks[index].tokenCount)
+        }
         try query.withUnsafeBufferPointer { (queries) throws(TierKVError) in
             try blocks.withUnsafeBufferPointer { (blockBuffer) throws(TierKVError) in
                 let sequences = (0..<batch).map { index in
@@ -110,19 +113,9 @@ public struct AttentionBenchmark: Sendable {
                 for iteration in 0..<iterations {
                     memoryTimes.append(Self.time { _ = Self.readAll(arena, slots: batch * blocksPerSequence, pool: attention.pool) })
                     attentionTimes.append(try Self.timeThrowing { () throws(TierKVError) in try attention.attend(shape, batch: sequences) })
-                    summaryTimes.append(Self.time {
-                        attention.pool.run(count: blockBuffer.count) { _, index in
-                            CPUAttention.keySummary(
-                                shape, keys: blockBuffer[index].keys, tokenCount: blockBuffer[index].tokenCount,
-                                into: summaries + index * shape.kvHeads * 3 * shape.headDim)
-                        }
-                    })
+                    summaryTimes.append(Self.time { attention.keySummaries(shape, blocks: blockBuffer, into: summaries) })
                     contiguousSummaryTimes.append(Self.time {
-                        attention.pool.run(count: blockBuffer.count) { _, index in
-                            CPUAttention.keySummary(
-                                shape, keys: keysOnly.address(ofSlot: index), tokenCount: blockBuffer[index].tokenCount,
-                                into: summaries + index * shape.kvHeads * 3 * shape.headDim)
-                        }
+                        keyBlocks.withUnsafeBufferPointer { attention.keySummaries(shape, blocks: $0, into: summaries) }
                     })
                     progress("iteration \(iteration + 1)/\(iterations): attention \(Self.milliseconds(attentionTimes.last!)) ms, memory read \(Self.milliseconds(memoryTimes.last!)) ms")
                 }

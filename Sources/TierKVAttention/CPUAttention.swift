@@ -144,6 +144,25 @@ public final class CPUAttention: @unchecked Sendable {
             output: output)
     }
 
+    /// Key summaries of many blocks on the worker threads: block `i`'s summary goes to
+    /// `output + i · kvHeads · 3 · headDim`. Each worker takes runs of consecutive blocks and
+    /// prefetches the next block's keys while it sums the current one.
+    public func keySummaries(_ shape: AttentionShape, blocks: UnsafeBufferPointer<KVBlockView>, into output: UnsafeMutablePointer<Float>) {
+        let floats = shape.kvHeads * 3 * shape.headDim
+        let runs = min(blocks.count, pool.threadCount * 8)
+        guard runs > 0 else { return }
+        pool.run(count: runs) { _, run in
+            let range = (run * blocks.count / runs)..<((run + 1) * blocks.count / runs)
+            for index in range {
+                let next = index + 1 < range.upperBound ? blocks[index + 1] : nil
+                KeySummaryKernel.summarize(
+                    dtype: shape.dtype, keys: blocks[index].keys, tokenCount: blocks[index].tokenCount,
+                    kvHeads: shape.kvHeads, headDim: shape.headDim, output: output + index * floats,
+                    next: next?.keys, nextTokenCount: next?.tokenCount ?? 0)
+            }
+        }
+    }
+
     // MARK: Work splitting
 
     /// One block range of one sequence, all heads (rows are read whole; see the kernel).

@@ -1,17 +1,21 @@
+internal import CTierKVLinux
 import TierKVCore
 
 /// Per-block key summaries for the prefetch predictors: per KV head, the element-wise minimum,
 /// maximum and mean of the block's keys. Reads K once; writes `kvHeads × 3 × headDim` fp32 in
 /// the order `[head][min, max, mean][dim]`.
 public enum KeySummaryKernel {
+    /// - Parameter next: the keys of the block the caller summarises next (`nextTokenCount`
+    ///   rows), prefetched a few lines at a time while this one is summed, so a run over many
+    ///   blocks overlaps memory with arithmetic.
     public static func summarize(
         dtype: DType, keys: UnsafeRawPointer, tokenCount: Int, kvHeads: Int, headDim: Int,
-        output: UnsafeMutablePointer<Float>
+        output: UnsafeMutablePointer<Float>, next: UnsafeRawPointer? = nil, nextTokenCount: Int = 0
     ) {
         switch dtype {
-        case .fp16: run(FP16Elements.self, keys, tokenCount, kvHeads, headDim, output)
-        case .bf16: run(BF16Elements.self, keys, tokenCount, kvHeads, headDim, output)
-        case .fp32: run(FP32Elements.self, keys, tokenCount, kvHeads, headDim, output)
+        case .fp16: run(FP16Elements.self, keys, tokenCount, kvHeads, headDim, output, next, nextTokenCount)
+        case .bf16: run(BF16Elements.self, keys, tokenCount, kvHeads, headDim, output, next, nextTokenCount)
+        case .fp32: run(FP32Elements.self, keys, tokenCount, kvHeads, headDim, output, next, nextTokenCount)
         case .fp8E4M3: preconditionFailure("fp8 K/V is validated out before reaching the kernel")
         }
     }
@@ -19,9 +23,14 @@ public enum KeySummaryKernel {
     @inline(__always)
     static func run<L: KVElementLoader>(
         _ loader: L.Type, _ keys: UnsafeRawPointer, _ tokenCount: Int, _ kvHeads: Int, _ headDim: Int,
-        _ output: UnsafeMutablePointer<Float>
+        _ output: UnsafeMutablePointer<Float>, _ next: UnsafeRawPointer?, _ nextTokenCount: Int
     ) {
         let rowBytes = kvHeads * headDim * L.elementByteCount
+        var ahead = PrefetchCursor()
+        if let next { ahead = PrefetchCursor(next, nil, nextTokenCount * rowBytes) }
+        let iterations = kvHeads * ((headDim / 8 + 1) / 2)
+        ahead.linesPerStep = (ahead.end / 64 + iterations - 1) / max(iterations, 1)
+        defer { ahead.finish() }
         let out = UnsafeMutableRawPointer(output)
         let inverse = SIMD8<Float>(repeating: tokenCount > 0 ? 1 / Float(tokenCount) : 0)
         // Per (head, 16 dims): min, max and sum stay in 6 registers across the block's tokens;
@@ -32,6 +41,7 @@ public enum KeySummaryKernel {
             var lane = 0
             let lanes = headDim / 8
             while lane + 1 < lanes {
+                ahead.step()
                 var low0 = SIMD8<Float>(repeating: .infinity), low1 = low0
                 var high0 = SIMD8<Float>(repeating: -.infinity), high1 = high0
                 var sum0 = SIMD8<Float>(repeating: 0), sum1 = sum0

@@ -248,4 +248,22 @@ func maximumError(_ result: AttentionPartial, _ reference: (output: [Double], m:
             }
         }
     }
+
+    /// The batch call (worker threads, next block prefetched) gives each block's own summary.
+    @Test(arguments: [DType.fp16, .bf16, .fp32])
+    func batchKeySummariesEqualOneAtATime(_ dtype: DType) throws {
+        let shape = try AttentionShape(queryHeads: 8, kvHeads: 2, headDim: 128, dtype: dtype)
+        let kv = PagedKV(shape: shape, tokens: 16 * 40 + 5, tokensPerBlock: 16, seed: 78)
+        let blocks = kv.blocks()
+        let floats = 2 * 3 * 128
+        var batch = [Float](repeating: .nan, count: blocks.count * floats)
+        blocks.withUnsafeBufferPointer { view in
+            batch.withUnsafeMutableBufferPointer { Self.attention.keySummaries(shape, blocks: view, into: $0.baseAddress!) }
+        }
+        for (index, block) in blocks.enumerated() {
+            var single = [Float](repeating: .nan, count: floats)
+            single.withUnsafeMutableBufferPointer { CPUAttention.keySummary(shape, keys: block.keys, tokenCount: block.tokenCount, into: $0.baseAddress!) }
+            #expect(Array(batch[(index * floats)..<((index + 1) * floats)]) == single, "block \(index)")
+        }
+    }
 }
