@@ -79,6 +79,7 @@ extension DecodeSimulationResult {
             ])),
             ("budget_blocks", .integer(Int64(prefetch.budgetBlocks))),
             ("staging_budget_blocks", .integer(Int64(prefetch.stagingBudgetBlocks))),
+            ("coverage", .number(prefetch.settings.coverage)),
             ("top_k", .integer(Int64(prefetch.topK))),
             ("precision", fetched ? .number(statistics.precision) : .null),
             ("recall", prefetch.settings.kind == .none ? .null : .number(statistics.recall)),

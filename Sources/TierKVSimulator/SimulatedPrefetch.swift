@@ -4,6 +4,19 @@ import TierKV
 /// Which predictor drives prefetch in a simulation.
 public enum PrefetchKind: String, Sendable, CaseIterable, Codable {
     case none, bound, speculative, history, combined
+    /// Not a predictor: the target layer's exact attention, which only a simulation knows. It
+    /// bounds what any predictor can achieve with the same lookahead, budgets and links. Exact
+    /// for a layer of the same step; for a layer of the next step (the lookahead wraps) it is
+    /// that layer's attention in this step, since the next step's query does not exist yet.
+    case oracle
+}
+
+/// The oracle's "prediction": the exact mass the simulation hands it just before the prefetch.
+final class ExactMassPredictor: BlockPredictor, @unchecked Sendable {
+    // @unchecked: set and read on the simulation's thread only.
+    var answer: [Float]?
+    var name: String { "oracle" }
+    func predictMass(_ candidates: PredictionCandidates, hint: QueryHint?) throws(TierKVError) -> [Float]? { answer }
 }
 
 /// Prefetch settings of a decode simulation (`--prefetch`, `--lookahead`, `--prefetch-budget`).
@@ -35,6 +48,9 @@ public struct PrefetchSettings: Sendable, Equatable {
     /// average of Quest's bound and the mean-key score predicted the recorded trace best; the
     /// bound alone does slightly better on the generator.
     public var scoring: SummaryScoring = .boundAndMean
+    /// The prefetcher stops at the blocks covering this share of a layer's predicted mass
+    /// (`Prefetcher.Configuration.coverage`; 1 fills the budgets).
+    public var coverage = 1.0
 
     public init() {}
 
@@ -43,6 +59,7 @@ public struct PrefetchSettings: Sendable, Equatable {
             && a.stagingBudgetBlocks == b.stagingBudgetBlocks
             && a.combinedWeights == b.combinedWeights && a.speculationError == b.speculationError
             && a.historyDecay == b.historyDecay && a.historyRecencyWeight == b.historyRecencyWeight && a.scoring == b.scoring
+            && a.coverage == b.coverage
     }
 }
 
@@ -83,6 +100,7 @@ final class SimulatedPrefetch {
     let speculative: SpeculativePredictor
     let history: AttentionHistoryPredictor
     let combined: CombinedPredictor
+    let oracle = ExactMassPredictor()
     let prefetcher: Prefetcher?
     let layers: Int
     let sequences: Int
@@ -131,10 +149,12 @@ final class SimulatedPrefetch {
         case .speculative: speculative
         case .history: history
         case .combined: combined
+        case .oracle: oracle
         }
         if let driver {
             prefetcher = try Prefetcher(hierarchy: hierarchy, predictor: driver, configuration: Prefetcher.Configuration(
-                budgetBlocks: budget, stagingBudgetBlocks: staging, hostToDeviceBytesPerSecond: hostToDeviceBytesPerSecond, coldReadBytesPerSecond: coldReadBytesPerSecond))
+                budgetBlocks: budget, stagingBudgetBlocks: staging, hostToDeviceBytesPerSecond: hostToDeviceBytesPerSecond,
+                coldReadBytesPerSecond: coldReadBytesPerSecond, coverage: settings.coverage))
         } else {
             prefetcher = nil
         }
@@ -240,6 +260,11 @@ final class SimulatedPrefetch {
                 speculative.offer(QueryHint(speculated), forLayer: targetLayer)
             } else if let freshest {
                 speculative.offer(freshest, forLayer: targetLayer)
+            }
+            if settings.kind == .oracle {
+                // This step's mass of the target layer: exact within the step (see PrefetchKind.oracle).
+                let mass = attention.mass[sequence][targetLayer]
+                oracle.answer = candidates.positions.map { $0 < mass.count ? mass[$0] : 0 }
             }
             let ticket = try prefetcher.prefetch(
                 candidates, hint: freshest, secondsUntilNeeded: secondsUntilNeeded, hotBlockLimit: max(0, hotRoom))

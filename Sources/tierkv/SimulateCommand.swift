@@ -64,7 +64,7 @@ struct SimulateCommand: ParsableCommand {
     @Option(help: "Fraction of the compute roofline the GPU reaches (0-1].")
     var efficiency: Double?
 
-    @Option(help: "Prefetch predictor: none, bound (Quest's bound with the previous token's query), speculative (InfiniGen-style query speculated for the layer ahead), history (H2O mass with decay and recency), combined.")
+    @Option(help: "Prefetch predictor: none, bound (Quest's bound with the previous token's query), speculative (InfiniGen-style query speculated for the layer ahead), history (H2O mass with decay and recency), combined, or oracle (the target layer's exact attention, which only a simulation has: the bound on what any predictor can do with the same lookahead, budgets and links).")
     var prefetch: String = "none"
     @Option(help: "Layers ahead a prefetch is issued: while layer L computes, layer L+D's blocks are fetched (0 leaves no time to fetch).")
     var lookahead: Int = 1
@@ -74,6 +74,8 @@ struct SimulateCommand: ParsableCommand {
     var prefetchStaging: String?
     @Option(help: "Weights of speculative, bound and history in --prefetch combined (default 0.3,0.2,0.5, tuned on a recorded trace).")
     var prefetchWeights: String?
+    @Option(help: "Stop a layer's prefetch at the best-predicted blocks that cover this share of its predicted attention, in (0, 1] (default 1: fill the budgets).")
+    var prefetchCoverage: Double = 1
     @Option(help: "How bound and speculative score a block's key summary: bound (Quest's upper bound), mean (q · the keys' mean), bound+mean (the average of the two).")
     var prefetchScoring: String = "bound+mean"
     @Option(help: "CPU attention over warm blocks: on or off. On, needed blocks not in hot are attended where they sit in host memory when the cost model says that finishes the layer sooner.")
@@ -95,7 +97,7 @@ struct SimulateCommand: ParsableCommand {
 
     @Option(help: "Eviction policy: \(EvictionPolicyKind.parsingHelp).")
     var policy: String = "lru"
-    @Option(help: "Compare in one run: policy=P,P,... or capacity=... (hot sizes for long-decode, e.g. 5%,10%,20%; blocks for traces); long-decode also prefetch=K,K, lookahead=0,1,2, budget=16,64, staging=0,100, cpu-attention=off,on. Repeat to sweep the cross product.")
+    @Option(help: "Compare in one run: policy=P,P,... or capacity=... (hot sizes for long-decode, e.g. 5%,10%,20%; blocks for traces); long-decode also prefetch=K,K, lookahead=0,1,2, budget=16,64, staging=0,100, coverage=0.9,1, scoring=S,S, cpu-attention=off,on. Repeat to sweep the cross product.")
     var sweep: [String] = []
 
     // Output

@@ -18,7 +18,7 @@ extension SimulateCommand {
         for (index, dimension) in sweep.enumerated() {
             let parts = dimension.split(separator: "=", maxSplits: 1).map(String.init)
             guard parts.count == 2, !parts[1].isEmpty else {
-                throw CommandFailure("--sweep \(dimension): expected NAME=V,V,... (policy, capacity, prefetch, lookahead, budget, staging, scoring, cpu-attention)")
+                throw CommandFailure("--sweep \(dimension): expected NAME=V,V,... (policy, capacity, prefetch, lookahead, budget, staging, coverage, scoring, cpu-attention)")
             }
             let values = parts[1].split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
             var expanded: [(label: String, configuration: DecodeSimulationConfiguration)] = []
@@ -49,6 +49,12 @@ extension SimulateCommand {
                     case "staging":
                         configuration.prefetch.stagingBudgetBlocks = try budgetBlocks(value, option: "--sweep staging", configuration: configuration)
                         label = "staging \(value)"
+                    case "coverage":
+                        guard let share = Double(value), share > 0, share <= 1 else {
+                            throw CommandFailure("--sweep coverage: \(value) is not a share in (0, 1]")
+                        }
+                        configuration.prefetch.coverage = share
+                        label = "coverage \(value)"
                     case "cpu-attention":
                         configuration.cpuAttention = try onOff(value, option: "--sweep cpu-attention")
                         label = "cpu attention \(value)"
@@ -59,7 +65,7 @@ extension SimulateCommand {
                         configuration.prefetch.scoring = scoring
                         label = "scoring \(value)"
                     default:
-                        throw CommandFailure("--sweep \(parts[0]) is not supported; use policy, capacity, prefetch, lookahead, budget, staging, scoring or cpu-attention")
+                        throw CommandFailure("--sweep \(parts[0]) is not supported; use policy, capacity, prefetch, lookahead, budget, staging, coverage, scoring or cpu-attention")
                     }
                     expanded.append((index == 0 ? label : run.label + ", " + label, configuration))
                 }
@@ -163,6 +169,10 @@ extension SimulateCommand {
             throw CommandFailure("--prefetch-scoring \(prefetchScoring): expected one of \(SummaryScoring.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         configuration.prefetch.scoring = scoring
+        guard prefetchCoverage > 0, prefetchCoverage <= 1 else {
+            throw CommandFailure("--prefetch-coverage \(prefetchCoverage): expected a share of a layer's predicted attention in (0, 1], e.g. 0.95")
+        }
+        configuration.prefetch.coverage = prefetchCoverage
         if let prefetchWeights {
             let weights = prefetchWeights.split(separator: ",").map { Float($0.trimmingCharacters(in: .whitespaces)) }
             guard weights.count == 3, let speculative = weights[0], let bound = weights[1], let history = weights[2],

@@ -100,6 +100,44 @@ import TierKVTestSupport
         try hierarchy.close()
     }
 
+    /// A predictor that answers with fixed masses.
+    private final class FixedPredictor: BlockPredictor, @unchecked Sendable {
+        let masses: [Float]
+        init(_ masses: [Float]) { self.masses = masses }
+        var name: String { "fixed" }
+        func predictMass(_ candidates: PredictionCandidates, hint: QueryHint?) throws(TierKVError) -> [Float]? { masses }
+    }
+
+    /// With a coverage below 1 the prefetch stops at the best blocks that carry that share of
+    /// the predicted mass, however large its budgets; 1 fills them.
+    @Test func coverageStopsAtTheBlocksThatCarryThePrediction() throws {
+        let predictor = FixedPredictor([0.05, 0.5, 0.0, 0.3, 0.1, 0.05, 0.0, 0.0])
+        let keys = (0..<8).map { testKey($0) }
+        let candidates = PredictionCandidates(layer: 0, keys: keys, positions: Array(0..<8), newestPosition: 7)
+        func fetched(coverage: Double) throws -> Set<BlockKey> {
+            let directory = try TemporaryDirectory()
+            let tiers = try self.hierarchy(directory)
+            defer { try? tiers.close() }
+            for (position, key) in keys.enumerated() { try tiers.storeTestBlock(key, position: position, sequence: SequenceID(1)) }
+            tiers.waitUntilIdle()
+            let prefetcher = try Prefetcher(hierarchy: tiers, predictor: predictor, configuration: Prefetcher.Configuration(
+                budgetBlocks: 6, hostToDeviceBytesPerSecond: 1e12, coldReadBytesPerSecond: 1e12, coverage: coverage))
+            let ticket = try prefetcher.prefetch(candidates, hint: nil, secondsUntilNeeded: 1)
+            defer { prefetcher.abandon(ticket) }
+            return Set(ticket.fetched)
+        }
+        #expect(try fetched(coverage: 0.8) == [keys[1], keys[3]])  // 0.5 + 0.3 covers 0.8
+        #expect(try fetched(coverage: 0.85) == [keys[1], keys[3], keys[4]])
+        #expect(try fetched(coverage: 1) == [keys[0], keys[1], keys[3], keys[4], keys[5]])  // all above zero
+        let directory = try TemporaryDirectory()
+        let hierarchy = try hierarchy(directory)
+        #expect(throws: TierKVError.self) {
+            try Prefetcher(hierarchy: hierarchy, predictor: predictor, configuration: Prefetcher.Configuration(
+                budgetBlocks: 6, hostToDeviceBytesPerSecond: 1e12, coldReadBytesPerSecond: 1e12, coverage: 0))
+        }
+        try hierarchy.close()
+    }
+
     /// A prefetch never pins more hot slots than the engine leaves it: the budget's blocks
     /// beyond the limit are not fetched (a demand would find every slot pinned).
     @Test func aPrefetchPinsNoMoreHotSlotsThanItIsLeft() throws {

@@ -237,6 +237,25 @@ import TierKV
         #expect(again.stallSeconds == result.stallSeconds && again.prefetch?.statistics == statistics)
     }
 
+    /// The oracle prefetches from the exact attention: nearly everything it fetches is used,
+    /// and it stalls less than no prefetch and than a real predictor on the same run.
+    @Test func theOraclePrefetcherBoundsThePredictors() throws {
+        var configuration = Self.configuration()
+        configuration.prefetch.lookaheadLayers = 1
+        let none = try DecodeSimulation.run(configuration)
+        configuration.prefetch.kind = .combined
+        let combined = try DecodeSimulation.run(configuration)
+        configuration.prefetch.kind = .oracle
+        let oracle = try DecodeSimulation.run(configuration)
+        let statistics = try #require(oracle.prefetch?.statistics)
+        #expect(statistics.movedBlocks > 0 && statistics.precision > 0.9, "\(statistics)")
+        #expect(oracle.stallSeconds < none.stallSeconds && oracle.stallSeconds <= combined.stallSeconds)
+        // A coverage cut moves fewer blocks.
+        configuration.prefetch.coverage = 0.5
+        let cut = try DecodeSimulation.run(configuration)
+        #expect(try #require(cut.prefetch?.statistics).issuedBlocks < statistics.issuedBlocks)
+    }
+
     /// Prefetching several layers ahead into a small hot tier runs to the end (the prefetcher is
     /// given only the hot slots the demand leaves: `PrefetcherTests` pins that mechanism down).
     @Test(arguments: [2, 3])

@@ -20,12 +20,21 @@ public final class Prefetcher: @unchecked Sendable {
         /// The rates the time budget is planned with (measured by `tierkv bench`, or a model's).
         public var hostToDeviceBytesPerSecond: Double
         public var coldReadBytesPerSecond: Double
+        /// Stop at the block where the best-ranked predicted masses add up to this share of the
+        /// prediction's total (1: fill the budgets). A layer whose attention is concentrated then
+        /// moves only the few blocks that carry it instead of padding its budget with blocks
+        /// predicted to matter little, which cost link time and evict what other layers need.
+        public var coverage: Double
 
-        public init(budgetBlocks: Int, stagingBudgetBlocks: Int = 0, hostToDeviceBytesPerSecond: Double, coldReadBytesPerSecond: Double) {
+        public init(
+            budgetBlocks: Int, stagingBudgetBlocks: Int = 0, hostToDeviceBytesPerSecond: Double, coldReadBytesPerSecond: Double,
+            coverage: Double = 1
+        ) {
             self.budgetBlocks = budgetBlocks
             self.stagingBudgetBlocks = stagingBudgetBlocks
             self.hostToDeviceBytesPerSecond = hostToDeviceBytesPerSecond
             self.coldReadBytesPerSecond = coldReadBytesPerSecond
+            self.coverage = coverage
         }
     }
 
@@ -38,6 +47,9 @@ public final class Prefetcher: @unchecked Sendable {
     public init(hierarchy: Hierarchy, predictor: any BlockPredictor, configuration: Configuration) throws(TierKVError) {
         guard configuration.budgetBlocks >= 0, configuration.stagingBudgetBlocks >= 0 else {
             throw .invalid("prefetch budgets are \(configuration.budgetBlocks) (hot) and \(configuration.stagingBudgetBlocks) (staging) blocks; expected ≥ 0")
+        }
+        guard configuration.coverage > 0, configuration.coverage <= 1 else {
+            throw .invalid("prefetch coverage is \(configuration.coverage); expected a share in (0, 1]")
         }
         guard configuration.hostToDeviceBytesPerSecond > 0, configuration.coldReadBytesPerSecond > 0 else {
             throw .invalid("prefetch link rates must be positive (host→device \(configuration.hostToDeviceBytesPerSecond) B/s, cold read \(configuration.coldReadBytesPerSecond) B/s)")
@@ -53,8 +65,8 @@ public final class Prefetcher: @unchecked Sendable {
     /// those already there are pinned (so the arrivals cannot evict them), the others fetched in
     /// score order while each is expected to arrive within `secondsUntilNeeded` (queued behind the
     /// ones before it on the links). Below them, the best-scored blocks down to
-    /// `stagingBudgetBlocks` that sit in cold are read into warm. Blocks predicted at zero mass
-    /// are left alone.
+    /// `stagingBudgetBlocks` that sit in cold are read into warm. Blocks predicted at zero mass,
+    /// and those ranked after the blocks that cover `coverage` of the predicted mass, are left alone.
     /// - Parameter hotBlockLimit: the most blocks this prefetch may pin in hot (the room the
     ///   engine's own demand leaves); the budget's blocks beyond it are only staged when cold. A
     ///   prefetch must never pin the slots a demand arrival needs.
@@ -71,8 +83,12 @@ public final class Prefetcher: @unchecked Sendable {
             var copies = 0.0, reads = 0.0
             var stagingReads = 0.0
             let ranked = PredictionQuality.topK(predicted, k: max(configuration.budgetBlocks, configuration.stagingBudgetBlocks))
+            // Blocks ranked once the ones before them cover `coverage` of the predicted mass are left.
+            let enough = configuration.coverage >= 1 ? Double.infinity : configuration.coverage * predicted.reduce(0.0) { $0 + Double($1) }
+            var covered = 0.0
             for (rank, index) in ranked.enumerated() {
-                guard predicted[index] > 0 else { break }
+                guard predicted[index] > 0, covered < enough else { break }
+                covered += Double(predicted[index])
                 let key = candidates.keys[index]
                 guard let tier = hierarchy.fastestTier(of: key) else { continue }
                 if rank >= configuration.budgetBlocks || resident.count + chosen.count >= hotBudget {
