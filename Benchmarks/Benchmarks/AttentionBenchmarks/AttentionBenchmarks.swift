@@ -2,7 +2,8 @@ import Benchmark
 import TierKV
 
 /// The CPU attention hot paths: the decode kernel over a paged fp16 cache (Llama-3-8B layer
-/// shape, 32k context, 128 MiB of K/V) and the merge of split partials.
+/// shape, 32k context, 128 MiB of K/V), the key summaries of its blocks and the merge of split
+/// partials.
 let benchmarks: @Sendable () -> Void = {
     Benchmark.defaultConfiguration = .init(metrics: [.wallClock, .throughput, .mallocCountTotal], maxDuration: .seconds(3))
 
@@ -28,6 +29,16 @@ let benchmarks: @Sendable () -> Void = {
                     try? attention.attend(shape, query: q.baseAddress!, blocks: b, output: output, maxima: maxima, sums: sums)
                     blackHole(output[0])
                 }
+            }
+        }
+    }
+
+    let summaries = UnsafeMutablePointer<Float>.allocate(capacity: blockCount * shape.kvHeads * 3 * shape.headDim)
+    Benchmark("key summaries of 2048 blocks (64 MiB of fp16 K), batch call") { benchmark in
+        blocks.withUnsafeBufferPointer { b in
+            for _ in benchmark.scaledIterations {
+                attention.keySummaries(shape, blocks: b, into: summaries)
+                blackHole(summaries[0])
             }
         }
     }
