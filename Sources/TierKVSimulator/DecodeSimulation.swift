@@ -37,7 +37,7 @@ public struct DecodeSimulationConfiguration: Sendable {
     /// host memory when the cost model says that finishes the layer sooner than fetching them.
     public var cpuAttention = false
     /// The CPU attention rate, bytes of K/V per second; nil: the preset's host memory bandwidth ×
-    /// 0.47 (the kernel's measured share of it, docs/measurements.md) × 0.5 (half the socket's
+    /// 0.76 (the kernel's measured share of it, docs/measurements.md) × 0.5 (half the socket's
     /// bandwidth left to attention beside the engine's own threads).
     public var cpuAttentionBytesPerSecond: Double?
     /// Approximate mode: needed blocks whose predicted mass (Quest bound with the layer's own
@@ -48,7 +48,7 @@ public struct DecodeSimulationConfiguration: Sendable {
 
     /// The CPU attention rate in use.
     public var resolvedCPUAttentionBytesPerSecond: Double {
-        cpuAttentionBytesPerSecond ?? hardware.hostMemoryBytesPerSecond * 0.47 * 0.5
+        cpuAttentionBytesPerSecond ?? hardware.hostMemoryBytesPerSecond * 0.76 * 0.5
     }
 }
 

@@ -80,7 +80,7 @@ struct SimulateCommand: ParsableCommand {
     var prefetchScoring: String = "bound+mean"
     @Option(help: "CPU attention over warm blocks: on or off. On, needed blocks not in hot are attended where they sit in host memory when the cost model says that finishes the layer sooner.")
     var cpuAttention: String = "off"
-    @Option(help: "CPU attention rate, GB/s of K/V (default: the preset's host memory bandwidth × 0.47, the kernel's measured share of it, × 0.5 left to attention; measure yours with tierkv bench attention).")
+    @Option(help: "CPU attention rate, GB/s of K/V (default: the preset's host memory bandwidth × 0.76, the kernel's measured share of it, × 0.5 left to attention; measure yours with tierkv bench attention).")
     var cpuAttentionGbps: Double?
     @Option(help: "Approximate mode: skip needed blocks whose predicted share of a layer's attention is below this (e.g. 0.001). Off by default: attention stays exact.")
     var approximateSkip: Double?
