@@ -16,9 +16,13 @@ public struct AttentionBenchmark: Sendable {
         public var kvByteCount: Int
         public var attentionSeconds: Double
         public var memorySeconds: Double
+        /// Key summaries of every block in the prediction table's fp16 format (what the hierarchy
+        /// keeps), through the batch call.
         public var summarySeconds: Double
         /// The same summaries over keys packed contiguously (no V between blocks' keys).
         public var contiguousSummarySeconds: Double
+        /// The paged summaries written as fp32 (twice the bytes written).
+        public var fp32SummarySeconds: Double
         public var threads: Int
         public var batch: Int
         public var contextTokens: Int
@@ -32,6 +36,7 @@ public struct AttentionBenchmark: Sendable {
         /// Bytes of K per second when the keys are contiguous: the kernel without the paged
         /// layout's cost (the hardware prefetcher also pulls in the V that follows each block's K).
         public var contiguousSummaryGBPerSecond: Double { Double(kvByteCount / 2) / contiguousSummarySeconds / 1e9 }
+        public var fp32SummaryGBPerSecond: Double { Double(kvByteCount / 2) / fp32SummarySeconds / 1e9 }
         /// KV tokens attended per second (batch × context ÷ time), for one layer.
         public var tokensPerSecond: Double { Double(batch * contextTokens) / attentionSeconds }
         /// Decode steps per second for one layer (batch ÷ time).
@@ -94,6 +99,7 @@ public struct AttentionBenchmark: Sendable {
         var memoryTimes: [Double] = []
         var summaryTimes: [Double] = []
         var contiguousSummaryTimes: [Double] = []
+        var fp32SummaryTimes: [Double] = []
         let keysOnly = try HostArena(.init(
             slotByteCount: halfBlockBytes, slotCount: batch * blocksPerSequence, numaNode: numaNode))
         Self.fill(keysOnly.region, dtype: shape.dtype)
@@ -113,17 +119,19 @@ public struct AttentionBenchmark: Sendable {
                 for iteration in 0..<iterations {
                     memoryTimes.append(Self.time { _ = Self.readAll(arena, slots: batch * blocksPerSequence, pool: attention.pool) })
                     attentionTimes.append(try Self.timeThrowing { () throws(TierKVError) in try attention.attend(shape, batch: sequences) })
-                    summaryTimes.append(Self.time { attention.keySummaries(shape, blocks: blockBuffer, into: summaries) })
+                    summaryTimes.append(Self.time { attention.keySummariesFP16(shape, blocks: blockBuffer, into: summaries) })
                     contiguousSummaryTimes.append(Self.time {
-                        keyBlocks.withUnsafeBufferPointer { attention.keySummaries(shape, blocks: $0, into: summaries) }
+                        keyBlocks.withUnsafeBufferPointer { attention.keySummariesFP16(shape, blocks: $0, into: summaries) }
                     })
+                    fp32SummaryTimes.append(Self.time { attention.keySummaries(shape, blocks: blockBuffer, into: summaries) })
                     progress("iteration \(iteration + 1)/\(iterations): attention \(Self.milliseconds(attentionTimes.last!)) ms, memory read \(Self.milliseconds(memoryTimes.last!)) ms")
                 }
             }
         }
         return Result(
             kvByteCount: kvBytes, attentionSeconds: median(attentionTimes), memorySeconds: median(memoryTimes),
-            summarySeconds: median(summaryTimes), contiguousSummarySeconds: median(contiguousSummaryTimes), threads: attention.pool.threadCount, batch: batch, contextTokens: contextTokens)
+            summarySeconds: median(summaryTimes), contiguousSummarySeconds: median(contiguousSummaryTimes),
+            fp32SummarySeconds: median(fp32SummaryTimes), threads: attention.pool.threadCount, batch: batch, contextTokens: contextTokens)
     }
 
     /// Reads the K and V bytes of every slot with the STREAM-like kernel on the pool's threads.

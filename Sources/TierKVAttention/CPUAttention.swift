@@ -149,16 +149,34 @@ public final class CPUAttention: @unchecked Sendable {
     /// prefetches the next block's keys while it sums the current one.
     public func keySummaries(_ shape: AttentionShape, blocks: UnsafeBufferPointer<KVBlockView>, into output: UnsafeMutablePointer<Float>) {
         let floats = shape.kvHeads * 3 * shape.headDim
+        summarizeInRuns(blocks) { index, block, next in
+            KeySummaryKernel.summarize(
+                dtype: shape.dtype, keys: block.keys, tokenCount: block.tokenCount, kvHeads: shape.kvHeads, headDim: shape.headDim,
+                output: output + index * floats, next: next?.keys, nextTokenCount: next?.tokenCount ?? 0)
+        }
+    }
+
+    /// `keySummaries` written as fp16 in the format the prediction table stores
+    /// (`KeySummaryKernel.summarizeFP16`: minima rounded down, maxima up): block `i`'s summary at
+    /// `output + i · kvHeads · 3 · headDim · 2` bytes.
+    public func keySummariesFP16(_ shape: AttentionShape, blocks: UnsafeBufferPointer<KVBlockView>, into output: UnsafeMutableRawPointer) {
+        let bytes = shape.kvHeads * 3 * shape.headDim * 2
+        summarizeInRuns(blocks) { index, block, next in
+            KeySummaryKernel.summarizeFP16(
+                dtype: shape.dtype, keys: block.keys, tokenCount: block.tokenCount, kvHeads: shape.kvHeads, headDim: shape.headDim,
+                output: output + index * bytes, next: next?.keys, nextTokenCount: next?.tokenCount ?? 0)
+        }
+    }
+
+    /// Calls `body(index, block, next)` for every block, in runs of consecutive blocks per worker
+    /// (`next` is the block after it in the same run, for prefetching).
+    private func summarizeInRuns(_ blocks: UnsafeBufferPointer<KVBlockView>, _ body: (Int, KVBlockView, KVBlockView?) -> Void) {
         let runs = min(blocks.count, pool.threadCount * 8)
         guard runs > 0 else { return }
         pool.run(count: runs) { _, run in
             let range = (run * blocks.count / runs)..<((run + 1) * blocks.count / runs)
             for index in range {
-                let next = index + 1 < range.upperBound ? blocks[index + 1] : nil
-                KeySummaryKernel.summarize(
-                    dtype: shape.dtype, keys: blocks[index].keys, tokenCount: blocks[index].tokenCount,
-                    kvHeads: shape.kvHeads, headDim: shape.headDim, output: output + index * floats,
-                    next: next?.keys, nextTokenCount: next?.tokenCount ?? 0)
+                body(index, blocks[index], index + 1 < range.upperBound ? blocks[index + 1] : nil)
             }
         }
     }

@@ -12,18 +12,37 @@ public enum KeySummaryKernel {
         dtype: DType, keys: UnsafeRawPointer, tokenCount: Int, kvHeads: Int, headDim: Int,
         output: UnsafeMutablePointer<Float>, next: UnsafeRawPointer? = nil, nextTokenCount: Int = 0
     ) {
+        dispatch(FP32Summary.self, dtype, keys, tokenCount, kvHeads, headDim, UnsafeMutableRawPointer(output), next, nextTokenCount)
+    }
+
+    /// The same summary written as fp16 in the prediction table's format (`BlockScoreKernel`'s
+    /// input): minima rounded down and maxima rounded up, so a bound computed from them is still
+    /// an upper bound, means rounded to nearest; `kvHeads × 3 × headDim × 2` bytes. Half the
+    /// bytes written of the fp32 form, which matters when summarising blocks from DRAM.
+    public static func summarizeFP16(
+        dtype: DType, keys: UnsafeRawPointer, tokenCount: Int, kvHeads: Int, headDim: Int,
+        output: UnsafeMutableRawPointer, next: UnsafeRawPointer? = nil, nextTokenCount: Int = 0
+    ) {
+        dispatch(FP16BoundsSummary.self, dtype, keys, tokenCount, kvHeads, headDim, output, next, nextTokenCount)
+    }
+
+    @inline(__always)
+    static func dispatch<S: SummaryWriter>(
+        _ writer: S.Type, _ dtype: DType, _ keys: UnsafeRawPointer, _ tokenCount: Int, _ kvHeads: Int, _ headDim: Int,
+        _ output: UnsafeMutableRawPointer, _ next: UnsafeRawPointer?, _ nextTokenCount: Int
+    ) {
         switch dtype {
-        case .fp16: run(FP16Elements.self, keys, tokenCount, kvHeads, headDim, output, next, nextTokenCount)
-        case .bf16: run(BF16Elements.self, keys, tokenCount, kvHeads, headDim, output, next, nextTokenCount)
-        case .fp32: run(FP32Elements.self, keys, tokenCount, kvHeads, headDim, output, next, nextTokenCount)
+        case .fp16: run(FP16Elements.self, S.self, keys, tokenCount, kvHeads, headDim, output, next, nextTokenCount)
+        case .bf16: run(BF16Elements.self, S.self, keys, tokenCount, kvHeads, headDim, output, next, nextTokenCount)
+        case .fp32: run(FP32Elements.self, S.self, keys, tokenCount, kvHeads, headDim, output, next, nextTokenCount)
         case .fp8E4M3: preconditionFailure("fp8 K/V is validated out before reaching the kernel")
         }
     }
 
     @inline(__always)
-    static func run<L: KVElementLoader>(
-        _ loader: L.Type, _ keys: UnsafeRawPointer, _ tokenCount: Int, _ kvHeads: Int, _ headDim: Int,
-        _ output: UnsafeMutablePointer<Float>, _ next: UnsafeRawPointer?, _ nextTokenCount: Int
+    static func run<L: KVElementLoader, S: SummaryWriter>(
+        _ loader: L.Type, _ writer: S.Type, _ keys: UnsafeRawPointer, _ tokenCount: Int, _ kvHeads: Int, _ headDim: Int,
+        _ output: UnsafeMutableRawPointer, _ next: UnsafeRawPointer?, _ nextTokenCount: Int
     ) {
         let rowBytes = kvHeads * headDim * L.elementByteCount
         var ahead = PrefetchCursor()
@@ -31,13 +50,13 @@ public enum KeySummaryKernel {
         let iterations = kvHeads * ((headDim / 8 + 1) / 2)
         ahead.linesPerStep = (ahead.end / 64 + iterations - 1) / max(iterations, 1)
         defer { ahead.finish() }
-        let out = UnsafeMutableRawPointer(output)
+        let out = output
         let inverse = SIMD8<Float>(repeating: tokenCount > 0 ? 1 / Float(tokenCount) : 0)
         // Per (head, 16 dims): min, max and sum stay in 6 registers across the block's tokens;
         // the block (32 KiB of K at Llama-3 shapes) stays in L1 across the passes.
         for head in 0..<kvHeads {
             let source = keys + head * headDim * L.elementByteCount
-            let base = out + head * 3 * headDim * 4
+            let base = out + head * 3 * headDim * S.elementByteCount
             var lane = 0
             let lanes = headDim / 8
             while lane + 1 < lanes {
@@ -53,12 +72,12 @@ public enum KeySummaryKernel {
                     high0 = high0.lanewiseMax(x); high1 = high1.lanewiseMax(y)
                     sum0 += x; sum1 += y
                 }
-                base.storeBytes(of: low0, toByteOffset: lane * 32, as: SIMD8<Float>.self)
-                base.storeBytes(of: low1, toByteOffset: lane * 32 + 32, as: SIMD8<Float>.self)
-                base.storeBytes(of: high0, toByteOffset: headDim * 4 + lane * 32, as: SIMD8<Float>.self)
-                base.storeBytes(of: high1, toByteOffset: headDim * 4 + lane * 32 + 32, as: SIMD8<Float>.self)
-                base.storeBytes(of: sum0 * inverse, toByteOffset: 2 * headDim * 4 + lane * 32, as: SIMD8<Float>.self)
-                base.storeBytes(of: sum1 * inverse, toByteOffset: 2 * headDim * 4 + lane * 32 + 32, as: SIMD8<Float>.self)
+                S.storeMinima(low0, base + lane * 8 * S.elementByteCount)
+                S.storeMinima(low1, base + (lane + 1) * 8 * S.elementByteCount)
+                S.storeMaxima(high0, base + headDim * S.elementByteCount + lane * 8 * S.elementByteCount)
+                S.storeMaxima(high1, base + headDim * S.elementByteCount + (lane + 1) * 8 * S.elementByteCount)
+                S.storeMeans(sum0 * inverse, base + 2 * headDim * S.elementByteCount + lane * 8 * S.elementByteCount)
+                S.storeMeans(sum1 * inverse, base + 2 * headDim * S.elementByteCount + (lane + 1) * 8 * S.elementByteCount)
                 lane += 2
             }
             if lane < lanes {  // head dims that are an odd number of 8-lanes (8, 24, 40, ...)
@@ -70,12 +89,34 @@ public enum KeySummaryKernel {
                     high = high.lanewiseMax(x)
                     sum += x
                 }
-                base.storeBytes(of: low, toByteOffset: lane * 32, as: SIMD8<Float>.self)
-                base.storeBytes(of: high, toByteOffset: headDim * 4 + lane * 32, as: SIMD8<Float>.self)
-                base.storeBytes(of: sum * inverse, toByteOffset: 2 * headDim * 4 + lane * 32, as: SIMD8<Float>.self)
+                S.storeMinima(low, base + lane * 8 * S.elementByteCount)
+                S.storeMaxima(high, base + headDim * S.elementByteCount + lane * 8 * S.elementByteCount)
+                S.storeMeans(sum * inverse, base + 2 * headDim * S.elementByteCount + lane * 8 * S.elementByteCount)
             }
         }
     }
+}
+
+/// How a summary's vectors are written: fp32, or fp16 with minima rounded down and maxima up.
+protocol SummaryWriter {
+    static var elementByteCount: Int { get }
+    static func storeMinima(_ value: SIMD8<Float>, _ address: UnsafeMutableRawPointer)
+    static func storeMaxima(_ value: SIMD8<Float>, _ address: UnsafeMutableRawPointer)
+    static func storeMeans(_ value: SIMD8<Float>, _ address: UnsafeMutableRawPointer)
+}
+
+enum FP32Summary: SummaryWriter {
+    static var elementByteCount: Int { 4 }
+    @_transparent static func storeMinima(_ value: SIMD8<Float>, _ address: UnsafeMutableRawPointer) { address.storeBytes(of: value, as: SIMD8<Float>.self) }
+    @_transparent static func storeMaxima(_ value: SIMD8<Float>, _ address: UnsafeMutableRawPointer) { address.storeBytes(of: value, as: SIMD8<Float>.self) }
+    @_transparent static func storeMeans(_ value: SIMD8<Float>, _ address: UnsafeMutableRawPointer) { address.storeBytes(of: value, as: SIMD8<Float>.self) }
+}
+
+enum FP16BoundsSummary: SummaryWriter {
+    static var elementByteCount: Int { 2 }
+    @_transparent static func storeMinima(_ value: SIMD8<Float>, _ address: UnsafeMutableRawPointer) { ctierkv_store_fp16x8_down(address, value) }
+    @_transparent static func storeMaxima(_ value: SIMD8<Float>, _ address: UnsafeMutableRawPointer) { ctierkv_store_fp16x8_up(address, value) }
+    @_transparent static func storeMeans(_ value: SIMD8<Float>, _ address: UnsafeMutableRawPointer) { ctierkv_store_fp16x8_nearest(address, value) }
 }
 
 /// A STREAM-like read kernel: sums 32-byte lanes of a range with four independent

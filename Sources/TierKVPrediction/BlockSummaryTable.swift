@@ -41,6 +41,11 @@ public final class BlockSummaryTable: @unchecked Sendable {
         guard summary.count == shape.valueCount, let base = summary.baseAddress else {
             throw .invalid("summary of \(key) has \(summary.count) values; expected \(shape.valueCount) (\(shape.kvHeads) KV heads × 3 × \(shape.headDim))")
         }
+        store(key) { slot in BlockScoreKernel.narrow(base, kvHeads: shape.kvHeads, headDim: shape.headDim, into: slot) }
+    }
+
+    /// Finds or makes `key`'s slot and lets `write` fill its `shape.byteCount` bytes, under the lock.
+    private func store(_ key: BlockKey, _ write: (UnsafeMutableRawPointer) -> Void) {
         let valuesPerSlot = shape.valueCount
         state.withLock { state in
             let slot: Int32
@@ -53,11 +58,7 @@ public final class BlockSummaryTable: @unchecked Sendable {
                 state.storage.append(contentsOf: repeatElement(0, count: valuesPerSlot))
             }
             state.index[key] = slot
-            state.storage.withUnsafeMutableBytes { bytes in
-                BlockScoreKernel.narrow(
-                    base, kvHeads: shape.kvHeads, headDim: shape.headDim,
-                    into: bytes.baseAddress! + Int(slot) * shape.byteCount)
-            }
+            state.storage.withUnsafeMutableBytes { bytes in write(bytes.baseAddress! + Int(slot) * shape.byteCount) }
         }
     }
 
@@ -69,13 +70,14 @@ public final class BlockSummaryTable: @unchecked Sendable {
         guard tokenCount >= 1, tokenCount <= KVLayout.maximumTokensPerBlock else {
             throw .invalid("a block of \(tokenCount) tokens cannot be summarised; expected 1...\(KVLayout.maximumTokensPerBlock)")
         }
-        var values = [Float](repeating: 0, count: shape.valueCount)
-        values.withUnsafeMutableBufferPointer { output in
-            KeySummaryKernel.summarize(
+        // The kernel writes the table's fp16 form (minima rounded down, maxima up) on the stack;
+        // the lock is held only for the copy.
+        withUnsafeTemporaryAllocation(byteCount: shape.byteCount, alignment: 32) { summary in
+            KeySummaryKernel.summarizeFP16(
                 dtype: dtype, keys: keys, tokenCount: tokenCount, kvHeads: shape.kvHeads, headDim: shape.headDim,
-                output: output.baseAddress!)
+                output: summary.baseAddress!)
+            store(key) { slot in slot.copyMemory(from: summary.baseAddress!, byteCount: summary.count) }
         }
-        try values.withUnsafeBufferPointer { (summary) throws(TierKVError) in try insert(key, summary: summary) }
     }
 
     /// Forgets the summary of a block that left every tier.

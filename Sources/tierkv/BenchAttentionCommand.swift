@@ -60,6 +60,8 @@ struct BenchAttentionCommand: ParsableCommand {
                 ("key_summary_ratio_to_memory", .number(result.summaryGBPerSecond / result.memoryGBPerSecond)),
                 ("key_summary_contiguous_gb_per_s", .number(result.contiguousSummaryGBPerSecond)),
                 ("key_summary_contiguous_ratio_to_memory", .number(result.contiguousSummaryGBPerSecond / result.memoryGBPerSecond)),
+                ("key_summary_fp32_gb_per_s", .number(result.fp32SummaryGBPerSecond)),
+                ("key_summary_fp32_ratio_to_memory", .number(result.fp32SummaryGBPerSecond / result.memoryGBPerSecond)),
             ]))
         } else {
             Output.printTable(nil, [
@@ -70,6 +72,7 @@ struct BenchAttentionCommand: ParsableCommand {
                 ("KV tokens/s (one layer)", Self.format(result.tokensPerSecond)),
                 ("key summaries (paged)", "\(Self.format(result.summaryGBPerSecond)) GB/s of K (\(Self.format(result.summaryGBPerSecond / result.memoryGBPerSecond)) of memory)"),
                 ("key summaries (contiguous K)", "\(Self.format(result.contiguousSummaryGBPerSecond)) GB/s (\(Self.format(result.contiguousSummaryGBPerSecond / result.memoryGBPerSecond)) of memory)"),
+                ("key summaries (paged, fp32 out)", "\(Self.format(result.fp32SummaryGBPerSecond)) GB/s (\(Self.format(result.fp32SummaryGBPerSecond / result.memoryGBPerSecond)) of memory)"),
                 ("threads", "\(result.threads)"),
             ])
         }

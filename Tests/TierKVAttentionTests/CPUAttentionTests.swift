@@ -265,5 +265,22 @@ func maximumError(_ result: AttentionPartial, _ reference: (output: [Double], m:
             single.withUnsafeMutableBufferPointer { CPUAttention.keySummary(shape, keys: block.keys, tokenCount: block.tokenCount, into: $0.baseAddress!) }
             #expect(Array(batch[(index * floats)..<((index + 1) * floats)]) == single, "block \(index)")
         }
+        // The fp16 form: minima rounded down, maxima up, means to nearest, of the same values.
+        var narrow = [Float16](repeating: .nan, count: blocks.count * floats)
+        blocks.withUnsafeBufferPointer { view in
+            narrow.withUnsafeMutableBytes { Self.attention.keySummariesFP16(shape, blocks: view, into: $0.baseAddress!) }
+        }
+        var mismatches = 0
+        for index in 0..<batch.count {
+            let value = batch[index]
+            var expected = Float16(value)
+            switch (index % floats) / 128 % 3 {
+            case 0: if Float(expected) > value { expected = expected.nextDown }
+            case 1: if Float(expected) < value { expected = expected.nextUp }
+            default: break
+            }
+            if narrow[index].bitPattern != expected.bitPattern { mismatches += 1 }
+        }
+        #expect(mismatches == 0)
     }
 }

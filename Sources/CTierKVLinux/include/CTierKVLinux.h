@@ -120,6 +120,23 @@ static inline ctierkv_float8 ctierkv_sums8(
     return __builtin_shufflevector(low, high, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(low, high, 4, 5, 6, 7, 12, 13, 14, 15);
 }
 
+/// 8 floats narrowed to fp16 and stored at `p` (any alignment): rounded down, up or to nearest.
+/// F16C's vcvtps2ph with the rounding mode in its immediate; callers build for x86-64-v3.
+typedef float ctierkv_v8sf __attribute__((__vector_size__(32)));
+typedef short ctierkv_v8hi __attribute__((__vector_size__(16)));
+static inline void ctierkv_store_fp16x8_down(void *p, ctierkv_float8 v) {
+    ctierkv_v8hi h = __builtin_ia32_vcvtps2ph256((ctierkv_v8sf)v, 1);
+    __builtin_memcpy(p, &h, sizeof h);
+}
+static inline void ctierkv_store_fp16x8_up(void *p, ctierkv_float8 v) {
+    ctierkv_v8hi h = __builtin_ia32_vcvtps2ph256((ctierkv_v8sf)v, 2);
+    __builtin_memcpy(p, &h, sizeof h);
+}
+static inline void ctierkv_store_fp16x8_nearest(void *p, ctierkv_float8 v) {
+    ctierkv_v8hi h = __builtin_ia32_vcvtps2ph256((ctierkv_v8sf)v, 0);
+    __builtin_memcpy(p, &h, sizeof h);
+}
+
 /// CPUID leaf/subleaf; returns 0 when the leaf is above the maximum supported.
 int ctierkv_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t *eax, uint32_t *ebx, uint32_t *ecx, uint32_t *edx);
 /// XGETBV(index): which register states the OS saves (bit 1 SSE, bit 2 AVX/YMM, bits 5-7 AVX-512).
