@@ -65,13 +65,15 @@ struct PrefetchCursor {
 /// partial output `o`, the max logit `m` (natural-log units) and the sum of exponentials
 /// `l = Σ exp(sᵢ − m)`. An empty range gives `m = −∞`, `l = 0`, `o = 0`.
 ///
-/// Work goes 16 tokens at a time: all KV heads of those rows (32 KiB of K at Llama-3 shapes, in L1)
-/// before the next chunk, so memory streams in address order (a per-KV-head walk reads 256 bytes
-/// every 2 KiB, which the prefetcher does not follow: measured 3× slower). Within a chunk, query
-/// heads go in tiles of 4 with accumulators in registers, so each K/V vector is converted once per
+/// Work goes 16 tokens at a time: all KV heads of those rows before the next chunk (a walk over
+/// the whole context one KV head at a time reads 256 bytes every 2 KiB, which the prefetcher does
+/// not follow: measured 3× slower), while `PrefetchCursor` brings in the next chunk. Within a
+/// chunk, per KV head, query heads go in tiles of 4: scores, softmax and the value pass of a tile
+/// run back to back with accumulators in registers, so each K/V vector is converted once per
 /// tile and feeds 4 FMAs. No allocation; `scratch` holds `scratchFloatCount` floats.
 public enum DecodeAttentionKernel {
-    /// Tokens scored together before one rescale of the accumulators.
+    /// Tokens scored together before one rescale of the accumulators. `softmaxTile4` reads a
+    /// tile's scores as 8 vectors of 2 tokens × 4 heads: 16 is built into it.
     public static let chunkTokens = 16
     static let log2e: Float = 1.442_695_04
     static let ln2: Float = 0.693_147_18
