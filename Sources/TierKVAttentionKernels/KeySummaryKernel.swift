@@ -50,13 +50,12 @@ public enum KeySummaryKernel {
         let iterations = kvHeads * ((headDim / 8 + 1) / 2)
         ahead.linesPerStep = (ahead.end / 64 + iterations - 1) / max(iterations, 1)
         defer { ahead.finish() }
-        let out = output
         let inverse = SIMD8<Float>(repeating: tokenCount > 0 ? 1 / Float(tokenCount) : 0)
         // Per (head, 16 dims): min, max and sum stay in 6 registers across the block's tokens;
         // the block (32 KiB of K at Llama-3 shapes) stays in L1 across the passes.
         for head in 0..<kvHeads {
             let source = keys + head * headDim * L.elementByteCount
-            let base = out + head * 3 * headDim * S.elementByteCount
+            let base = output + head * 3 * headDim * S.elementByteCount
             var lane = 0
             let lanes = headDim / 8
             while lane + 1 < lanes {
