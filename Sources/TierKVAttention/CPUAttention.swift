@@ -158,13 +158,17 @@ public final class CPUAttention: @unchecked Sendable {
 
     /// `keySummaries` written as fp16 in the format the prediction table stores
     /// (`KeySummaryKernel.summarizeFP16`: minima rounded down, maxima up): block `i`'s summary at
-    /// `output + i · kvHeads · 3 · headDim · 2` bytes.
+    /// `output + i · kvHeads · 3 · headDim · 2` bytes. A 16-byte-aligned `output` is written with
+    /// non-temporal stores (fenced before return): the summaries of a large batch go to memory
+    /// without first being read into the cache, a third less traffic than ordinary stores.
     public func keySummariesFP16(_ shape: AttentionShape, blocks: UnsafeBufferPointer<KVBlockView>, into output: UnsafeMutableRawPointer) {
         let bytes = shape.kvHeads * 3 * shape.headDim * 2
+        let streaming = Int(bitPattern: output) % 16 == 0 && bytes % 16 == 0
         summarizeInRuns(blocks) { index, block, next in
             KeySummaryKernel.summarizeFP16(
                 dtype: shape.dtype, keys: block.keys, tokenCount: block.tokenCount, kvHeads: shape.kvHeads, headDim: shape.headDim,
-                output: output + index * bytes, next: next?.keys, nextTokenCount: next?.tokenCount ?? 0)
+                output: output + index * bytes, next: next?.keys, nextTokenCount: next?.tokenCount ?? 0, streaming: streaming)
+            if streaming && next == nil { KeySummaryKernel.fenceStreamingStores() }
         }
     }
 

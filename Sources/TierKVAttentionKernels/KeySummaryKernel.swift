@@ -21,10 +21,19 @@ public enum KeySummaryKernel {
     /// bytes written of the fp32 form, which matters when summarising blocks from DRAM.
     public static func summarizeFP16(
         dtype: DType, keys: UnsafeRawPointer, tokenCount: Int, kvHeads: Int, headDim: Int,
-        output: UnsafeMutableRawPointer, next: UnsafeRawPointer? = nil, nextTokenCount: Int = 0
+        output: UnsafeMutableRawPointer, next: UnsafeRawPointer? = nil, nextTokenCount: Int = 0,
+        streaming: Bool = false
     ) {
-        dispatch(FP16BoundsSummary.self, dtype, keys, tokenCount, kvHeads, headDim, output, next, nextTokenCount)
+        if streaming {
+            dispatch(FP16BoundsStreamingSummary.self, dtype, keys, tokenCount, kvHeads, headDim, output, next, nextTokenCount)
+        } else {
+            dispatch(FP16BoundsSummary.self, dtype, keys, tokenCount, kvHeads, headDim, output, next, nextTokenCount)
+        }
     }
+
+    /// Orders the non-temporal stores of `summarizeFP16(..., streaming: true)` before whatever
+    /// the caller stores next (the flag that hands the summaries to another thread).
+    public static func fenceStreamingStores() { ctierkv_store_fence() }
 
     @inline(__always)
     static func dispatch<S: SummaryWriter>(
@@ -102,6 +111,14 @@ protocol SummaryWriter {
     static func storeMinima(_ value: SIMD8<Float>, _ address: UnsafeMutableRawPointer)
     static func storeMaxima(_ value: SIMD8<Float>, _ address: UnsafeMutableRawPointer)
     static func storeMeans(_ value: SIMD8<Float>, _ address: UnsafeMutableRawPointer)
+}
+
+/// `FP16BoundsSummary` with non-temporal stores; the output must be 16-byte aligned.
+enum FP16BoundsStreamingSummary: SummaryWriter {
+    static var elementByteCount: Int { 2 }
+    @_transparent static func storeMinima(_ value: SIMD8<Float>, _ address: UnsafeMutableRawPointer) { ctierkv_stream_fp16x8_down(address, value) }
+    @_transparent static func storeMaxima(_ value: SIMD8<Float>, _ address: UnsafeMutableRawPointer) { ctierkv_stream_fp16x8_up(address, value) }
+    @_transparent static func storeMeans(_ value: SIMD8<Float>, _ address: UnsafeMutableRawPointer) { ctierkv_stream_fp16x8_nearest(address, value) }
 }
 
 enum FP32Summary: SummaryWriter {

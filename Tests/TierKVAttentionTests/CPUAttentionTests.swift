@@ -282,5 +282,13 @@ func maximumError(_ result: AttentionPartial, _ reference: (output: [Double], m:
             if narrow[index].bitPattern != expected.bitPattern { mismatches += 1 }
         }
         #expect(mismatches == 0)
+        // An output that is not 16-byte aligned takes ordinary stores instead of non-temporal
+        // ones: the same bytes.
+        var shifted = [Float16](repeating: .nan, count: blocks.count * floats + 1)
+        blocks.withUnsafeBufferPointer { view in
+            shifted.withUnsafeMutableBytes { Self.attention.keySummariesFP16(shape, blocks: view, into: $0.baseAddress! + 2) }
+        }
+        let differing = zip(shifted.dropFirst(), narrow).filter { $0.bitPattern != $1.bitPattern }.count
+        #expect(differing == 0, "\(differing) of \(narrow.count) summary values differ between aligned and unaligned output")
     }
 }

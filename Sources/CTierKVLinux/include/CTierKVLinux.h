@@ -137,6 +137,23 @@ static inline void ctierkv_store_fp16x8_nearest(void *p, ctierkv_float8 v) {
     __builtin_memcpy(p, &h, sizeof h);
 }
 
+/// The same three narrowings stored with a non-temporal hint (vmovntdq): the line goes to memory
+/// without being read first, so a pass that writes its results once and does not read them back
+/// soon moves a third fewer bytes than with ordinary stores. `p` must be 16-byte aligned; the
+/// stores are weakly ordered, so the writer calls `ctierkv_store_fence` before it hands the
+/// results to another thread.
+static inline void ctierkv_stream_fp16x8_down(void *p, ctierkv_float8 v) {
+    __builtin_nontemporal_store(__builtin_ia32_vcvtps2ph256((ctierkv_v8sf)v, 1), (ctierkv_v8hi *)p);
+}
+static inline void ctierkv_stream_fp16x8_up(void *p, ctierkv_float8 v) {
+    __builtin_nontemporal_store(__builtin_ia32_vcvtps2ph256((ctierkv_v8sf)v, 2), (ctierkv_v8hi *)p);
+}
+static inline void ctierkv_stream_fp16x8_nearest(void *p, ctierkv_float8 v) {
+    __builtin_nontemporal_store(__builtin_ia32_vcvtps2ph256((ctierkv_v8sf)v, 0), (ctierkv_v8hi *)p);
+}
+/// sfence: orders the non-temporal stores before everything stored after it.
+static inline void ctierkv_store_fence(void) { __builtin_ia32_sfence(); }
+
 /// CPUID leaf/subleaf; returns 0 when the leaf is above the maximum supported.
 int ctierkv_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t *eax, uint32_t *ebx, uint32_t *ecx, uint32_t *edx);
 /// XGETBV(index): which register states the OS saves (bit 1 SSE, bit 2 AVX/YMM, bits 5-7 AVX-512).
