@@ -23,6 +23,9 @@ public struct AttentionBenchmark: Sendable {
         public var contiguousSummarySeconds: Double
         /// The paged summaries written as fp32 (twice the bytes written).
         public var fp32SummarySeconds: Double
+        /// The STREAM-like kernel reading only the keys of every paged block (the bytes the
+        /// summary kernel reads, in its layout): what the memory delivers for that access pattern.
+        public var keyReadSeconds: Double
         public var threads: Int
         public var batch: Int
         public var contextTokens: Int
@@ -37,6 +40,8 @@ public struct AttentionBenchmark: Sendable {
         /// layout's cost (the hardware prefetcher also pulls in the V that follows each block's K).
         public var contiguousSummaryGBPerSecond: Double { Double(kvByteCount / 2) / contiguousSummarySeconds / 1e9 }
         public var fp32SummaryGBPerSecond: Double { Double(kvByteCount / 2) / fp32SummarySeconds / 1e9 }
+        /// Bytes of K per second read by the STREAM-like kernel from the paged blocks' keys alone.
+        public var keyReadGBPerSecond: Double { Double(kvByteCount / 2) / keyReadSeconds / 1e9 }
         /// KV tokens attended per second (batch × context ÷ time), for one layer.
         public var tokensPerSecond: Double { Double(batch * contextTokens) / attentionSeconds }
         /// Decode steps per second for one layer (batch ÷ time).
@@ -100,6 +105,7 @@ public struct AttentionBenchmark: Sendable {
         var summaryTimes: [Double] = []
         var contiguousSummaryTimes: [Double] = []
         var fp32SummaryTimes: [Double] = []
+        var keyReadTimes: [Double] = []
         let keysOnly = try HostArena(.init(
             slotByteCount: halfBlockBytes, slotCount: batch * blocksPerSequence, numaNode: numaNode))
         Self.fill(keysOnly.region, dtype: shape.dtype)
@@ -124,6 +130,7 @@ public struct AttentionBenchmark: Sendable {
                         keyBlocks.withUnsafeBufferPointer { attention.keySummariesFP16(shape, blocks: $0, into: summaries) }
                     })
                     fp32SummaryTimes.append(Self.time { attention.keySummaries(shape, blocks: blockBuffer, into: summaries) })
+                    keyReadTimes.append(Self.time { _ = Self.readKeys(blockBuffer, byteCount: halfBlockBytes, pool: attention.pool) })
                     progress("iteration \(iteration + 1)/\(iterations): attention \(Self.milliseconds(attentionTimes.last!)) ms, memory read \(Self.milliseconds(memoryTimes.last!)) ms")
                 }
             }
@@ -131,7 +138,7 @@ public struct AttentionBenchmark: Sendable {
         return Result(
             kvByteCount: kvBytes, attentionSeconds: median(attentionTimes), memorySeconds: median(memoryTimes),
             summarySeconds: median(summaryTimes), contiguousSummarySeconds: median(contiguousSummaryTimes),
-            fp32SummarySeconds: median(fp32SummaryTimes), threads: attention.pool.threadCount, batch: batch, contextTokens: contextTokens)
+            fp32SummarySeconds: median(fp32SummaryTimes), keyReadSeconds: median(keyReadTimes), threads: attention.pool.threadCount, batch: batch, contextTokens: contextTokens)
     }
 
     /// Reads the K and V bytes of every slot with the STREAM-like kernel on the pool's threads.
@@ -146,6 +153,23 @@ public struct AttentionBenchmark: Sendable {
             partials[chunk] = MemoryReadKernel.read(UnsafeRawBufferPointer(start: arena.address(ofSlot: first), count: count * arena.slotStride))
         }
         return (0..<chunks).reduce(0) { $0 + partials[$1] }
+    }
+
+    /// Reads the keys of every block (`byteCount` from each `keys` address) with the STREAM-like
+    /// kernel, in runs of consecutive blocks per worker as the summary batch call takes them.
+    static func readKeys(_ blocks: UnsafeBufferPointer<KVBlockView>, byteCount: Int, pool: WorkerPool) -> Float {
+        let runs = min(blocks.count, pool.threadCount * 8)
+        guard runs > 0 else { return 0 }
+        let partials = UnsafeMutablePointer<Float>.allocate(capacity: runs)
+        defer { partials.deallocate() }
+        pool.run(count: runs) { _, run in
+            var total: Float = 0
+            for index in (run * blocks.count / runs)..<((run + 1) * blocks.count / runs) {
+                total += MemoryReadKernel.read(UnsafeRawBufferPointer(start: blocks[index].keys, count: byteCount))
+            }
+            partials[run] = total
+        }
+        return (0..<runs).reduce(0) { $0 + partials[$1] }
     }
 
     /// Fills memory with finite values of `dtype` in about [-2, 2].

@@ -62,6 +62,8 @@ struct BenchAttentionCommand: ParsableCommand {
                 ("key_summary_contiguous_ratio_to_memory", .number(result.contiguousSummaryGBPerSecond / result.memoryGBPerSecond)),
                 ("key_summary_fp32_gb_per_s", .number(result.fp32SummaryGBPerSecond)),
                 ("key_summary_fp32_ratio_to_memory", .number(result.fp32SummaryGBPerSecond / result.memoryGBPerSecond)),
+                ("key_read_gb_per_s", .number(result.keyReadGBPerSecond)),
+                ("key_summary_ratio_to_key_read", .number(result.summaryGBPerSecond / result.keyReadGBPerSecond)),
             ]))
         } else {
             Output.printTable(nil, [
@@ -73,6 +75,7 @@ struct BenchAttentionCommand: ParsableCommand {
                 ("key summaries (paged)", "\(Self.format(result.summaryGBPerSecond)) GB/s of K (\(Self.format(result.summaryGBPerSecond / result.memoryGBPerSecond)) of memory)"),
                 ("key summaries (contiguous K)", "\(Self.format(result.contiguousSummaryGBPerSecond)) GB/s (\(Self.format(result.contiguousSummaryGBPerSecond / result.memoryGBPerSecond)) of memory)"),
                 ("key summaries (paged, fp32 out)", "\(Self.format(result.fp32SummaryGBPerSecond)) GB/s (\(Self.format(result.fp32SummaryGBPerSecond / result.memoryGBPerSecond)) of memory)"),
+                ("reading the paged keys alone", "\(Self.format(result.keyReadGBPerSecond)) GB/s (summaries at \(Self.format(result.summaryGBPerSecond / result.keyReadGBPerSecond)) of it)"),
                 ("threads", "\(result.threads)"),
             ])
         }

@@ -130,7 +130,10 @@ enum CLI {
 
     @Test func benchAttentionReportsTheContractFields() throws {
         let report = try CLI.json(["bench", "attention", "--context", "4096", "--heads", "8", "--kv-heads", "2", "--iterations", "1", "--json"])
-        for field in ["gb_per_s", "memory_gb_per_s", "ratio_to_memory", "tokens_per_s", "threads"] {
+        for field in [
+            "gb_per_s", "memory_gb_per_s", "ratio_to_memory", "tokens_per_s", "threads",
+            "key_summary_gb_per_s", "key_summary_ratio_to_memory", "key_read_gb_per_s", "key_summary_ratio_to_key_read",
+        ] {
             #expect(report[field] != nil, "missing \(field)")
         }
     }
