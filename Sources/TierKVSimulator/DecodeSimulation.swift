@@ -208,6 +208,9 @@ public enum DecodeSimulation {
         let workload: any AttentionSource = trace ?? LongDecodeWorkload(parameters: parameters, layers: layers)
         // Prediction scores the workload's own vectors (the generator's, or the recorded model's
         // queries and key summaries): the hierarchy keeps their summaries, passed with each store.
+        guard configuration.prefetch.stageAheadLayers == 0 || configuration.prefetch.kind != .none else {
+            throw .invalid("stage-ahead needs a predictor to rank the blocks it stages; pick one with --prefetch")
+        }
         let predicts = configuration.prefetch.kind != .none || configuration.skipBelowMass != nil
         if predicts {
             hierarchyConfiguration.keySummaries = .provided(try KeySummaryShape(kvHeads: workload.vectorHeads, headDim: workload.vectorDimension))
@@ -373,12 +376,13 @@ public enum DecodeSimulation {
                 let requested = clock.seconds
                 let hotRequest = toHot.isEmpty ? nil : try hierarchy.makeResident(toHot, in: .hot, priority: .demand)
                 let warmRequest = onCPU.isEmpty ? nil : try hierarchy.makeResident(onCPU, in: .warm, priority: .demand)
-                // While this layer runs, the prefetcher fetches for the layer `lookahead` ahead.
+                // While this layer runs, the prefetcher fetches for the layer `lookahead` ahead (and
+                // stages cold blocks for the one `stage-ahead` ahead).
                 try prefetch?.issue(
                     step: step, layer: layer, attention: attention,
                     keysOf: { sequence, layer in Array(keys[sequence][layer][0..<min(storedBlocks, fullBlocksPerLayer)]) },
-                    secondsUntilNeeded: Double(configuration.prefetch.lookaheadLayers) * layerSeconds, lastStep: parameters.decodeSteps - 1,
-                    demandPinned: toHot.count, hotCapacity: capacity[.hot]!)
+                    layerSeconds: layerSeconds, lastStep: parameters.decodeSteps - 1,
+                    demandPinned: toHot.count, hotCapacity: capacity[.hot]!, warmCapacity: capacity[.warm]!)
                 let requests = [hotRequest, warmRequest].compactMap { $0 }
                 guard clock.run(until: { requests.allSatisfy(\.isReady) }) else {
                     throw TierKVError(.simulation, "step \(step) layer \(layer): the needed blocks never arrived and nothing is in flight")

@@ -90,6 +90,17 @@ extension DecodeSimulationResult {
             ("staged_blocks", .integer(Int64(statistics.stagedBlocks))),
             ("withdrawn_blocks", .integer(Int64(statistics.withdrawnBlocks))),
             ("used_blocks", .integer(Int64(statistics.fetchedAndUsed))),
+            ("stage_ahead_layers", .integer(Int64(prefetch.settings.stageAheadLayers))),
+            ("stage_ahead", prefetch.stageAhead.map { staging in
+                .object([
+                    ("staged_blocks", .integer(Int64(staging.stagedBlocks))),
+                    ("used_blocks", .integer(Int64(staging.fetchedAndUsed))),
+                    ("withdrawn_blocks", .integer(Int64(staging.withdrawnBlocks))),
+                    ("timeliness", staging.movedBlocks > 0 ? .number(staging.timeliness) : .null),
+                    ("precision", staging.movedBlocks > 0 ? .number(staging.precision) : .null),
+                    ("wasted_bytes", .integer(Int64(prefetch.stageAheadWastedBytes))),
+                ])
+            } ?? .null),
             ("predictors", .object(prefetch.quality.sorted { $0.key < $1.key }.map { name, quality in
                 (name, .object([("recall", .number(quality.recall)), ("needed_recall", .number(quality.neededRecall)),
                     ("mass_coverage", .number(quality.massCoverage)),

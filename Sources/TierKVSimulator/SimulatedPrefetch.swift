@@ -51,6 +51,12 @@ public struct PrefetchSettings: Sendable, Equatable {
     /// The prefetcher stops at the blocks covering this share of a layer's predicted mass
     /// (`Prefetcher.Configuration.coverage`; 1 fills the budgets).
     public var coverage = 1.0
+    /// Layers ahead of a second, staging-only prefetch (`--stage-ahead`; 0: none). While layer L
+    /// runs, the cold blocks predicted for layer L+d are read into warm, up to the staging
+    /// budget and what the NVMe can read in d layers' time; nothing is pinned in hot. With d =
+    /// the model's layers this stages the same layer of the next step, which has a whole step to
+    /// arrive where the lookahead's prefetch has one layer, far too short for NVMe reads.
+    public var stageAheadLayers = 0
 
     public init() {}
 
@@ -59,7 +65,7 @@ public struct PrefetchSettings: Sendable, Equatable {
             && a.stagingBudgetBlocks == b.stagingBudgetBlocks
             && a.combinedWeights == b.combinedWeights && a.speculationError == b.speculationError
             && a.historyDecay == b.historyDecay && a.historyRecencyWeight == b.historyRecencyWeight && a.scoring == b.scoring
-            && a.coverage == b.coverage
+            && a.coverage == b.coverage && a.stageAheadLayers == b.stageAheadLayers
     }
 }
 
@@ -82,6 +88,10 @@ public struct PrefetchReport: Sendable {
     /// k of the top-k recall: the hot tier's blocks per layer and sequence.
     public var topK: Int
     public var statistics: PrefetchStatistics
+    /// What the staging-only prefetch `stageAheadLayers` ahead did (nil when off).
+    public var stageAhead: PrefetchStatistics?
+    /// Model bytes the staging-only prefetch read for blocks their layer did not use.
+    public var stageAheadWastedBytes: Double
     /// Model bytes wasted (the statistics count stand-in bytes).
     public var wastedBytes: Double
     /// By predictor: `bound_exact` (Quest with the layer's own query, lookahead 0), `bound` (the
@@ -102,6 +112,8 @@ final class SimulatedPrefetch {
     let combined: CombinedPredictor
     let oracle = ExactMassPredictor()
     let prefetcher: Prefetcher?
+    /// The staging-only prefetcher for `settings.stageAheadLayers` (no hot budget).
+    let stager: Prefetcher?
     let layers: Int
     let sequences: Int
     let topK: Int
@@ -113,6 +125,8 @@ final class SimulatedPrefetch {
     private var lastQueries: [[[Float]?]]
     /// Tickets by the global layer index (step × layers + layer) of their target, then sequence.
     private var tickets: [Int: [Int: PrefetchTicket]] = [:]
+    /// The stager's tickets, keyed the same way.
+    private var stagingTickets: [Int: [Int: PrefetchTicket]] = [:]
     private var qualitySums: [String: PredictorQuality] = [:]
 
     init(
@@ -123,6 +137,9 @@ final class SimulatedPrefetch {
         guard settings.lookaheadLayers >= 0 else { throw .invalid("lookahead is \(settings.lookaheadLayers) layers; expected ≥ 0") }
         guard settings.lookaheadLayers <= layers else {
             throw .invalid("lookahead is \(settings.lookaheadLayers) layers; the model has \(layers) (at most one step ahead)")
+        }
+        guard settings.stageAheadLayers >= 0, settings.stageAheadLayers <= layers else {
+            throw .invalid("stage-ahead is \(settings.stageAheadLayers) layers; expected 0 (off) to \(layers) (the same layer of the next step)")
         }
         guard settings.speculationError >= 0 else { throw .invalid("speculation error \(settings.speculationError) must be ≥ 0") }
         self.settings = settings
@@ -158,6 +175,13 @@ final class SimulatedPrefetch {
         } else {
             prefetcher = nil
         }
+        if let driver, settings.stageAheadLayers > 0 {
+            stager = try Prefetcher(hierarchy: hierarchy, predictor: driver, configuration: Prefetcher.Configuration(
+                budgetBlocks: 0, stagingBudgetBlocks: staging, hostToDeviceBytesPerSecond: hostToDeviceBytesPerSecond,
+                coldReadBytesPerSecond: coldReadBytesPerSecond, coverage: settings.coverage))
+        } else {
+            stager = nil
+        }
         lastQueries = Array(repeating: Array(repeating: nil, count: layers), count: sequences)
     }
 
@@ -189,6 +213,10 @@ final class SimulatedPrefetch {
         if let ticket = tickets[global]?.removeValue(forKey: sequence) {
             if tickets[global]?.isEmpty ?? false { tickets[global] = nil }
             try prefetcher?.settle(ticket, actualMass: Self.actual(ticket.candidates, mass: mass), needed: needed, topK: topK)
+        }
+        if let ticket = stagingTickets[global]?.removeValue(forKey: sequence) {
+            if stagingTickets[global]?.isEmpty ?? false { stagingTickets[global] = nil }
+            try stager?.settle(ticket, actualMass: Self.actual(ticket.candidates, mass: mass), needed: needed, topK: topK)
         }
         guard !candidates.keys.isEmpty else { return }
         let exact = attention.queries?[sequence][layer].map(QueryHint.init)
@@ -238,12 +266,35 @@ final class SimulatedPrefetch {
     ///   - demandPinned: hot blocks the layer now running holds; with the earlier tickets' pins
     ///     they bound what this prefetch may pin (`hotCapacity` minus both).
     func issue(
-        step: Int, layer: Int, attention: StepAttention, keysOf: (Int, Int) -> [BlockKey], secondsUntilNeeded: Double, lastStep: Int,
-        demandPinned: Int, hotCapacity: Int
+        step: Int, layer: Int, attention: StepAttention, keysOf: (Int, Int) -> [BlockKey], layerSeconds: Double, lastStep: Int,
+        demandPinned: Int, hotCapacity: Int, warmCapacity: Int
     ) throws(TierKVError) {
-        guard let prefetcher, settings.lookaheadLayers > 0 else { return }
-        var hotRoom = hotCapacity - demandPinned - pinnedByTickets
-        let target = step * layers + layer + settings.lookaheadLayers
+        // Staged blocks hold warm slots until their layer runs: all tickets together keep to a
+        // quarter of the warm tier, so staging never starves the demand (or the CPU attention) of it.
+        var warmRoom = warmCapacity / 4 - stagedByTickets
+        if let prefetcher, settings.lookaheadLayers > 0 {
+            var hotRoom = hotCapacity - demandPinned - pinnedByTickets
+            try issue(
+                prefetcher, distance: settings.lookaheadLayers, step: step, layer: layer, attention: attention, keysOf: keysOf,
+                secondsUntilNeeded: Double(settings.lookaheadLayers) * layerSeconds, lastStep: lastStep, hotRoom: &hotRoom,
+                warmRoom: &warmRoom, into: &tickets)
+        }
+        if let stager {
+            var noHotRoom = 0
+            try issue(
+                stager, distance: settings.stageAheadLayers, step: step, layer: layer, attention: attention, keysOf: keysOf,
+                secondsUntilNeeded: Double(settings.stageAheadLayers) * layerSeconds, lastStep: lastStep, hotRoom: &noHotRoom,
+                warmRoom: &warmRoom, into: &stagingTickets)
+        }
+    }
+
+    /// One prefetcher's tickets for the layer `distance` ahead of `layer`, one per sequence.
+    private func issue(
+        _ prefetcher: Prefetcher, distance: Int, step: Int, layer: Int, attention: StepAttention, keysOf: (Int, Int) -> [BlockKey],
+        secondsUntilNeeded: Double, lastStep: Int, hotRoom: inout Int, warmRoom: inout Int,
+        into tickets: inout [Int: [Int: PrefetchTicket]]
+    ) throws(TierKVError) {
+        let target = step * layers + layer + distance
         let targetStep = target / layers, targetLayer = target % layers
         guard targetStep <= lastStep else { return }
         for sequence in 0..<sequences {
@@ -255,7 +306,7 @@ final class SimulatedPrefetch {
             // The speculated query exists for a layer of this step (made from this token's hidden
             // state); for the next step's layers the freshest exact query stands in.
             if targetStep == step,
-                let speculated = speculatedQuery(attention, step: step, sequence: sequence, layer: targetLayer, distance: settings.lookaheadLayers)
+                let speculated = speculatedQuery(attention, step: step, sequence: sequence, layer: targetLayer, distance: distance)
             {
                 speculative.offer(QueryHint(speculated), forLayer: targetLayer)
             } else if let freshest {
@@ -267,10 +318,17 @@ final class SimulatedPrefetch {
                 oracle.answer = candidates.positions.map { $0 < mass.count ? mass[$0] : 0 }
             }
             let ticket = try prefetcher.prefetch(
-                candidates, hint: freshest, secondsUntilNeeded: secondsUntilNeeded, hotBlockLimit: max(0, hotRoom))
+                candidates, hint: freshest, secondsUntilNeeded: secondsUntilNeeded, hotBlockLimit: max(0, hotRoom),
+                stagedBlockLimit: max(0, warmRoom))
             hotRoom -= ticket.pinnedInHot
+            warmRoom -= ticket.staged.count
             tickets[target, default: [:]][sequence] = ticket
         }
+    }
+
+    /// Blocks the outstanding tickets of both prefetchers staged into warm.
+    private var stagedByTickets: Int {
+        [tickets, stagingTickets].reduce(0) { total, map in total + map.values.reduce(0) { $0 + $1.values.reduce(0) { $0 + $1.staged.count } } }
     }
 
     /// Hot blocks the outstanding prefetch tickets pin.
@@ -293,7 +351,9 @@ final class SimulatedPrefetch {
     /// Withdraws what is still queued at the end of the run.
     func finish() {
         for waiting in tickets.values { for ticket in waiting.values { prefetcher?.abandon(ticket) } }
+        for waiting in stagingTickets.values { for ticket in waiting.values { stager?.abandon(ticket) } }
         tickets.removeAll()
+        stagingTickets.removeAll()
     }
 
     func report(byteScale: Double) -> PrefetchReport {
@@ -306,6 +366,7 @@ final class SimulatedPrefetch {
         let statistics = prefetcher?.statistics ?? PrefetchStatistics()
         return PrefetchReport(
             settings: settings, budgetBlocks: budgetBlocks, stagingBudgetBlocks: stagingBudgetBlocks, topK: topK, statistics: statistics,
+            stageAhead: stager?.statistics, stageAheadWastedBytes: (stager?.statistics.wastedBytes ?? 0) * byteScale,
             wastedBytes: statistics.wastedBytes * byteScale, quality: quality)
     }
 }

@@ -68,6 +68,8 @@ struct SimulateCommand: ParsableCommand {
     var prefetch: String = "none"
     @Option(help: "Layers ahead a prefetch is issued: while layer L computes, layer L+D's blocks are fetched (0 leaves no time to fetch).")
     var lookahead: Int = 1
+    @Option(help: "A second, staging-only prefetch this many layers ahead: the cold blocks predicted for layer L+D are read into warm while layer L computes, nothing pinned in hot (0: off; the model's layer count: the same layer of the next step, a whole step for the NVMe reads).")
+    var stageAhead: Int = 0
     @Option(help: "Best-predicted blocks per layer made resident in hot, or a size such as 2MiB (default: a quarter of the layer's share of the hot tier).")
     var prefetchBudget: String?
     @Option(help: "Best-predicted blocks per layer staged from cold into warm, or a size (default: the layer's share of the hot tier).")

@@ -18,7 +18,7 @@ extension SimulateCommand {
         for (index, dimension) in sweep.enumerated() {
             let parts = dimension.split(separator: "=", maxSplits: 1).map(String.init)
             guard parts.count == 2, !parts[1].isEmpty else {
-                throw CommandFailure("--sweep \(dimension): expected NAME=V,V,... (policy, capacity, prefetch, lookahead, budget, staging, coverage, scoring, cpu-attention)")
+                throw CommandFailure("--sweep \(dimension): expected NAME=V,V,... (policy, capacity, prefetch, lookahead, budget, staging, stage-ahead, coverage, scoring, cpu-attention)")
             }
             let values = parts[1].split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
             var expanded: [(label: String, configuration: DecodeSimulationConfiguration)] = []
@@ -55,6 +55,10 @@ extension SimulateCommand {
                         }
                         configuration.prefetch.coverage = share
                         label = "coverage \(value)"
+                    case "stage-ahead":
+                        guard let layers = Int(value), layers >= 0 else { throw CommandFailure("--sweep stage-ahead: \(value) is not a layer count ≥ 0") }
+                        configuration.prefetch.stageAheadLayers = layers
+                        label = "stage-ahead \(value)"
                     case "cpu-attention":
                         configuration.cpuAttention = try onOff(value, option: "--sweep cpu-attention")
                         label = "cpu attention \(value)"
@@ -65,7 +69,7 @@ extension SimulateCommand {
                         configuration.prefetch.scoring = scoring
                         label = "scoring \(value)"
                     default:
-                        throw CommandFailure("--sweep \(parts[0]) is not supported; use policy, capacity, prefetch, lookahead, budget, staging, coverage, scoring or cpu-attention")
+                        throw CommandFailure("--sweep \(parts[0]) is not supported; use policy, capacity, prefetch, lookahead, budget, staging, stage-ahead, coverage, scoring or cpu-attention")
                     }
                     expanded.append((index == 0 ? label : run.label + ", " + label, configuration))
                 }
@@ -159,6 +163,8 @@ extension SimulateCommand {
         configuration.prefetch.kind = try prefetchKind(prefetch, option: "--prefetch")
         guard lookahead >= 0 else { throw CommandFailure("--lookahead \(lookahead): expected a number of layers ≥ 0") }
         configuration.prefetch.lookaheadLayers = lookahead
+        guard stageAhead >= 0 else { throw CommandFailure("--stage-ahead \(stageAhead): expected a number of layers ≥ 0 (0: off)") }
+        configuration.prefetch.stageAheadLayers = stageAhead
         if let prefetchBudget {
             configuration.prefetch.budgetBlocks = try budgetBlocks(prefetchBudget, option: "--prefetch-budget", configuration: configuration)
         }

@@ -111,6 +111,10 @@ import TierKVTestSupport
             (["--sweep", "scoring=max"], "--sweep scoring: max is not one of"),
             (["--model", "/nonexistent/model"], "cannot read the model config /nonexistent/model"),
             (["--prefetch", "bound", "--lookahead", "99"], "lookahead is 99 layers"),
+            (["--stage-ahead=-2"], "--stage-ahead -2"),
+            (["--stage-ahead", "4"], "stage-ahead needs a predictor"),
+            (["--prefetch", "history", "--stage-ahead", "99"], "stage-ahead is 99 layers"),
+            (["--sweep", "stage-ahead=x"], "--sweep stage-ahead: x is not a layer count"),
             (["--sweep", "colour=red"], "colour"),
             (["--workload", "chat"], "chat"),
         ]

@@ -270,6 +270,38 @@ import TierKV
         #expect(result.droppedBlocks == 0 && (result.prefetch?.statistics.movedBlocks ?? 0) > 0)
     }
 
+    /// Staging deep rankings a whole step ahead would hold every warm slot (each staged block
+    /// keeps its slot until its layer runs): the tickets together keep to a quarter of warm, so
+    /// the demand always finds one. Before that limit this configuration failed with "the warm
+    /// tier has no slot it can free".
+    @Test func stagingFarAheadNeverStarvesADemandOfWarmSlots() throws {
+        var configuration = Self.configuration()
+        configuration.prefetch.kind = .combined
+        configuration.prefetch.lookaheadLayers = 4
+        configuration.prefetch.stagingBudgetBlocks = 300
+        let result = try DecodeSimulation.run(configuration)
+        #expect(result.droppedBlocks == 0 && (result.prefetch?.statistics.stagedBlocks ?? 0) > 0)
+    }
+
+    /// The staging-only prefetch a step ahead reads cold blocks into warm, pins nothing in hot,
+    /// and reports its own statistics; its distance is checked against the model's layers.
+    @Test func stageAheadStagesColdBlocksForTheSameLayerOfTheNextStep() throws {
+        var configuration = Self.configuration()
+        configuration.prefetch.kind = .combined
+        configuration.prefetch.stageAheadLayers = 4
+        let result = try DecodeSimulation.run(configuration)
+        let staging = try #require(result.prefetch?.stageAhead)
+        #expect(staging.stagedBlocks > 0 && staging.fetchedBlocks == 0, "\(staging)")
+        #expect(staging.fetchedAndUsed <= staging.stagedBlocks)
+        configuration.prefetch.stageAheadLayers = 0
+        #expect(try DecodeSimulation.run(configuration).prefetch?.stageAhead == nil)
+        configuration.prefetch.stageAheadLayers = 5
+        #expect(failure { _ = try DecodeSimulation.run(configuration) }?.message.contains("stage-ahead is 5 layers") == true)
+        configuration.prefetch.stageAheadLayers = 4
+        configuration.prefetch.kind = .none
+        #expect(failure { _ = try DecodeSimulation.run(configuration) }?.message.contains("--prefetch") == true)
+    }
+
     /// A layer needing more blocks than the hot tier holds attends the overflow on CPU when CPU
     /// attention is on, and is refused with the remedies when it is off.
     @Test func aWorkingSetLargerThanHotGoesToCPUAttentionOrIsRefused() throws {

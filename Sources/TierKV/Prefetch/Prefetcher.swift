@@ -67,12 +67,17 @@ public final class Prefetcher: @unchecked Sendable {
     /// ones before it on the links). Below them, the best-scored blocks down to
     /// `stagingBudgetBlocks` that sit in cold are read into warm. Blocks predicted at zero mass,
     /// and those ranked after the blocks that cover `coverage` of the predicted mass, are left alone.
-    /// - Parameter hotBlockLimit: the most blocks this prefetch may pin in hot (the room the
-    ///   engine's own demand leaves); the budget's blocks beyond it are only staged when cold. A
-    ///   prefetch must never pin the slots a demand arrival needs.
+    /// - Parameters:
+    ///   - hotBlockLimit: the most blocks this prefetch may pin in hot (the room the engine's own
+    ///     demand leaves); the budget's blocks beyond it are only staged when cold. A prefetch
+    ///     must never pin the slots a demand arrival needs.
+    ///   - stagedBlockLimit: the most blocks this prefetch may stage into warm (each holds a warm
+    ///     slot until settled), for the same reason in the warm tier.
     public func prefetch(
-        _ candidates: PredictionCandidates, hint: QueryHint?, secondsUntilNeeded: Double, hotBlockLimit: Int? = nil
+        _ candidates: PredictionCandidates, hint: QueryHint?, secondsUntilNeeded: Double, hotBlockLimit: Int? = nil,
+        stagedBlockLimit: Int? = nil
     ) throws(TierKVError) -> PrefetchTicket {
+        let stagingLimit = max(0, stagedBlockLimit ?? Int.max)
         let hotBudget = max(0, min(configuration.budgetBlocks, hotBlockLimit ?? configuration.budgetBlocks))
         let predicted = try predictor.predictMass(candidates, hint: hint)
         var chosen: [BlockKey] = [], fromCold: [Bool] = [], resident: [BlockKey] = [], staged: [BlockKey] = []
@@ -93,7 +98,7 @@ public final class Prefetcher: @unchecked Sendable {
                 guard let tier = hierarchy.fastestTier(of: key) else { continue }
                 if rank >= configuration.budgetBlocks || resident.count + chosen.count >= hotBudget {
                     // Staging: only the NVMe read, which must finish in time.
-                    guard tier == .cold, stagingReads + reads + readSeconds <= secondsUntilNeeded else { continue }
+                    guard tier == .cold, staged.count < stagingLimit, stagingReads + reads + readSeconds <= secondsUntilNeeded else { continue }
                     stagingReads += readSeconds
                     staged.append(key)
                     continue
