@@ -210,13 +210,11 @@ final class SimulatedPrefetch {
         let actual = candidates.positions.map { mass[$0] }
         let relevant = candidates.keys.indices.filter { needed.contains(candidates.keys[$0]) }
         let global = step * layers + layer
-        if let ticket = tickets[global]?.removeValue(forKey: sequence) {
-            if tickets[global]?.isEmpty ?? false { tickets[global] = nil }
-            try prefetcher?.settle(ticket, actualMass: Self.actual(ticket.candidates, mass: mass), needed: needed, topK: topK)
+        if let prefetcher, let ticket = Self.take(&tickets, global, sequence) {
+            try prefetcher.settle(ticket, actualMass: Self.actual(ticket.candidates, mass: mass), needed: needed, topK: topK)
         }
-        if let ticket = stagingTickets[global]?.removeValue(forKey: sequence) {
-            if stagingTickets[global]?.isEmpty ?? false { stagingTickets[global] = nil }
-            try stager?.settle(ticket, actualMass: Self.actual(ticket.candidates, mass: mass), needed: needed, topK: topK)
+        if let stager, let ticket = Self.take(&stagingTickets, global, sequence) {
+            try stager.settle(ticket, actualMass: Self.actual(ticket.candidates, mass: mass), needed: needed, topK: topK)
         }
         guard !candidates.keys.isEmpty else { return }
         let exact = attention.queries?[sequence][layer].map(QueryHint.init)
@@ -237,6 +235,13 @@ final class SimulatedPrefetch {
         record("speculative", speculated == nil ? nil : try speculative.predictMass(candidates, hint: nil))
         record("history", try history.predictMass(candidates, hint: nil))
         record("combined", try combined.predictMass(candidates, hint: previous))
+    }
+
+    /// Removes and returns the ticket aimed at (`global` layer, `sequence`).
+    private static func take(_ tickets: inout [Int: [Int: PrefetchTicket]], _ global: Int, _ sequence: Int) -> PrefetchTicket? {
+        guard let ticket = tickets[global]?.removeValue(forKey: sequence) else { return nil }
+        if tickets[global]?.isEmpty ?? false { tickets[global] = nil }
+        return ticket
     }
 
     /// A ticket's candidates may be fewer than the layer's blocks now (a block was stored since).
