@@ -120,6 +120,13 @@ static inline ctierkv_float8 ctierkv_sums8(
     return __builtin_shufflevector(low, high, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(low, high, 4, 5, 6, 7, 12, 13, 14, 15);
 }
 
+/// The sums of 4 vectors' lanes: `[Σv0 Σv1 Σv2 Σv3]`.
+typedef float ctierkv_float4 __attribute__((ext_vector_type(4)));
+static inline ctierkv_float4 ctierkv_sums4(ctierkv_float8 v0, ctierkv_float8 v1, ctierkv_float8 v2, ctierkv_float8 v3) {
+    ctierkv_float8 both = ctierkv_hadd8(ctierkv_hadd8(v0, v1), ctierkv_hadd8(v2, v3));
+    return __builtin_shufflevector(both, both, 0, 1, 2, 3) + __builtin_shufflevector(both, both, 4, 5, 6, 7);
+}
+
 /// 8 floats narrowed to fp16 and stored at `p` (any alignment): rounded down, up or to nearest.
 /// F16C's vcvtps2ph with the rounding mode in its immediate; callers build for x86-64-v3.
 typedef float ctierkv_v8sf __attribute__((__vector_size__(32)));
