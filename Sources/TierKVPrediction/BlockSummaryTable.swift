@@ -103,6 +103,9 @@ public final class BlockSummaryTable: @unchecked Sendable {
         case bound
         /// The logit of the block's mean key.
         case mean
+        /// A Gaussian estimate of the block's log-mass from mean and range (`BlockScoreKernel.moment`),
+        /// for logits that will be multiplied by `scale`.
+        case moment(scale: Float)
     }
 
     /// Raw (unscaled) scores of `keys` for a query of `shape.queryHeads × headDim` fp32, per
@@ -138,6 +141,11 @@ public final class BlockSummaryTable: @unchecked Sendable {
                                 BlockScoreKernel.mean(
                                     query: q.baseAddress!, groupSize: shape.groupSize, kvHeads: shape.kvHeads, headDim: shape.headDim,
                                     summaries: storageBase, summaryByteCount: shape.byteCount, slots: slots, output: out.baseAddress!)
+                            case .moment(let scale):
+                                BlockScoreKernel.moment(
+                                    query: q.baseAddress!, groupSize: shape.groupSize, kvHeads: shape.kvHeads, headDim: shape.headDim,
+                                    scale: scale, summaries: storageBase, summaryByteCount: shape.byteCount, slots: slots,
+                                    output: out.baseAddress!)
                             }
                         }
                     }

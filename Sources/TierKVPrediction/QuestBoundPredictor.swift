@@ -32,6 +32,8 @@ public final class QuestBoundPredictor: BlockPredictor {
         case .bound: return try mass(.bound)
         case .mean: return try mass(.mean)
         case .boundAndMean: return zip(try mass(.bound), try mass(.mean)).map { ($0 + $1) / 2 }
+        case .moment: return try mass(.moment(scale: scale))
+        case .boundAndMoment: return zip(try mass(.bound), try mass(.moment(scale: scale))).map { ($0 + $1) / 2 }
         }
     }
 }
@@ -45,4 +47,9 @@ public enum SummaryScoring: String, Sendable, CaseIterable {
     case mean
     /// The average of the two predicted masses.
     case boundAndMean = "bound+mean"
+    /// q · mean plus a variance term from the block's per-dimension key range: the log of the
+    /// mean of exp(logit) if the keys were Gaussian around their mean (`BlockScoreKernel.moment`).
+    case moment
+    /// The average of the bound's and the moment estimate's predicted masses.
+    case boundAndMoment = "bound+moment"
 }

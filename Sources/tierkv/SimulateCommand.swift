@@ -78,8 +78,8 @@ struct SimulateCommand: ParsableCommand {
     var prefetchWeights: String?
     @Option(help: "Stop a layer's prefetch at the best-predicted blocks that cover this share of its predicted attention, in (0, 1] (default 1: fill the budgets).")
     var prefetchCoverage: Double = 1
-    @Option(help: "How bound and speculative score a block's key summary: bound (Quest's upper bound), mean (q · the keys' mean), bound+mean (the average of the two).")
-    var prefetchScoring: String = "bound+mean"
+    @Option(help: "How bound and speculative score a block's key summary: bound (Quest's upper bound), mean (q · the keys' mean), bound+mean (the average of the two), moment (q · mean plus a spread term from the keys' range: a Gaussian estimate of the block's mass), bound+moment (the average of those two).")
+    var prefetchScoring: String = "bound+moment"
     @Option(help: "CPU attention over warm blocks: on or off. On, needed blocks not in hot are attended where they sit in host memory when the cost model says that finishes the layer sooner.")
     var cpuAttention: String = "off"
     @Option(help: "CPU attention rate, GB/s of K/V (default: the preset's host memory bandwidth × 0.76, the kernel's measured share of it, × 0.5 left to attention; measure yours with tierkv bench attention).")

@@ -168,6 +168,42 @@ private func directSummary(_ keys: [[Float]], kvHeads: Int, headDim: Int) -> [Fl
         for index in 0..<2 { #expect(abs(both[index] - (bound[index] + mean[index]) / 2) < 1e-6) }
     }
 
+    @Test func momentScoringAddsASpreadTermFromTheKeyRangeToTheMeanScore() throws {
+        // The hand-made keys of questBoundMatchesAHandComputedCase: min [-1,-2,0,-3,0.5,-1,2,0],
+        // max [1,1,4,3,0.5,1,2,1], mean [0,-0.5,2,0,0.5,0,2,0.5]; range [2,3,4,6,0,2,0,1].
+        let keys: [[Float]] = [[1, -2, 0, 3, 0.5, -1, 2, 0], [-1, 1, 4, -3, 0.5, 1, 2, 1]]
+        let q1: [Float] = [1, -1, 0.5, 0, 2, 0, -1, 1]
+        let q2: [Float] = [0, 0, 0, 1, 0, 0, 0, 0]
+        let table = try BlockSummaryTable(shape: KeySummaryShape(kvHeads: 1, headDim: 8, groupSize: 2))
+        try directSummary(keys, kvHeads: 1, headDim: 8).withUnsafeBufferPointer { try table.insert(key(0), summary: $0) }
+        // q1: q·mean = 1; Σ q²·range² = 1·4 + 1·9 + 0.25·16 + 0 + 4·0 + 0 + 1·0 + 1·1 = 18.
+        // q2: q·mean = 0; Σ q²·range² = 36. With scale 0.5 and σ = range / 3 the spread term is
+        // ½ · 0.5 · Σ q²·range² / 9: q1 1 + 0.5, q2 0 + 1; the group takes the larger, 1.5.
+        let scores = try table.scores(.moment(scale: 0.5), query: q1 + q2, keys: [key(0)])
+        #expect(scores.count == 1)
+        #expect(abs(scores[0] - 1.5) < 1e-5, "\(scores)")
+        // With q1 alone in the group (q1 twice): 1.5 as well; with q2 twice: 1.
+        #expect(try abs(table.scores(.moment(scale: 0.5), query: q1 + q1, keys: [key(0)])[0] - 1.5) < 1e-5)
+        #expect(try abs(table.scores(.moment(scale: 0.5), query: q2 + q2, keys: [key(0)])[0] - 1) < 1e-5)
+
+        // The blended scoring averages the bound's and the moment's predicted masses.
+        let candidates = PredictionCandidates(layer: 0, keys: [key(0), key(1)], positions: [0, 1], newestPosition: 1)
+        try directSummary([[0, 0, 0, 2, 0, 0, 0, 0]], kvHeads: 1, headDim: 8).withUnsafeBufferPointer { try table.insert(key(1), summary: $0) }
+        let hint = QueryHint(q1 + q2)
+        let bound = try #require(try QuestBoundPredictor(summaries: table, tokensPerBlock: 2, scoring: .bound).predictMass(candidates, hint: hint))
+        let moment = try #require(try QuestBoundPredictor(summaries: table, tokensPerBlock: 2, scoring: .moment).predictMass(candidates, hint: hint))
+        let both = try #require(try QuestBoundPredictor(summaries: table, tokensPerBlock: 2, scoring: .boundAndMoment).predictMass(candidates, hint: hint))
+        for index in 0..<2 { #expect(abs(both[index] - (bound[index] + moment[index]) / 2) < 1e-6) }
+        // At the predictor's scale 1/√8 the spread terms are 18·c and 36·c with c = ½·(1/√8)/9:
+        // block 0 scores max(1 + 18c, 36c); block 1 (one key, 2 along dimension 3: no spread)
+        // max(0, 2) = 2. Both count as full blocks (no token counts given), so the masses are the
+        // softmax of the scaled scores.
+        let scale = 1 / Float(8).squareRoot(), c = 0.5 * scale / 9
+        let s0 = max(1 + 18 * c, 36 * c), s1: Float = 2
+        let expected0 = exp(scale * s0), expected1 = exp(scale * s1)
+        #expect(abs(moment[0] - expected0 / (expected0 + expected1)) < 1e-5, "\(moment)")
+    }
+
     @Test func historyDecaysAccumulatedMassAndBlendsRecency() throws {
         let history = try AttentionHistoryPredictor(decay: 0.5, recencyWeight: 0, recencyWindowBlocks: 4)
         let candidates = PredictionCandidates(layer: 3, keys: [key(0), key(1), key(2)], positions: [0, 1, 2], newestPosition: 2)
