@@ -64,7 +64,7 @@ let package = Package(
             swiftSettings: [.unsafeFlags(["-Xcc", "-march=x86-64-v3", "-Ounchecked"])]
         ),
         .target(name: "TierKVPolicies", exclude: ["README.md"]),
-        .target(name: "TierKVAttention", dependencies: ["TierKVCore", "TierKVAttentionKernels"], exclude: ["README.md"]),
+        .target(name: "TierKVAttention", dependencies: ["TierKVCore", "TierKVAttentionKernels", "CTierKVLinux"], exclude: ["README.md"]),
         .target(name: "TierKVPrediction", dependencies: ["TierKVCore", "TierKVAttentionKernels"], exclude: ["README.md"]),
         .target(
             name: "TierKVTransfer", dependencies: ["TierKVCore", "TierKVAccelerator", "TierKVStorage"], exclude: ["README.md"]),

@@ -92,6 +92,10 @@ public final class CPUAttention: @unchecked Sendable {
     /// - Parameter splits: block ranges per (sequence, KV head); nil picks enough to keep every
     ///   thread busy.
     public func attend(_ shape: AttentionShape, batch: [AttentionSequence], splits: Int? = nil) throws(TierKVError) {
+        try batch.withUnsafeBufferPointer { (batch) throws(TierKVError) in try attend(shape, batch, splits) }
+    }
+
+    private func attend(_ shape: AttentionShape, _ batch: UnsafeBufferPointer<AttentionSequence>, _ splits: Int?) throws(TierKVError) {
         if let splits, splits < 1 { throw .invalid("splits must be at least 1, got \(splits)") }
         for sequence in batch {
             for block in sequence.blocks where block.tokenCount < 0 {
@@ -107,9 +111,11 @@ public final class CPUAttention: @unchecked Sendable {
         output: UnsafeMutablePointer<Float>, maxima: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Float>,
         splits: Int? = nil
     ) throws(TierKVError) {
-        try attend(
-            shape, batch: [AttentionSequence(query: query, blocks: blocks, output: output, maxima: maxima, sums: sums)],
-            splits: splits)
+        // A one-element batch on the stack: a call allocates nothing.
+        let sequence = AttentionSequence(query: query, blocks: blocks, output: output, maxima: maxima, sums: sums)
+        try withUnsafePointer(to: sequence) { (pointer) throws(TierKVError) in
+            try attend(shape, UnsafeBufferPointer(start: pointer, count: 1), splits)
+        }
     }
 
     /// Array convenience: the partial over `blocks` for a query of `queryHeads × headDim` floats.
@@ -148,12 +154,7 @@ public final class CPUAttention: @unchecked Sendable {
     /// `output + i · kvHeads · 3 · headDim`. Each worker takes runs of consecutive blocks and
     /// prefetches the next block's keys while it sums the current one.
     public func keySummaries(_ shape: AttentionShape, blocks: UnsafeBufferPointer<KVBlockView>, into output: UnsafeMutablePointer<Float>) {
-        let floats = shape.kvHeads * 3 * shape.headDim
-        summarizeInRuns(blocks) { index, block, next in
-            KeySummaryKernel.summarize(
-                dtype: shape.dtype, keys: block.keys, tokenCount: block.tokenCount, kvHeads: shape.kvHeads, headDim: shape.headDim,
-                output: output + index * floats, next: next?.keys, nextTokenCount: next?.tokenCount ?? 0)
-        }
+        summarizeInRuns(SummaryTask(shape: shape, blocks: blocks, output: UnsafeMutableRawPointer(output), format: .fp32))
     }
 
     /// `keySummaries` written as fp16 in the format the prediction table stores
@@ -164,23 +165,49 @@ public final class CPUAttention: @unchecked Sendable {
     public func keySummariesFP16(_ shape: AttentionShape, blocks: UnsafeBufferPointer<KVBlockView>, into output: UnsafeMutableRawPointer) {
         let bytes = shape.kvHeads * 3 * shape.headDim * 2
         let streaming = Int(bitPattern: output) % 16 == 0 && bytes % 16 == 0
-        summarizeInRuns(blocks) { index, block, next in
-            KeySummaryKernel.summarizeFP16(
-                dtype: shape.dtype, keys: block.keys, tokenCount: block.tokenCount, kvHeads: shape.kvHeads, headDim: shape.headDim,
-                output: output + index * bytes, next: next?.keys, nextTokenCount: next?.tokenCount ?? 0, streaming: streaming)
-            if streaming && next == nil { KeySummaryKernel.fenceStreamingStores() }
-        }
+        summarizeInRuns(SummaryTask(shape: shape, blocks: blocks, output: output, format: .fp16(streaming: streaming)))
     }
 
-    /// Calls `body(index, block, next)` for every block, in runs of consecutive blocks per worker
-    /// (`next` is the block after it in the same run, for prefetching).
-    private func summarizeInRuns(_ blocks: UnsafeBufferPointer<KVBlockView>, _ body: (Int, KVBlockView, KVBlockView?) -> Void) {
-        let runs = min(blocks.count, pool.threadCount * 8)
-        guard runs > 0 else { return }
-        pool.run(count: runs) { _, run in
+    /// Runs `task` over its blocks in runs of consecutive blocks per worker.
+    private func summarizeInRuns(_ task: SummaryTask) {
+        var task = task
+        task.runs = min(task.blocks.count, pool.threadCount * 8)
+        pool.run(count: task.runs, task)
+    }
+
+    /// Key summaries of a batch of blocks, one run of consecutive blocks per item; each block's
+    /// successor in the run is prefetched while it is summed.
+    private struct SummaryTask: WorkerPoolTask {
+        enum Format {
+            case fp32
+            case fp16(streaming: Bool)
+        }
+
+        let shape: AttentionShape
+        let blocks: UnsafeBufferPointer<KVBlockView>
+        let output: UnsafeMutableRawPointer
+        let format: Format
+        var runs = 1
+
+        func run(worker: Int, item run: Int) {
+            let values = shape.kvHeads * 3 * shape.headDim
             let range = (run * blocks.count / runs)..<((run + 1) * blocks.count / runs)
             for index in range {
-                body(index, blocks[index], index + 1 < range.upperBound ? blocks[index + 1] : nil)
+                let block = blocks[index]
+                let next = index + 1 < range.upperBound ? blocks[index + 1] : nil
+                switch format {
+                case .fp32:
+                    KeySummaryKernel.summarize(
+                        dtype: shape.dtype, keys: block.keys, tokenCount: block.tokenCount, kvHeads: shape.kvHeads,
+                        headDim: shape.headDim, output: (output + index * values * 4).assumingMemoryBound(to: Float.self),
+                        next: next?.keys, nextTokenCount: next?.tokenCount ?? 0)
+                case .fp16(let streaming):
+                    KeySummaryKernel.summarizeFP16(
+                        dtype: shape.dtype, keys: block.keys, tokenCount: block.tokenCount, kvHeads: shape.kvHeads,
+                        headDim: shape.headDim, output: output + index * values * 2, next: next?.keys,
+                        nextTokenCount: next?.tokenCount ?? 0, streaming: streaming)
+                    if streaming && next == nil { KeySummaryKernel.fenceStreamingStores() }
+                }
             }
         }
     }
@@ -229,9 +256,7 @@ public final class CPUAttention: @unchecked Sendable {
         func release() { pointer?.deallocate() }
     }
 
-    private func run(_ shape: AttentionShape, _ batch: [AttentionSequence], _ requestedSplits: Int?) {
-        let heads = shape.queryHeads
-        let dim = shape.headDim
+    private func run(_ shape: AttentionShape, _ batch: UnsafeBufferPointer<AttentionSequence>, _ requestedSplits: Int?) {
         let threads = pool.threadCount
         // Enough items for 4 per thread (load balance), but no split smaller than one block.
         let automatic = max(1, (4 * threads + batch.count - 1) / max(1, batch.count))
@@ -252,10 +277,27 @@ public final class CPUAttention: @unchecked Sendable {
         let scratch = workspace.scratch.pointer!
         let scratchStride = workspace.scratchPerThread
         let items = workspace.items
+        items.withUnsafeBufferPointer { items in
+            pool.run(count: itemCount, DecodeTask(
+                shape: shape, batch: batch, items: items, outputs: outputs, maxima: maxima, sums: sums, scratch: scratch,
+                scratchStride: scratchStride))
+        }
+        mergeSplits(shape, batch, items, outputs, maxima, sums)
+    }
 
-        pool.run(count: itemCount) { worker, index in
+    /// The decode items of one call, as the pool runs them (a task, not a closure: nothing to box).
+    private struct DecodeTask: WorkerPoolTask {
+        let shape: AttentionShape
+        let batch: UnsafeBufferPointer<AttentionSequence>
+        let items: UnsafeBufferPointer<Item>
+        let outputs: UnsafeMutablePointer<Float>, maxima: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Float>
+        let scratch: UnsafeMutablePointer<Float>
+        let scratchStride: Int
+
+        func run(worker: Int, item index: Int) {
             let item = items[index]
             let sequence = batch[item.sequence]
+            let heads = shape.queryHeads, dim = shape.headDim
             DecodeAttentionKernel.partial(
                 dtype: shape.dtype, query: sequence.query, scale: shape.scale, groupSize: shape.groupSize,
                 headDim: dim, kvHeads: shape.kvHeads,
@@ -263,12 +305,11 @@ public final class CPUAttention: @unchecked Sendable {
                 output: outputs + index * heads * dim, maxima: maxima + index * heads, sums: sums + index * heads,
                 scratch: scratch + worker * scratchStride)
         }
-        mergeSplits(shape, batch, items, outputs, maxima, sums)
     }
 
     /// Items of one sequence are adjacent; merge each run into the sequence's output by LSE.
     private func mergeSplits(
-        _ shape: AttentionShape, _ batch: [AttentionSequence], _ items: [Item], _ outputs: UnsafeMutablePointer<Float>,
+        _ shape: AttentionShape, _ batch: UnsafeBufferPointer<AttentionSequence>, _ items: [Item], _ outputs: UnsafeMutablePointer<Float>,
         _ maxima: UnsafeMutablePointer<Float>, _ sums: UnsafeMutablePointer<Float>
     ) {
         let heads = shape.queryHeads

@@ -46,7 +46,10 @@ import TierKVTestSupport
         demand.wait()
         #expect(demand.failures.isEmpty && demand.deviceAddress(at: 0) != nil)
         hierarchy.release(demand)
-        #expect(hierarchy.statistics.hot.misses == 1)
+        // The demand is counted once: a miss if it found the block on its way, a hit if the
+        // prefetch landed first (a race the test does not control; under load either happens).
+        let hot = hierarchy.statistics.hot
+        #expect(hot.hits + hot.misses == 1, "hits \(hot.hits), misses \(hot.misses)")
         #expect(hierarchy.checkInvariants() == [])
     }
 

@@ -75,6 +75,9 @@ int ctierkv_ring_opcode(const char *name);
 /// Software prefetch of one cache line for reading, into all cache levels (inlined into Swift).
 static inline void ctierkv_prefetch(const void *address) { __builtin_prefetch(address, 0, 3); }
 
+/// The spin-wait hint (x86 `pause`): lets the sibling hyperthread run and saves power in a poll loop.
+static inline void ctierkv_cpu_relax(void) { __builtin_ia32_pause(); }
+
 /// Lane-wise min/max of 8 floats (imported as SIMD8<Float>): one vminps/vmaxps where Swift's
 /// generic `pointwiseMin` is an out-of-line call and `replacing(with:where:)` a scalar loop.
 /// A NaN lane of `b` is ignored (the result is `a`'s lane), which is what x86 min/max do with
