@@ -40,6 +40,7 @@ public struct AttentionPartial: Sendable, Equatable {
     public static func merge(_ parts: [AttentionPartial]) -> AttentionPartial {
         guard let first = parts.first else { preconditionFailure("merge of no partials has no shape") }
         var merged = empty(heads: first.heads, headDim: first.headDim)
+        var accumulator = [Double](repeating: 0, count: first.headDim)  // one head at a time
         for head in 0..<first.heads {
             var maximum = -Float.infinity
             for part in parts {
@@ -48,7 +49,7 @@ public struct AttentionPartial: Sendable, Equatable {
             }
             guard maximum > -.infinity else { continue }
             var sum = 0.0
-            var accumulator = [Double](repeating: 0, count: first.headDim)
+            for index in 0..<first.headDim { accumulator[index] = 0 }
             for part in parts where part.sums[head] > 0 {
                 let weight = Double(part.sums[head]) * exp(Double(part.maxima[head] - maximum))
                 sum += weight
