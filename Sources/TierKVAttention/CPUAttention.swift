@@ -79,11 +79,15 @@ public final class CPUAttention: @unchecked Sendable {
     private let lock = Locked<Void>(())
     private var workspace = Workspace()
 
-    /// - Parameter threadCount: workers (default: every online CPU).
+    /// - Parameters:
+    ///   - threadCount: workers (default: every online CPU).
+    ///   - spinMicroseconds: how long idle workers poll for the next call before they sleep
+    ///     (default 50 µs: the next layer's call of a decode step usually comes sooner; 0 when
+    ///     the CPUs are needed for other work between calls).
     /// - Throws: `.unsupported` when the CPU lacks AVX2/FMA/F16C (instead of SIGILL later).
-    public init(threadCount: Int? = nil) throws(TierKVError) {
+    public init(threadCount: Int? = nil, spinMicroseconds: Int = 50) throws(TierKVError) {
         try CPUFeatures.current.requireKernelSupport()
-        pool = WorkerPool(threadCount: threadCount ?? Self.onlineCPUCount)
+        pool = WorkerPool(threadCount: threadCount ?? Self.onlineCPUCount, spinMicroseconds: spinMicroseconds)
     }
 
     static var onlineCPUCount: Int { Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
