@@ -244,7 +244,10 @@ tierkv_status tierkv_flush(tierkv_hierarchy *hierarchy, uint64_t *written_out, u
  * (l = sum of exp(logit - m), natural base), so it merges exactly with partials computed
  * elsewhere (tierkv_merge_partials; LSE = m + ln l). A block the hierarchy lacks or cannot read
  * back is an error naming it (NOT_FOUND / CORRUPTION): nothing is silently left out. The layout's
- * dtype must be fp16, bf16 or fp32 and head_dim one of 64, 80, 96, 128, 256. */
+ * dtype must be fp16, bf16 or fp32 and head_dim one of 64, 80, 96, 128, 256. The worker threads
+ * (made on the first call) run on the CPUs of the configuration's numa_node when one is set, so
+ * they read the warm arena locally; the calling thread is one of the workers and keeps its own
+ * affinity. */
 tierkv_status tierkv_attend_warm(
     tierkv_hierarchy *hierarchy, const tierkv_block_key *keys, size_t key_count, const int32_t *token_counts,
     const float *query, size_t query_count, float scale, float *output, float *max_out, float *sum_out);

@@ -5,6 +5,31 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cpuid.h>
+#include <sched.h>
+#include <pthread.h>
+
+int ctierkv_thread_cpus(int *cpus, int capacity) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return -errno;
+    int count = 0;
+    for (int cpu = 0; cpu < CPU_SETSIZE && count < capacity; cpu++) {
+        if (CPU_ISSET(cpu, &set)) cpus[count++] = cpu;
+    }
+    return count;
+}
+
+int ctierkv_attr_set_cpus(pthread_attr_t *attr, const int *cpus, int count) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (int index = 0; index < count; index++) {
+        if (cpus[index] < 0 || cpus[index] >= CPU_SETSIZE) return EINVAL;
+        CPU_SET(cpus[index], &set);
+    }
+    return pthread_attr_setaffinity_np(attr, sizeof set, &set);
+}
+
+int ctierkv_current_cpu(void) { return sched_getcpu(); }
 
 int ctierkv_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t *eax, uint32_t *ebx, uint32_t *ecx, uint32_t *edx) {
     unsigned a = 0, b = 0, c = 0, d = 0;

@@ -80,14 +80,23 @@ public final class CPUAttention: @unchecked Sendable {
     private var workspace = Workspace()
 
     /// - Parameters:
-    ///   - threadCount: workers (default: every online CPU).
+    ///   - threadCount: workers, the calling thread included (default: every online CPU, or
+    ///     every CPU in `cpus`).
     ///   - spinMicroseconds: how long idle workers poll for the next call before they sleep
     ///     (default 50 µs: the next layer's call of a decode step usually comes sooner; 0 when
     ///     the CPUs are needed for other work between calls).
-    /// - Throws: `.unsupported` when the CPU lacks AVX2/FMA/F16C (instead of SIGILL later).
-    public init(threadCount: Int? = nil, spinMicroseconds: Int = 50) throws(TierKVError) {
+    ///   - cpus: the CPUs the worker threads run on, e.g. the CPUs of the NUMA node that holds
+    ///     the warm arena (`NUMATopology`), so the K/V reads stay on that node; nil leaves them
+    ///     to the scheduler. The calling thread keeps its own affinity.
+    /// - Throws: `.unsupported` when the CPU lacks AVX2/FMA/F16C (instead of SIGILL later);
+    ///   `.invalidArgument` for `cpus` this process may not run on.
+    public init(threadCount: Int? = nil, spinMicroseconds: Int = 50, cpus: [Int]? = nil) throws(TierKVError) {
         try CPUFeatures.current.requireKernelSupport()
-        pool = WorkerPool(threadCount: threadCount ?? Self.onlineCPUCount, spinMicroseconds: spinMicroseconds)
+        if let cpus {
+            pool = try WorkerPool(threadCount: threadCount ?? cpus.count, spinMicroseconds: spinMicroseconds, cpus: cpus)
+        } else {
+            pool = WorkerPool(threadCount: threadCount ?? Self.onlineCPUCount, spinMicroseconds: spinMicroseconds)
+        }
     }
 
     static var onlineCPUCount: Int { Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) }

@@ -1,6 +1,7 @@
 internal import CTierKVLinux
 import Glibc
 import Synchronization
+import TierKVCore
 
 /// One call's work for `WorkerPool.run(count:_:)`: `run(worker:item:)` is called once per item.
 /// A struct of the pointers and sizes the items need, built on the caller's stack.
@@ -61,12 +62,55 @@ public final class WorkerPool: @unchecked Sendable {
         var worker: Int
     }
 
+    /// The CPUs the helper threads are restricted to (nil: wherever the scheduler puts them).
+    public let cpus: [Int]?
+    /// Helper threads running (`threadCount − 1` unless the system refused to create some; the
+    /// caller then does their share of the items).
+    public var helperCount: Int { threads.count }
+
     /// - Parameters:
     ///   - threadCount: workers including the caller (at least 1).
     ///   - spinMicroseconds: how long an idle helper polls for the next call before sleeping.
-    public init(threadCount: Int, spinMicroseconds: Int = 50) {
+    public convenience init(threadCount: Int, spinMicroseconds: Int = 50) {
+        self.init(threadCount, spinMicroseconds, nil)
+    }
+
+    /// A pool whose helper threads run only on `cpus`: the CPUs of the NUMA node whose memory
+    /// the items read (the warm arena's node), so their reads stay local. The calling thread,
+    /// worker 0, keeps its own affinity.
+    /// - Throws: `.invalidArgument` when `cpus` is empty or names a CPU this process may not run
+    ///   on; `.systemCall` when a helper cannot be started with that affinity.
+    public convenience init(threadCount: Int, spinMicroseconds: Int = 50, cpus: [Int]) throws(TierKVError) {
+        let allowed = Self.allowedCPUs()
+        guard !cpus.isEmpty else { throw .invalid("a worker pool needs at least one CPU to run its helpers on") }
+        if let outside = cpus.first(where: { !allowed.contains($0) }) {
+            throw .invalid("CPU \(outside) is not one this process may run on (allowed: \(Self.describe(allowed)))")
+        }
+        self.init(threadCount, spinMicroseconds, cpus)
+        if let failure = startFailure {
+            throw TierKVError(
+                .systemCall, "cannot start a worker thread on CPUs \(Self.describe(cpus)): \(TierKVError.errnoName(failure))",
+                operation: "pthread_create", errno: failure)
+        }
+    }
+
+    /// The CPUs the calling thread may run on, ascending.
+    public static func allowedCPUs() -> [Int] {
+        var cpus = [Int32](repeating: 0, count: 4096)
+        let count = Int(ctierkv_thread_cpus(&cpus, Int32(cpus.count)))
+        return count > 0 ? cpus.prefix(count).map(Int.init) : []
+    }
+
+    /// The CPU the calling thread is running on now (`sched_getcpu`), for diagnostics.
+    public static func currentCPU() -> Int { Int(ctierkv_current_cpu()) }
+
+    /// The pthread_create error of the first helper that could not start, if any.
+    private var startFailure: Int32?
+
+    private init(_ threadCount: Int, _ spinMicroseconds: Int, _ cpus: [Int]?) {
         self.threadCount = max(1, threadCount)
         self.spinMicroseconds = max(0, spinMicroseconds)
+        self.cpus = cpus
         sleepers = .allocate(capacity: 1)
         wake = .allocate(capacity: 1)
         callLock = .allocate(capacity: 1)
@@ -76,18 +120,45 @@ public final class WorkerPool: @unchecked Sendable {
         let helpers = self.threadCount - 1
         starts = .allocate(capacity: max(1, helpers))
         threads.reserveCapacity(helpers)
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        defer { pthread_attr_destroy(&attributes) }
+        if let cpus {
+            let set = cpus.map(Int32.init).withUnsafeBufferPointer { ctierkv_attr_set_cpus(&attributes, $0.baseAddress, Int32($0.count)) }
+            if set != 0 {
+                startFailure = set
+                return
+            }
+        }
         for worker in stride(from: 1, through: helpers, by: 1) {
             (starts + worker - 1).initialize(to: HelperStart(pool: Unmanaged.passUnretained(self), worker: worker))
             var thread = pthread_t()
-            let created = pthread_create(&thread, nil, { argument in
+            let created = pthread_create(&thread, &attributes, { argument in
                 let start = argument!.assumingMemoryBound(to: HelperStart.self).pointee
                 start.pool.takeUnretainedValue().helperLoop(worker: start.worker)
                 return nil
             }, starts + worker - 1)
-            // Without the thread the pool still works: the caller does its items.
-            guard created == 0 else { break }
+            guard created == 0 else {
+                // The pool still works with fewer helpers (`helperCount` says how many).
+                startFailure = created
+                break
+            }
             threads.append(thread)
         }
+    }
+
+    /// `0-3,8` for a list of CPUs.
+    static func describe(_ cpus: [Int]) -> String {
+        var parts: [String] = []
+        var index = 0
+        let sorted = cpus.sorted()
+        while index < sorted.count {
+            var end = index
+            while end + 1 < sorted.count, sorted[end + 1] == sorted[end] + 1 { end += 1 }
+            parts.append(end > index ? "\(sorted[index])-\(sorted[end])" : "\(sorted[index])")
+            index = end + 1
+        }
+        return parts.isEmpty ? "none" : parts.joined(separator: ",")
     }
 
     deinit {

@@ -135,11 +135,19 @@ final class HierarchyHandle: @unchecked Sendable {
         self.cpuThreads = cpuThreads
     }
 
-    /// The CPU attention pool, made on first use (a worker thread per CPU by default).
+    /// The CPU attention pool, made on first use: a worker thread per CPU by default, on the
+    /// CPUs of the warm arena's NUMA node when the hierarchy is bound to one.
     func cpuAttention() throws(TierKVError) -> CPUAttention {
         try attention.withLock { (attention) throws(TierKVError) -> CPUAttention in
             if let attention { return attention }
-            let made = try CPUAttention(threadCount: cpuThreads)
+            var nodeCPUs: [Int]?
+            if let node = hierarchy.configuration.numaNode {
+                let cpus = NUMATopology.current().nodes.first { $0.id == node }?.cpus ?? []
+                let allowed = Set(WorkerPool.allowedCPUs())
+                nodeCPUs = cpus.filter(allowed.contains)
+                if nodeCPUs?.isEmpty == true { nodeCPUs = nil }  // a memory-only node, or none allowed here
+            }
+            let made = try CPUAttention(threadCount: cpuThreads, cpus: nodeCPUs)
             attention = made
             return made
         }

@@ -2,7 +2,9 @@ import Glibc
 import Synchronization
 import Testing
 import TierKVCore
+import TierKVTestSupport
 @testable import TierKVAttention
+import TierKVAttentionKernels
 
 /// Counts, per item, how often it ran, and checks that no two items run on one worker at once.
 private final class Ledger: Sendable {
@@ -94,6 +96,60 @@ private struct LedgerTask: WorkerPoolTask {
         for ledger in ledgers {
             #expect(ledger.eachRanOnce)
             #expect(ledger.clashes == 0)
+        }
+    }
+
+    @Test func helpersRunOnlyOnTheCPUsTheyAreGiven() throws {
+        let allowed = WorkerPool.allowedCPUs()
+        try #require(!allowed.isEmpty)
+        let target = allowed.last!
+        let pool = try WorkerPool(threadCount: 3, cpus: [target])
+        #expect(pool.helperCount == 2 && pool.cpus == [target])
+        let seen = Locked<Set<Int>>([])
+        for _ in 0..<20 {
+            pool.run(count: 64) { worker, _ in
+                var x = 0.0
+                for index in 0..<20_000 { x += Double(index & 7) }
+                if worker != 0 { seen.withLock { $0.insert(WorkerPool.currentCPU()) } }
+                if x < 0 { Issue.record("unreachable") }
+            }
+        }
+        // Every item a helper ran, it ran on the one CPU it was given (the caller, worker 0,
+        // runs wherever it was).
+        #expect(seen.withLock { $0 } == [target])
+    }
+
+    @Test func cpusThisProcessMayNotUseAreRefusedByName() {
+        #expect(throws: TierKVError.self) { try WorkerPool(threadCount: 2, cpus: []) }
+        do {
+            _ = try WorkerPool(threadCount: 2, cpus: [100_000])
+            Issue.record("CPU 100000 was accepted")
+        } catch {
+            #expect(error.message.contains("CPU 100000 is not one this process may run on (allowed: "), "\(error.message)")
+        }
+        #expect(WorkerPool.describe([0, 1, 2, 3, 8, 10, 11]) == "0-3,8,10-11")
+    }
+
+    @Test func pinnedAttentionGivesTheSameResultAsUnpinned() throws {
+        let shape = try AttentionShape(queryHeads: 8, kvHeads: 2, headDim: 64, dtype: .fp32)
+        let tokens = 100
+        let row = shape.kvHeads * shape.headDim
+        var generator = SeededGenerator(seed: 5)
+        let keys = (0..<(tokens * row)).map { _ in Float.random(in: -1...1, using: &generator) }
+        let values = (0..<(tokens * row)).map { _ in Float.random(in: -1...1, using: &generator) }
+        let query = (0..<(shape.queryHeads * shape.headDim)).map { _ in Float.random(in: -1...1, using: &generator) }
+        try keys.withUnsafeBytes { k in
+            try values.withUnsafeBytes { v in
+                let blocks = stride(from: 0, to: tokens, by: 16).map { first in
+                    KVBlockView(
+                        keys: k.baseAddress! + first * row * 4, values: v.baseAddress! + first * row * 4,
+                        tokenCount: min(16, tokens - first))
+                }
+                let free = try CPUAttention(threadCount: 2).partial(shape, query: query, blocks: blocks, splits: 4)
+                let pinned = try CPUAttention(threadCount: 2, cpus: [WorkerPool.allowedCPUs().first!])
+                    .partial(shape, query: query, blocks: blocks, splits: 4)
+                #expect(pinned.output == free.output && pinned.maxima == free.maxima && pinned.sums == free.sums)
+            }
         }
     }
 

@@ -21,6 +21,7 @@
 #include <sys/statfs.h>
 #include <dlfcn.h>
 #include <unistd.h>
+#include <pthread.h>
 
 #include <numa.h>
 #include <numaif.h>
@@ -74,6 +75,15 @@ int ctierkv_ring_opcode(const char *name);
 
 /// Software prefetch of one cache line for reading, into all cache levels (inlined into Swift).
 static inline void ctierkv_prefetch(const void *address) { __builtin_prefetch(address, 0, 3); }
+
+/// The CPUs the calling thread may run on (`sched_getaffinity`), ascending, into `cpus` (at most
+/// `capacity`): the count, or -errno. (`CPU_ISSET` is a macro Swift cannot call.)
+int ctierkv_thread_cpus(int *cpus, int capacity);
+/// Makes threads created with `attr` run only on `cpus` (`pthread_attr_setaffinity_np`, a GNU
+/// extension): 0 or an errno.
+int ctierkv_attr_set_cpus(pthread_attr_t *attr, const int *cpus, int count);
+/// The CPU the calling thread runs on now (`sched_getcpu`, GNU).
+int ctierkv_current_cpu(void);
 
 /// The spin-wait hint (x86 `pause`): lets the sibling hyperthread run and saves power in a poll loop.
 static inline void ctierkv_cpu_relax(void) { __builtin_ia32_pause(); }
