@@ -30,6 +30,8 @@ struct BenchAttentionCommand: ParsableCommand {
     var tokensPerBlock: Int = 16
     @Option(help: "Timed iterations (median reported).")
     var iterations: Int = 5
+    @Option(help: "NUMA node for the KV arena; the worker threads then run on that node's CPUs (default: no binding).")
+    var numaNode: Int?
     @Flag(help: "Print one JSON object on stdout.")
     var json = false
 
@@ -39,7 +41,7 @@ struct BenchAttentionCommand: ParsableCommand {
         Output.printError("bench attention: context \(context), batch \(batch), \(heads)q/\(kvHeads)kv heads, dim \(headDim), \(shape.dtype), \(threadCount) threads")
         let result = try AttentionBenchmark(
             shape: shape, contextTokens: context, batch: batch, threads: threadCount, tokensPerBlock: tokensPerBlock,
-            iterations: iterations
+            iterations: iterations, numaNode: numaNode
         ).run(progress: { Output.printError("  " + $0) })
         return (shape, result)
     }
@@ -52,6 +54,7 @@ struct BenchAttentionCommand: ParsableCommand {
             Output.printJSON(.object([
                 ("context", .int(context)), ("heads", .int(heads)), ("kv_heads", .int(kvHeads)), ("head_dim", .int(headDim)),
                 ("dtype", .string(shape.dtype.rawValue)), ("batch", .int(batch)), ("threads", .int(result.threads)),
+                ("numa_node", numaNode.map { .int($0) } ?? .null),
                 ("kv_bytes", .int(result.kvByteCount)),
                 ("gb_per_s", .number(result.attentionGBPerSecond)), ("memory_gb_per_s", .number(result.memoryGBPerSecond)),
                 ("ratio_to_memory", .number(result.ratioToMemory)), ("tokens_per_s", .number(result.tokensPerSecond)),

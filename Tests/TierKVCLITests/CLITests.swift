@@ -136,6 +136,13 @@ enum CLI {
         ] {
             #expect(report[field] != nil, "missing \(field)")
         }
+        #expect(report["numa_node"] is NSNull)
+        // Bound to node 0 (every Linux machine has it): the arena there, the workers on its CPUs.
+        let bound = try CLI.json(["bench", "attention", "--context", "1024", "--heads", "8", "--kv-heads", "2", "--iterations", "1", "--numa-node", "0", "--json"])
+        #expect(bound["numa_node"] as? Int == 0)
+        let missing = try CLI.run(["bench", "attention", "--context", "1024", "--iterations", "1", "--numa-node", "99"])
+        #expect(missing.status != 0)
+        #expect(missing.stderr.contains("NUMA node 99 does not exist"), "\(missing.stderr)")
     }
 }
 
