@@ -166,8 +166,10 @@ const char *tierkv_status_name(tierkv_status status);
  * optional parameters such as "h2o:8" or "streamingllm:1:8");
  * accelerator ("cuda:N", or "emulated" for host memory standing in for a GPU: tests only);
  * admit_to_hot (true); inclusive_warm (true); allow_dropping (false); numa_node; lock_memory
- * (false); buffered_fallback (false); key_summaries ("off" or "from-keys"). An unknown field is
- * an error naming it. On success *out is a new handle owned by the caller: close it. */
+ * (false); buffered_fallback (false); key_summaries ("off" or "from-keys"); cpu_threads (CPU
+ * attention workers, the calling thread included; default: every CPU, or every CPU of numa_node);
+ * cpu_spin_us (50: how long idle workers poll for the next call before sleeping; 0 frees the CPUs
+ * at once). An unknown field is an error naming it. On success *out is a new handle owned by the caller: close it. */
 tierkv_status tierkv_open(const char *config_json, tierkv_hierarchy **out);
 /* Waits for transfers in flight, flushes every block to the cold tier when `flush` is nonzero,
  * closes, and frees the handle (also when the flush fails: the status says so). Requests still

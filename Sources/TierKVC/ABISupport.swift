@@ -127,12 +127,14 @@ final class HierarchyHandle: @unchecked Sendable {
     // @unchecked: mutable state is behind `Locked`.
     let hierarchy: Hierarchy
     let cpuThreads: Int?
+    let cpuSpinMicroseconds: Int
     let openRequests = Locked<[UInt: RequestHandle]>([:])
     let attention = Locked<CPUAttention?>(nil)
 
-    init(hierarchy: Hierarchy, cpuThreads: Int?) {
+    init(hierarchy: Hierarchy, cpuThreads: Int?, cpuSpinMicroseconds: Int = 50) {
         self.hierarchy = hierarchy
         self.cpuThreads = cpuThreads
+        self.cpuSpinMicroseconds = cpuSpinMicroseconds
     }
 
     /// The CPU attention pool, made on first use: a worker thread per CPU by default, on the
@@ -147,7 +149,7 @@ final class HierarchyHandle: @unchecked Sendable {
                 nodeCPUs = cpus.filter(allowed.contains)
                 if nodeCPUs?.isEmpty == true { nodeCPUs = nil }  // a memory-only node, or none allowed here
             }
-            let made = try CPUAttention(threadCount: cpuThreads, cpus: nodeCPUs)
+            let made = try CPUAttention(threadCount: cpuThreads, spinMicroseconds: cpuSpinMicroseconds, cpus: nodeCPUs)
             attention = made
             return made
         }

@@ -5,11 +5,12 @@ import TierKV
 struct OpenConfiguration {
     var hierarchy: HierarchyConfiguration
     var cpuThreads: Int?
+    var cpuSpinMicroseconds = 50
 
     static let topLevelFields: Set<String> = [
         "layout", "hot_blocks", "warm_blocks", "cold_blocks", "cache_dir", "namespace", "policy", "accelerator",
         "admit_to_hot", "inclusive_warm", "allow_dropping", "numa_node", "lock_memory", "buffered_fallback",
-        "key_summaries", "cpu_threads",
+        "key_summaries", "cpu_threads", "cpu_spin_us",
     ]
     static let layoutFields: Set<String> = ["layers", "kv_heads", "query_heads", "head_dim", "tokens_per_block", "dtype"]
 
@@ -91,6 +92,11 @@ struct OpenConfiguration {
             let threads = try integer(root, "cpu_threads", "cpu_threads")
             guard threads >= 1, threads <= 4096 else { throw .invalid("\"cpu_threads\" is \(threads); expected 1–4096") }
             cpuThreads = threads
+        }
+        if root["cpu_spin_us"] != nil {
+            let spin = try integer(root, "cpu_spin_us", "cpu_spin_us")
+            guard spin >= 0, spin <= 1_000_000 else { throw .invalid("\"cpu_spin_us\" is \(spin); expected 0–1000000 microseconds") }
+            cpuSpinMicroseconds = spin
         }
         try configuration.validate()
         hierarchy = configuration

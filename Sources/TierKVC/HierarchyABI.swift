@@ -35,7 +35,8 @@ import TierKV
         let text = String(cString: try required(configJSON, "config_json"))
         let configuration = try OpenConfiguration(json: text)
         let hierarchy = try Hierarchy(configuration.hierarchy)
-        out.pointee = HandleRegistry.register(HierarchyHandle(hierarchy: hierarchy, cpuThreads: configuration.cpuThreads))
+        out.pointee = HandleRegistry.register(HierarchyHandle(
+            hierarchy: hierarchy, cpuThreads: configuration.cpuThreads, cpuSpinMicroseconds: configuration.cpuSpinMicroseconds))
     }
 }
 

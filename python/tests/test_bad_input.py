@@ -29,6 +29,10 @@ def test_configuration_errors_name_the_field():
     with pytest.raises(tierkv.InvalidArgument, match=r'"policy" is "fifo"; expected one of lru, lfu'):
         tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, accelerator="emulated", policy="fifo")
     tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, accelerator="emulated", policy="streamingllm:1:8").close()
+    with pytest.raises(tierkv.InvalidArgument, match=r'"cpu_spin_us" is -1; expected 0–1000000 microseconds'):
+        tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, accelerator="emulated", cpu_spin_us=-1)
+    with pytest.raises(tierkv.InvalidArgument, match="NUMA node 99 does not exist"):
+        tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, accelerator="emulated", numa_node=99)
     with pytest.raises(tierkv.InvalidArgument, match="cache_dir|cacheDirectory"):
         tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, cold_blocks=8, accelerator="emulated")
 

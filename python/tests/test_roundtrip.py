@@ -11,7 +11,8 @@ LAYOUT = {"layers": 2, "kv_heads": 2, "query_heads": 8, "head_dim": 128, "tokens
 @pytest.fixture
 def cache(tmp_path):
     with tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=8, cold_blocks=64, cache_dir=str(tmp_path / "cold"),
-                          accelerator="emulated", buffered_fallback=True, cpu_threads=2) as hierarchy:
+                          accelerator="emulated", buffered_fallback=True, cpu_threads=2,
+                          numa_node=0, cpu_spin_us=0) as hierarchy:  # CPU attention workers on node 0's CPUs
         yield hierarchy
 
 
