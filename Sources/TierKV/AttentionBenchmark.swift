@@ -73,16 +73,10 @@ public struct AttentionBenchmark: Sendable {
         guard contextTokens >= 1, batch >= 1, iterations >= 1, tokensPerBlock >= 1 else {
             throw .invalid("context, batch, iterations and tokens per block must all be at least 1")
         }
-        var cpus: [Int]?
-        if let numaNode {
-            // Workers next to the memory they read: the node's CPUs this process may use.
-            let node = NUMATopology.current().nodes.first { $0.id == numaNode }
-            let allowed = Set(WorkerPool.allowedCPUs())
-            let local = (node?.cpus ?? []).filter(allowed.contains)
-            guard node == nil || !local.isEmpty else {
-                throw .invalid("NUMA node \(numaNode) has no CPU this process may run on; run the benchmark without --numa-node or on that node's CPUs")
-            }
-            cpus = node == nil ? nil : local  // a node that does not exist: HostArena names it below
+        // Workers next to the memory they read. A node that does not exist: HostArena names it below.
+        let cpus = numaNode.flatMap { NUMATopology.current().usableCPUs(ofNode: $0) }
+        if let numaNode, cpus?.isEmpty == true {
+            throw .invalid("NUMA node \(numaNode) has no CPU this process may run on; run the benchmark without --numa-node or on that node's CPUs")
         }
         let attention = try CPUAttention(threadCount: threads, cpus: cpus)
         let elementsPerToken = shape.kvHeads * shape.headDim

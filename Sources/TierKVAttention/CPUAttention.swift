@@ -90,7 +90,7 @@ public final class CPUAttention: @unchecked Sendable {
     ///     to the scheduler. The calling thread keeps its own affinity.
     /// - Throws: `.unsupported` when the CPU lacks AVX2/FMA/F16C (instead of SIGILL later);
     ///   `.invalidArgument` for `cpus` this process may not run on.
-    public init(threadCount: Int? = nil, spinMicroseconds: Int = 50, cpus: [Int]? = nil) throws(TierKVError) {
+    public init(threadCount: Int? = nil, spinMicroseconds: Int = WorkerPool.defaultSpinMicroseconds, cpus: [Int]? = nil) throws(TierKVError) {
         try CPUFeatures.current.requireKernelSupport()
         if let cpus {
             pool = try WorkerPool(threadCount: threadCount ?? cpus.count, spinMicroseconds: spinMicroseconds, cpus: cpus)

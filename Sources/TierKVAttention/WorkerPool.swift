@@ -41,6 +41,8 @@ public final class WorkerPool: @unchecked Sendable {
     public let threadCount: Int
     /// How long a helper spins for the next call before it sleeps.
     public let spinMicroseconds: Int
+    /// The default spin: a decode step's next layer usually calls within it.
+    public static let defaultSpinMicroseconds = 50
 
     private let generation = Atomic<Int>(0)
     private let nextItem = Atomic<Int>(0)
@@ -71,7 +73,7 @@ public final class WorkerPool: @unchecked Sendable {
     /// - Parameters:
     ///   - threadCount: workers including the caller (at least 1).
     ///   - spinMicroseconds: how long an idle helper polls for the next call before sleeping.
-    public convenience init(threadCount: Int, spinMicroseconds: Int = 50) {
+    public convenience init(threadCount: Int, spinMicroseconds: Int = WorkerPool.defaultSpinMicroseconds) {
         self.init(threadCount, spinMicroseconds, nil)
     }
 
@@ -80,7 +82,7 @@ public final class WorkerPool: @unchecked Sendable {
     /// worker 0, keeps its own affinity.
     /// - Throws: `.invalidArgument` when `cpus` is empty or names a CPU this process may not run
     ///   on; `.systemCall` when a helper cannot be started with that affinity.
-    public convenience init(threadCount: Int, spinMicroseconds: Int = 50, cpus: [Int]) throws(TierKVError) {
+    public convenience init(threadCount: Int, spinMicroseconds: Int = WorkerPool.defaultSpinMicroseconds, cpus: [Int]) throws(TierKVError) {
         let allowed = Self.allowedCPUs()
         guard !cpus.isEmpty else { throw .invalid("a worker pool needs at least one CPU to run its helpers on") }
         if let outside = cpus.first(where: { !allowed.contains($0) }) {
@@ -217,9 +219,10 @@ public final class WorkerPool: @unchecked Sendable {
         openCall.store(call, ordering: .sequentiallyConsistent)
         pthread_cond_broadcast(wake)
         pthread_mutex_unlock(sleepers)
+        let outer = WorkerPool.currentWorker  // set when this thread is another pool's helper
         WorkerPool.currentWorker = 0
         work(worker: 0, task: task, type: type, count: count)
-        WorkerPool.currentWorker = nil
+        WorkerPool.currentWorker = outer
         // Every item is claimed. Close the call, then wait for the helpers inside it (at most
         // one item each), yielding if one of them is not on a CPU.
         openCall.store(0, ordering: .sequentiallyConsistent)
@@ -282,7 +285,7 @@ public final class WorkerPool: @unchecked Sendable {
 
     /// The pool worker index of the current thread while it runs items (nil elsewhere), so a
     /// nested call can tell it must not wait for the pool.
-    nonisolated(unsafe) private static var currentWorkerKey: pthread_key_t = {
+    private static let currentWorkerKey: pthread_key_t = {
         var key = pthread_key_t()
         pthread_key_create(&key, nil)
         return key

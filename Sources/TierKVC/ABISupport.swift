@@ -131,7 +131,7 @@ final class HierarchyHandle: @unchecked Sendable {
     let openRequests = Locked<[UInt: RequestHandle]>([:])
     let attention = Locked<CPUAttention?>(nil)
 
-    init(hierarchy: Hierarchy, cpuThreads: Int?, cpuSpinMicroseconds: Int = 50) {
+    init(hierarchy: Hierarchy, cpuThreads: Int?, cpuSpinMicroseconds: Int) {
         self.hierarchy = hierarchy
         self.cpuThreads = cpuThreads
         self.cpuSpinMicroseconds = cpuSpinMicroseconds
@@ -142,13 +142,9 @@ final class HierarchyHandle: @unchecked Sendable {
     func cpuAttention() throws(TierKVError) -> CPUAttention {
         try attention.withLock { (attention) throws(TierKVError) -> CPUAttention in
             if let attention { return attention }
-            var nodeCPUs: [Int]?
-            if let node = hierarchy.configuration.numaNode {
-                let cpus = NUMATopology.current().nodes.first { $0.id == node }?.cpus ?? []
-                let allowed = Set(WorkerPool.allowedCPUs())
-                nodeCPUs = cpus.filter(allowed.contains)
-                if nodeCPUs?.isEmpty == true { nodeCPUs = nil }  // a memory-only node, or none allowed here
-            }
+            // On the warm arena's node when it has CPUs we may use (a memory-only node has none).
+            var nodeCPUs = hierarchy.configuration.numaNode.flatMap { NUMATopology.current().usableCPUs(ofNode: $0) }
+            if nodeCPUs?.isEmpty == true { nodeCPUs = nil }
             let made = try CPUAttention(threadCount: cpuThreads, spinMicroseconds: cpuSpinMicroseconds, cpus: nodeCPUs)
             attention = made
             return made

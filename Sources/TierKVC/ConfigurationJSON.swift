@@ -5,7 +5,7 @@ import TierKV
 struct OpenConfiguration {
     var hierarchy: HierarchyConfiguration
     var cpuThreads: Int?
-    var cpuSpinMicroseconds = 50
+    var cpuSpinMicroseconds = WorkerPool.defaultSpinMicroseconds
 
     static let topLevelFields: Set<String> = [
         "layout", "hot_blocks", "warm_blocks", "cold_blocks", "cache_dir", "namespace", "policy", "accelerator",
