@@ -167,7 +167,7 @@ public final class CPUAttention: @unchecked Sendable {
     /// `output + i · kvHeads · 3 · headDim`. Each worker takes runs of consecutive blocks and
     /// prefetches the next block's keys while it sums the current one.
     public func keySummaries(_ shape: AttentionShape, blocks: UnsafeBufferPointer<KVBlockView>, into output: UnsafeMutablePointer<Float>) {
-        summarizeInRuns(SummaryTask(shape: shape, blocks: blocks, output: UnsafeMutableRawPointer(output), format: .fp32))
+        summarizeInRuns(shape, blocks, UnsafeMutableRawPointer(output), .fp32)
     }
 
     /// `keySummaries` written as fp16 in the format the prediction table stores
@@ -178,14 +178,15 @@ public final class CPUAttention: @unchecked Sendable {
     public func keySummariesFP16(_ shape: AttentionShape, blocks: UnsafeBufferPointer<KVBlockView>, into output: UnsafeMutableRawPointer) {
         let bytes = shape.kvHeads * 3 * shape.headDim * 2
         let streaming = Int(bitPattern: output) % 16 == 0 && bytes % 16 == 0
-        summarizeInRuns(SummaryTask(shape: shape, blocks: blocks, output: output, format: .fp16(streaming: streaming)))
+        summarizeInRuns(shape, blocks, output, .fp16(streaming: streaming))
     }
 
-    /// Runs `task` over its blocks in runs of consecutive blocks per worker.
-    private func summarizeInRuns(_ task: SummaryTask) {
-        var task = task
-        task.runs = min(task.blocks.count, pool.threadCount * 8)
-        pool.run(count: task.runs, task)
+    /// Summarises `blocks` in runs of consecutive blocks, several runs per worker.
+    private func summarizeInRuns(
+        _ shape: AttentionShape, _ blocks: UnsafeBufferPointer<KVBlockView>, _ output: UnsafeMutableRawPointer, _ format: SummaryTask.Format
+    ) {
+        let runs = min(blocks.count, pool.threadCount * 8)
+        pool.run(count: runs, SummaryTask(shape: shape, blocks: blocks, output: output, format: format, runs: runs))
     }
 
     /// Key summaries of a batch of blocks, one run of consecutive blocks per item; each block's
@@ -200,7 +201,7 @@ public final class CPUAttention: @unchecked Sendable {
         let blocks: UnsafeBufferPointer<KVBlockView>
         let output: UnsafeMutableRawPointer
         let format: Format
-        var runs = 1
+        let runs: Int
 
         func run(worker: Int, item run: Int) {
             let values = shape.kvHeads * 3 * shape.headDim
