@@ -1,0 +1,41 @@
+import Benchmark
+import TierKV
+
+/// The prediction hot path, run for every layer of every decode step: scoring every candidate
+/// block's key summary against a query hint (Llama-3-8B layer shape: 8 KV heads of 128, groups
+/// of 4 query heads, 1,024 blocks = a 16k-token context), and turning the scores into the
+/// predicted mass the prefetcher ranks.
+let benchmarks: @Sendable () -> Void = {
+    Benchmark.defaultConfiguration = .init(metrics: [.wallClock, .throughput, .mallocCountTotal], maxDuration: .seconds(3))
+
+    let layout = try! KVLayout(layers: 1, kvHeads: 8, queryHeads: 32, headDim: 128, tokensPerBlock: 16, dtype: .fp16)
+    let table = try! BlockSummaryTable(shape: KeySummaryShape(layout: layout))
+    let blockCount = 1024
+    var state: UInt64 = 1
+    var keys = [Float16](repeating: 0, count: layout.tokensPerBlock * layout.kvHeads * layout.headDim)
+    var blockKeys: [BlockKey] = []
+    for block in 0..<blockCount {
+        for index in keys.indices {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            keys[index] = Float16(Float(Int(state >> 40) % 2000) / 1000 - 1)
+        }
+        let key = BlockKey(prefixHash: PrefixHash(high: 0, low: UInt64(block + 1)), layer: 0)
+        try! keys.withUnsafeBytes { try table.insert(key, keys: $0.baseAddress!, dtype: .fp16, tokenCount: layout.tokensPerBlock) }
+        blockKeys.append(key)
+    }
+    let query = (0..<(layout.queryHeads * layout.headDim)).map { Float(($0 % 17) - 8) / 8 }
+    let scale = 1 / Float(layout.headDim).squareRoot()
+
+    Benchmark("Quest bound scores of 1024 blocks (8 KV heads x 128, groups of 4)") { benchmark in
+        for _ in benchmark.scaledIterations { blackHole(try! table.scores(.bound, query: query, keys: blockKeys)) }
+    }
+    Benchmark("moment scores of 1024 blocks") { benchmark in
+        for _ in benchmark.scaledIterations { blackHole(try! table.scores(.moment(scale: scale), query: query, keys: blockKeys)) }
+    }
+    let predictor = QuestBoundPredictor(summaries: table, tokensPerBlock: layout.tokensPerBlock, scoring: .boundAndMoment)
+    let candidates = PredictionCandidates(layer: 0, keys: blockKeys, positions: Array(0..<blockCount), newestPosition: blockCount - 1)
+    let hint = QueryHint(query)
+    Benchmark("bound+moment predicted mass of 1024 blocks") { benchmark in
+        for _ in benchmark.scaledIterations { blackHole(try! predictor.predictMass(candidates, hint: hint)) }
+    }
+}
