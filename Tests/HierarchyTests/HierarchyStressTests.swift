@@ -15,7 +15,13 @@ import TierKVTestSupport
         let hierarchy = try Hierarchy(configuration)
         let accelerator = try #require(hierarchy.accelerator as? EmulatedAccelerator)
         let threadCount = 4
-        let deadline = DispatchTime.now().uptimeNanoseconds + 1_500_000_000
+        // Run for 1.5 s and at least `minimumPerThread` operations per thread: under ThreadSanitizer
+        // on a slow CI machine 1.5 s alone was once only 78 operations in all. The hard limit keeps a
+        // livelock from hanging the suite.
+        let start = DispatchTime.now().uptimeNanoseconds
+        let deadline = start + 1_500_000_000
+        let hardLimit = start + 60_000_000_000
+        let minimumPerThread = 60
         let wrongBytes = Locked(0)
         let operations = Locked(0)
         let unexpectedErrors = Locked<[String]>([])
@@ -24,7 +30,9 @@ import TierKVTestSupport
             var random = SeededGenerator(seed: 1000 + UInt64(thread))
             var count = 0
             let sequence = SequenceID(UInt64(thread + 1))
-            while DispatchTime.now().uptimeNanoseconds < deadline {
+            while true {
+                let now = DispatchTime.now().uptimeNanoseconds
+                if now >= hardLimit || (now >= deadline && count >= minimumPerThread) { break }
                 count += 1
                 let key = testKey(Int(random.next() % 24), layer: Int(random.next() % 2))
                 switch random.next() % 10 {
@@ -63,7 +71,7 @@ import TierKVTestSupport
         #expect(hierarchy.checkInvariants() == [])
         let statistics = hierarchy.statistics
         #expect(statistics.hot.pinnedBlocks == 0 && statistics.warm.pinnedBlocks == 0)
-        #expect(operations.withLock { $0 } > 100)
+        #expect(operations.withLock { $0 } >= threadCount * minimumPerThread, "the hard time limit cut the run short")
         try hierarchy.close()
     }
 }
