@@ -16,6 +16,10 @@ public final class BlockSummaryTable: @unchecked Sendable {
         var index: [BlockKey: Int32] = [:]
         /// fp16 summaries, `shape.byteCount` bytes per slot.
         var storage: [UInt16] = []
+        /// Key sketches, `shape.sketchByteCount` bytes per slot (empty without a sketch).
+        var sketches: [UInt8] = []
+        /// Rows each slot's sketch holds.
+        var tokenCounts: [UInt16] = []
         var freeSlots: [Int32] = []
     }
 
@@ -29,23 +33,28 @@ public final class BlockSummaryTable: @unchecked Sendable {
     /// Blocks with a summary.
     public var count: Int { state.withLock { $0.index.count } }
 
-    /// Host bytes the summaries take now (slots in use and free).
-    public var byteCount: Int { state.withLock { $0.storage.count * 2 } }
+    /// Host bytes the summaries and sketches take now (slots in use and free).
+    public var byteCount: Int { state.withLock { $0.storage.count * 2 + $0.sketches.count } }
 
     public func contains(_ key: BlockKey) -> Bool { state.withLock { $0.index[key] != nil } }
 
     /// Stores the summary of `key` (replacing any earlier one) from fp32 values in
     /// `KeySummaryKernel`'s order, `[head][min, max, mean][dim]`.
-    /// - Throws: `.invalidArgument` when `summary` does not hold `shape.valueCount` values.
+    /// - Throws: `.invalidArgument` when `summary` does not hold `shape.valueCount` values, or
+    ///   when the table keeps sketches (they need the keys: use `insert(_:keys:dtype:tokenCount:)`).
     public func insert(_ key: BlockKey, summary: UnsafeBufferPointer<Float>) throws(TierKVError) {
+        guard shape.sketchBits == 0 else {
+            throw .invalid("this table keeps \(shape.sketchBits)-bit key sketches, which are made from the keys: store \(key) with its keys, not a summary")
+        }
         guard summary.count == shape.valueCount, let base = summary.baseAddress else {
             throw .invalid("summary of \(key) has \(summary.count) values; expected \(shape.valueCount) (\(shape.kvHeads) KV heads × 3 × \(shape.headDim))")
         }
-        store(key) { slot in BlockScoreKernel.narrow(base, kvHeads: shape.kvHeads, headDim: shape.headDim, into: slot) }
+        store(key, tokenCount: shape.tokensPerBlock) { slot, _ in BlockScoreKernel.narrow(base, kvHeads: shape.kvHeads, headDim: shape.headDim, into: slot) }
     }
 
-    /// Finds or makes `key`'s slot and lets `write` fill its `shape.byteCount` bytes, under the lock.
-    private func store(_ key: BlockKey, _ write: (UnsafeMutableRawPointer) -> Void) {
+    /// Finds or makes `key`'s slot and lets `write` fill its `shape.byteCount` summary bytes and
+    /// `shape.sketchByteCount` sketch bytes, under the lock.
+    private func store(_ key: BlockKey, tokenCount: Int, _ write: (UnsafeMutableRawPointer, UnsafeMutableRawPointer?) -> Void) {
         let valuesPerSlot = shape.valueCount
         state.withLock { state in
             let slot: Int32
@@ -56,27 +65,47 @@ public final class BlockSummaryTable: @unchecked Sendable {
             } else {
                 slot = Int32(state.storage.count / valuesPerSlot)
                 state.storage.append(contentsOf: repeatElement(0, count: valuesPerSlot))
+                state.sketches.append(contentsOf: repeatElement(0, count: shape.sketchByteCount))
+                state.tokenCounts.append(0)
             }
             state.index[key] = slot
-            state.storage.withUnsafeMutableBytes { bytes in write(bytes.baseAddress! + Int(slot) * shape.byteCount) }
+            state.tokenCounts[Int(slot)] = UInt16(tokenCount)
+            state.storage.withUnsafeMutableBytes { summaries in
+                state.sketches.withUnsafeMutableBytes { sketches in
+                    write(
+                        summaries.baseAddress! + Int(slot) * shape.byteCount,
+                        sketches.baseAddress.map { $0 + Int(slot) * shape.sketchByteCount })
+                }
+            }
         }
     }
 
-    /// Computes and stores the summary of a block's keys: `tokenCount` rows of
-    /// `[kvHead][headDim]` elements of `dtype` (the K half of a TierKV block).
-    /// - Throws: `.invalidArgument` for fp8 keys or a token count outside 1...65536.
+    /// Computes and stores the summary (and the sketch, when the shape has one) of a block's
+    /// keys: `tokenCount` rows of `[kvHead][headDim]` elements of `dtype` (the K half of a TierKV
+    /// block).
+    /// - Throws: `.invalidArgument` for fp8 keys or a token count outside 1...65536 (outside
+    ///   1...`shape.tokensPerBlock` with a sketch).
     public func insert(_ key: BlockKey, keys: UnsafeRawPointer, dtype: DType, tokenCount: Int) throws(TierKVError) {
         guard dtype != .fp8E4M3 else { throw .invalid("key summaries read fp16, bf16 or fp32 keys, not \(dtype)") }
-        guard tokenCount >= 1, tokenCount <= KVLayout.maximumTokensPerBlock else {
-            throw .invalid("a block of \(tokenCount) tokens cannot be summarised; expected 1...\(KVLayout.maximumTokensPerBlock)")
+        let limit = shape.sketchBits > 0 ? shape.tokensPerBlock : KVLayout.maximumTokensPerBlock
+        guard tokenCount >= 1, tokenCount <= limit else {
+            throw .invalid("a block of \(tokenCount) tokens cannot be summarised; expected 1...\(limit)")
         }
-        // The kernel writes the table's fp16 form (minima rounded down, maxima up) on the stack;
-        // the lock is held only for the copy.
-        withUnsafeTemporaryAllocation(byteCount: shape.byteCount, alignment: 32) { summary in
+        // The kernels write the table's fp16 form (minima rounded down, maxima up) and the sketch
+        // coded against it on the stack; the lock is held only for the copy.
+        withUnsafeTemporaryAllocation(byteCount: shape.byteCount + shape.sketchByteCount, alignment: 32) { scratch in
+            let summary = scratch.baseAddress!, sketch = summary + shape.byteCount
             KeySummaryKernel.summarizeFP16(
-                dtype: dtype, keys: keys, tokenCount: tokenCount, kvHeads: shape.kvHeads, headDim: shape.headDim,
-                output: summary.baseAddress!)
-            store(key) { slot in slot.copyMemory(from: summary.baseAddress!, byteCount: summary.count) }
+                dtype: dtype, keys: keys, tokenCount: tokenCount, kvHeads: shape.kvHeads, headDim: shape.headDim, output: summary)
+            if shape.sketchBits > 0 {
+                KeySketchKernel.encode(
+                    dtype: dtype, keys: keys, tokenCount: tokenCount, tokensPerBlock: shape.tokensPerBlock, kvHeads: shape.kvHeads,
+                    headDim: shape.headDim, bits: shape.sketchBits, summary: summary, output: sketch)
+            }
+            store(key, tokenCount: tokenCount) { summarySlot, sketchSlot in
+                summarySlot.copyMemory(from: summary, byteCount: shape.byteCount)
+                sketchSlot?.copyMemory(from: sketch, byteCount: shape.sketchByteCount)
+            }
         }
     }
 
@@ -106,17 +135,33 @@ public final class BlockSummaryTable: @unchecked Sendable {
         /// A Gaussian estimate of the block's log-mass from mean and range (`BlockScoreKernel.moment`),
         /// for logits that will be multiplied by `scale`.
         case moment(scale: Float)
+        /// The block's log-mass from its key sketch, token by token (`KeySketchKernel.score`), for
+        /// logits that will be multiplied by `scale`. Needs a shape with `sketchBits`.
+        case sketch(scale: Float)
+    }
+
+    /// Scores per block that `scores(score, ...)` returns: one per query head for `.sketch`, one
+    /// per KV head otherwise.
+    public func scoredHeads(_ score: Score) -> Int {
+        if case .sketch = score { return shape.queryHeads }
+        return shape.kvHeads
     }
 
     /// Raw (unscaled) scores of `keys` for a query of `shape.queryHeads × headDim` fp32, per
-    /// block and KV head (`[block][head]`), the query heads of a group combined by max. Blocks
-    /// without a summary get `-infinity` on every head.
-    /// - Throws: `.invalidArgument` when the query has the wrong number of values.
+    /// block and KV head (`[block][head]`), the query heads of a group combined by max; with
+    /// `.sketch`, per block and query head (`[block][queryHead]`, `scoredHeads(score)` of them).
+    /// Blocks without a summary get `-infinity` on every head.
+    /// - Throws: `.invalidArgument` when the query has the wrong number of values, or for sketch
+    ///   scoring on a table without sketches.
     public func scores(_ score: Score, query: [Float], keys: [BlockKey]) throws(TierKVError) -> [Float] {
         guard query.count == shape.queryValueCount else {
             throw .invalid("query has \(query.count) values; expected \(shape.queryHeads) query heads × \(shape.headDim)")
         }
-        var output = [Float](repeating: -.infinity, count: keys.count * shape.kvHeads)
+        if case .sketch = score, shape.sketchBits == 0 {
+            throw .invalid("sketch scoring needs key sketches; this table keeps summaries only (make it with sketchBits 1, 2 or 4)")
+        }
+        let heads = scoredHeads(score)
+        var output = [Float](repeating: -.infinity, count: keys.count * heads)
         state.withLock { state in
             var slots: [Int32] = [], positions: [Int] = []
             slots.reserveCapacity(keys.count)
@@ -126,7 +171,7 @@ public final class BlockSummaryTable: @unchecked Sendable {
                 slots.append(slot)
                 positions.append(position)
             }
-            var found = [Float](repeating: 0, count: slots.count * shape.kvHeads)
+            var found = [Float](repeating: 0, count: slots.count * heads)
             query.withUnsafeBufferPointer { q in
                 state.storage.withUnsafeBytes { storage in
                     slots.withUnsafeBufferPointer { slots in
@@ -146,13 +191,24 @@ public final class BlockSummaryTable: @unchecked Sendable {
                                     query: q.baseAddress!, groupSize: shape.groupSize, kvHeads: shape.kvHeads, headDim: shape.headDim,
                                     scale: scale, summaries: storageBase, summaryByteCount: shape.byteCount, slots: slots,
                                     output: out.baseAddress!)
+                            case .sketch(let scale):
+                                state.sketches.withUnsafeBytes { sketches in
+                                    state.tokenCounts.withUnsafeBufferPointer { tokenCounts in
+                                        KeySketchKernel.score(
+                                            query: q.baseAddress!, groupSize: shape.groupSize, kvHeads: shape.kvHeads, headDim: shape.headDim,
+                                            bits: shape.sketchBits, tokensPerBlock: shape.tokensPerBlock, scale: scale,
+                                            summaries: storageBase, summaryByteCount: shape.byteCount, sketches: sketches.baseAddress!,
+                                            sketchByteCount: shape.sketchByteCount, tokenCounts: tokenCounts.baseAddress!, slots: slots,
+                                            output: out.baseAddress!)
+                                    }
+                                }
                             }
                         }
                     }
                 }
             }
             for (index, position) in positions.enumerated() {
-                for head in 0..<shape.kvHeads { output[position * shape.kvHeads + head] = found[index * shape.kvHeads + head] }
+                for head in 0..<heads { output[position * heads + head] = found[index * heads + head] }
             }
         }
         return output

@@ -123,7 +123,8 @@ public struct DecodeSimulationResult: Sendable {
     public var vectorBytesPerBlock: Int
     /// Prefetch and predictor quality (nil without prefetch or prediction).
     public var prefetch: PrefetchReport?
-    /// Key-summary bytes per block for the model's real shape (fp16 min/max/mean per KV head).
+    /// Key-summary bytes per block for the model's real shape (fp16 min/max/mean per KV head,
+    /// and the key sketch with `sketch` scoring).
     public var summaryBytesPerBlock: Int
     public var cpuAttention: Bool
     public var cpuAttentionBytesPerSecond: Double
@@ -212,8 +213,13 @@ public enum DecodeSimulation {
             throw .invalid("stage-ahead needs a predictor to rank the blocks it stages; pick one with --prefetch")
         }
         let predicts = configuration.prefetch.kind != .none || configuration.skipBelowMass != nil
+        let sketchBits = configuration.prefetch.scoring == .sketch ? configuration.prefetch.sketchBits : 0
         if predicts {
-            hierarchyConfiguration.keySummaries = .provided(try KeySummaryShape(kvHeads: workload.vectorHeads, headDim: workload.vectorDimension))
+            hierarchyConfiguration.keySummaries = .provided(
+                try KeySummaryShape(
+                    kvHeads: workload.vectorHeads, headDim: workload.vectorDimension, groupSize: workload.vectorGroupSize,
+                    sketchBits: sketchBits,
+                    tokensPerBlock: parameters.tokensPerBlock))
         }
         let hierarchy = try Hierarchy(hierarchyConfiguration)
 
@@ -237,16 +243,24 @@ public enum DecodeSimulation {
             withUnsafeBytes(of: key.prefixHash) { hash in
                 for index in payload.indices { payload[index] = hash[index % hash.count] ^ UInt8(truncatingIfNeeded: index) }
             }
-            var summary: [Float]? = nil
-            if predicts {
+            var summary: [Float]? = nil, blockKeys: [Float]? = nil
+            if predicts, sketchBits > 0 {
+                guard let known = workload.blockKeys(sequence: sequence, layer: layer, block: block) else {
+                    throw TierKVError.invalid("no keys for layer \(layer) block \(block): sketch scoring makes its sketches from the keys (record the trace with tools/record-tierkv-trace, which writes keys_fp16)")
+                }
+                blockKeys = known
+            } else if predicts {
                 guard let known = workload.keySummary(sequence: sequence, layer: layer, block: block) else {
                     throw TierKVError.invalid("no key summary for layer \(layer) block \(block): prediction needs one per block (a recorded trace carries them in its block lines)")
                 }
                 summary = known
             }
             _ = try summary.withUnsafeOptionalBuffer { (summary) throws(TierKVError) in
-                try hierarchy.store(
-                    key, position: block, bytes: UnsafeRawBufferPointer(payload), sequence: SequenceID(UInt64(sequence + 1)), keySummary: summary)
+                try blockKeys.withUnsafeOptionalBuffer { (blockKeys) throws(TierKVError) in
+                    try hierarchy.store(
+                        key, position: block, bytes: UnsafeRawBufferPointer(payload), sequence: SequenceID(UInt64(sequence + 1)),
+                        keySummary: summary, keys: blockKeys)
+                }
             }
         }
 
@@ -473,7 +487,7 @@ public enum DecodeSimulation {
             droppedBlocks: endStatistics.droppedBlocks, corruptions: endStatistics.corruptions,
             metadataBytesPerBlock: Hierarchy.metadataBytesPerBlock(policies: [configuration.policy, configuration.policy, configuration.policy]),
             vectorBytesPerBlock: trace == nil ? parameters.tokensPerBlock * parameters.vectorHeads * parameters.vectorDimension * MemoryLayout<Float>.size : 0,
-            prefetch: prefetchReport, summaryBytesPerBlock: 3 * model.kvHeads * model.headDim * 2, cpuAttention: configuration.cpuAttention,
+            prefetch: prefetchReport, summaryBytesPerBlock: 3 * model.kvHeads * model.headDim * 2 + model.kvHeads * parameters.tokensPerBlock * model.headDim * sketchBits / 8, cpuAttention: configuration.cpuAttention,
             cpuAttentionBytesPerSecond: configuration.resolvedCPUAttentionBytesPerSecond, cpuAttentionBlocks: cpuBlocksTotal,
             demandFetchedBlocks: demandFetched, skippedBlocks: skippedTotal,
             skippedMassPerLayer: skippedMass / Double(layers * parameters.decodeSteps * parameters.sequences))

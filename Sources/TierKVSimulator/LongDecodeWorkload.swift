@@ -84,6 +84,7 @@ public final class LongDecodeWorkload: AttentionSource, @unchecked Sendable {
     public var sinkTokens: Int { parameters.sinkTokens }
     public var vectorHeads: Int { parameters.vectorHeads }
     public var vectorDimension: Int { parameters.vectorDimension }
+    public var vectorGroupSize: Int { 1 }
 
     private struct Stream {
         var generator: SplitMix64
@@ -248,9 +249,22 @@ public final class LongDecodeWorkload: AttentionSource, @unchecked Sendable {
                 output.value[row] = blockMass
             }
         }
-        var result = StepAttention(mass: [], queries: [])
+        var result = StepAttention(mass: [], queries: [], tailKeys: [])
+        let stored = tokenCount / p.tokensPerBlock
         for sequence in 0..<p.sequences {
             result.mass.append(Array(mass[(sequence * layers)..<((sequence + 1) * layers)]))
+            result.tailKeys?.append((0..<layers).map { layer in
+                // The tokens after the last complete block, `[token][head][dim]`.
+                let rows = tokenCount - stored * p.tokensPerBlock
+                var tail = [Float](repeating: 0, count: rows * heads * dimension)
+                for head in 0..<heads {
+                    let headKeys = keys(sequence: sequence, layer: layer, head: head, block: stored)
+                    for row in 0..<rows {
+                        for d in 0..<dimension { tail[(row * heads + head) * dimension + d] = headKeys[headKeys.startIndex + row * dimension + d] }
+                    }
+                }
+                return tail
+            })
             result.queries?.append((0..<layers).map { layer in
                 (0..<heads).flatMap { finalQueries[streamIndex(sequence, layer, $0)] }
             })
@@ -281,6 +295,20 @@ public final class LongDecodeWorkload: AttentionSource, @unchecked Sendable {
             }
         }
         return summary
+    }
+
+    /// The keys of a complete block, `[token][head][dim]`.
+    public func blockKeys(sequence: Int, layer: Int, block: Int) -> [Float]? {
+        guard (block + 1) * parameters.tokensPerBlock <= tokenCount else { return nil }
+        var rows = [Float](repeating: 0, count: parameters.tokensPerBlock * heads * dimension)
+        for head in 0..<heads {
+            let headKeys = keys(sequence: sequence, layer: layer, head: head, block: block)
+            for token in 0..<parameters.tokensPerBlock {
+                let from = headKeys.startIndex + token * dimension, to = (token * heads + head) * dimension
+                for d in 0..<dimension { rows[to + d] = headKeys[from + d] }
+            }
+        }
+        return rows
     }
 
     /// Keys of one block for a (sequence, layer, head): `tokens × dimension` floats (for key

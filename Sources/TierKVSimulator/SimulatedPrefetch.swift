@@ -49,6 +49,9 @@ public struct PrefetchSettings: Sendable, Equatable {
     /// best of the blends (0.01–0.016 more recall than bound+mean for every summary predictor)
     /// and matches bound+mean on the generator, where the moment estimate alone does badly.
     public var scoring: SummaryScoring = .boundAndMoment
+    /// Bits per key element of the key sketches `sketch` scoring reads (`--prefetch-sketch-bits`):
+    /// 1, 2 or 4. Kept only when the scoring is `sketch`.
+    public var sketchBits = 2
     /// The prefetcher stops at the blocks covering this share of a layer's predicted mass
     /// (`Prefetcher.Configuration.coverage`; 1 fills the budgets).
     public var coverage = 1.0
@@ -66,7 +69,7 @@ public struct PrefetchSettings: Sendable, Equatable {
             && a.stagingBudgetBlocks == b.stagingBudgetBlocks
             && a.combinedWeights == b.combinedWeights && a.speculationError == b.speculationError
             && a.historyDecay == b.historyDecay && a.historyRecencyWeight == b.historyRecencyWeight && a.scoring == b.scoring
-            && a.coverage == b.coverage && a.stageAheadLayers == b.stageAheadLayers
+            && a.sketchBits == b.sketchBits && a.coverage == b.coverage && a.stageAheadLayers == b.stageAheadLayers
     }
 }
 
@@ -107,6 +110,8 @@ final class SimulatedPrefetch {
     let settings: PrefetchSettings
     let hierarchy: Hierarchy
     let summaries: BlockSummaryTable
+    /// Values of one key row, `[head][dim]` (the tail keys come in such rows).
+    private var rowValues: Int { summaries.shape.kvHeads * summaries.shape.headDim }
     let bound: QuestBoundPredictor
     let speculative: SpeculativePredictor
     let history: AttentionHistoryPredictor
@@ -187,8 +192,17 @@ final class SimulatedPrefetch {
     }
 
     /// Candidates of a layer: its stored blocks less the always-resident sinks and newest block.
-    func candidates(layer: Int, keys: [BlockKey]) -> PredictionCandidates {
-        PredictionCandidates.excludingAlwaysResident(layer: layer, keys: keys, sinkBlocks: sinkBlocks, recentBlocks: 1).candidates
+    func candidates(layer: Int, keys: [BlockKey], tail: [Float]? = nil) -> PredictionCandidates {
+        var candidates = PredictionCandidates.excludingAlwaysResident(layer: layer, keys: keys, sinkBlocks: sinkBlocks, recentBlocks: 1).candidates
+        candidates.tailKeys = tail ?? []
+        return candidates
+    }
+
+    /// The tail keys the engine has for `layer` when it predicts: all of them once the layer's
+    /// own key for this token exists (`withCurrentToken`), else without the newest row.
+    private func tail(_ attention: StepAttention, sequence: Int, layer: Int, withCurrentToken: Bool) -> [Float]? {
+        guard let tail = attention.tailKeys?[sequence][layer] else { return nil }
+        return withCurrentToken ? tail : Array(tail.dropLast(tail.isEmpty ? 0 : rowValues))
     }
 
     /// The query speculated for `layer` from `distance` layers back: the recorded one, or the
@@ -207,7 +221,7 @@ final class SimulatedPrefetch {
     func layerStarts(
         step: Int, layer: Int, sequence: Int, attention: StepAttention, keys: [BlockKey], mass: [Float], needed: Set<BlockKey>
     ) throws(TierKVError) {
-        let candidates = candidates(layer: layer, keys: keys)
+        let candidates = candidates(layer: layer, keys: keys, tail: tail(attention, sequence: sequence, layer: layer, withCurrentToken: true))
         let actual = candidates.positions.map { mass[$0] }
         let relevant = candidates.keys.indices.filter { needed.contains(candidates.keys[$0]) }
         let global = step * layers + layer
@@ -252,7 +266,7 @@ final class SimulatedPrefetch {
 
     /// The predicted mass of `layer`'s candidates with the layer's own query (for skip decisions).
     func exactBound(layer: Int, sequence: Int, attention: StepAttention, keys: [BlockKey]) throws(TierKVError) -> [BlockKey: Float] {
-        let candidates = candidates(layer: layer, keys: keys)
+        let candidates = candidates(layer: layer, keys: keys, tail: tail(attention, sequence: sequence, layer: layer, withCurrentToken: true))
         guard let query = attention.queries?[sequence][layer],
             let predicted = try bound.predictMass(candidates, hint: QueryHint(query))
         else { return [:] }
@@ -304,7 +318,11 @@ final class SimulatedPrefetch {
         let targetStep = target / layers, targetLayer = target % layers
         guard targetStep <= lastStep else { return }
         for sequence in 0..<sequences {
-            let candidates = candidates(layer: targetLayer, keys: keysOf(sequence, targetLayer))
+            // A layer of this step has not made this token's key yet; the next step's tail stands
+            // in for a layer of the next step (it lacks that step's token).
+            let candidates = candidates(
+                layer: targetLayer, keys: keysOf(sequence, targetLayer),
+                tail: tail(attention, sequence: sequence, layer: targetLayer, withCurrentToken: targetStep != step))
             guard !candidates.keys.isEmpty else { continue }
             // The freshest exact query of the target layer: the previous token's for a layer
             // still to come in this step, this token's for a layer of the next step.

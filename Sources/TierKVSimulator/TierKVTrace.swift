@@ -14,11 +14,16 @@ public protocol AttentionSource: AnyObject {
     /// KV heads and head dim of the queries and key summaries (the vectors the predictors see).
     var vectorHeads: Int { get }
     var vectorDimension: Int { get }
+    /// Query heads per KV head in the queries (1: one query per KV head).
+    var vectorGroupSize: Int { get }
     /// The attention of the step at the current position: [sequence][layer][block] masses.
     func step() -> StepAttention
     func appendToken()
     /// A complete block's key summary, `[head][min, max, mean][dim]` fp32, or nil when unknown.
     func keySummary(sequence: Int, layer: Int, block: Int) -> [Float]?
+    /// A complete block's keys, fp32 `[token][head][dim]`, or nil when the source has none (the
+    /// key sketches are made from them).
+    func blockKeys(sequence: Int, layer: Int, block: Int) -> [Float]?
 }
 
 /// Attention of one decode step: per sequence, per layer, the mass of each block, and the query
@@ -26,17 +31,24 @@ public protocol AttentionSource: AnyObject {
 public struct StepAttention: Sendable {
     /// [sequence][layer][block]
     public var mass: [[[Float]]]
-    /// [sequence][layer] → `vectorHeads × vectorDimension` fp32 (post-RoPE, one per KV head), or
+    /// [sequence][layer] → `vectorHeads × vectorGroupSize × vectorDimension` fp32 (post-RoPE, the
+    /// query heads of KV head h at h·groupSize..<(h+1)·groupSize), or
     /// nil when the source has none.
     public var queries: [[[Float]?]]?
     /// [sequence][layer] → the query speculated for the layer from the previous layer's input
     /// (InfiniGen), when the source recorded one.
     public var speculatedQueries: [[[Float]?]]?
+    /// [sequence][layer] → the keys attended that no stored block holds yet (the partly filled
+    /// block up to the current token), fp32 `[token][head][dim]`, when the source has them.
+    public var tailKeys: [[[Float]?]]?
 
-    public init(mass: [[[Float]]], queries: [[[Float]?]]? = nil, speculatedQueries: [[[Float]?]]? = nil) {
+    public init(
+        mass: [[[Float]]], queries: [[[Float]?]]? = nil, speculatedQueries: [[[Float]?]]? = nil, tailKeys: [[[Float]?]]? = nil
+    ) {
         self.mass = mass
         self.queries = queries
         self.speculatedQueries = speculatedQueries
+        self.tailKeys = tailKeys
     }
 }
 
@@ -57,21 +69,31 @@ public struct StepAttention: Sendable {
 /// `position` is the index of the token being decoded (`context_tokens + step`); `mass` holds
 /// the attention weight of each 16-token block of tokens 0...position (so ⌈(position+1)/16⌉
 /// entries), averaged over the layer's query heads: non-negative, summing to 1 (± 0.01).
-/// `query` (optional, for predictors) is the post-RoPE query per KV head (mean over its group);
-/// `spec_query` (optional) the same query speculated from the previous layer's input with this
-/// layer's weights (InfiniGen), for the speculative predictor.
+/// `query` (optional, for predictors) is the post-RoPE query: one row per query head when the
+/// header has `query_heads` (the heads of KV head h at rows h·g..<(h+1)·g, g = query_heads /
+/// kv_heads), else one per KV head (the mean over its group; older recordings). `spec_query`
+/// (optional) is the same query speculated from the previous layer's input with this layer's
+/// weights (InfiniGen), for the speculative predictor. `tail_keys_fp16` (optional) holds the keys
+/// of the tokens from the last block boundary to `position` inclusive (position mod
+/// tokens_per_block + 1 rows), base64 of little-endian fp16 `[token][head][dim]`: the keys the
+/// step attends that no complete block holds.
 /// Optional block lines carry the key summaries of a block when it is complete:
 ///
 ///     {"type": "block", "layer": 0, "block": 63, "key_min": [[...]], "key_max": [[...]],
 ///      "key_mean": [[...]]}
 ///
-/// each `kv_heads` rows of `head_dim` floats. The reader refuses malformed input with the line
-/// number and the reason.
+/// each `kv_heads` rows of `head_dim` floats, and optionally the block's keys themselves,
+/// `"keys_fp16"`: base64 of `tokens_per_block × kv_heads × head_dim` little-endian fp16,
+/// `[token][head][dim]` (what key sketches are made from). The reader refuses malformed input
+/// with the line number and the reason.
 public final class TierKVTrace: AttentionSource {
     public struct Header: Sendable, Equatable {
         public var model: String
         public var layers: Int
         public var kvHeads: Int
+        /// Query heads in the step lines' queries: `kv_heads` (one per KV head, the group's mean)
+        /// in traces without `query_heads`.
+        public var queryHeads: Int
         public var headDim: Int
         public var tokensPerBlock: Int
         public var contextTokens: Int
@@ -86,8 +108,13 @@ public final class TierKVTrace: AttentionSource {
     public let queries: [[[[Float]]?]]
     /// [step][layer] → the speculated query per KV head, when recorded.
     public let speculatedQueries: [[[[Float]]?]]
+    /// [step][layer] → the tail keys (`tail_keys_fp16`), when recorded.
+    private let tailKeys: [[[Float]?]]
     /// [layer][block] → key summary `[head][min, max, mean][dim]`, from the block lines.
     private let summaries: [Int: [Int: [Float]]]
+    /// [layer][block] → keys `[token][head][dim]`, from the block lines that carry them.
+    private let keys: [Int: [Int: [Float]]]
+    public var blockKeysCount: Int { keys.values.reduce(0) { $0 + $1.count } }
     public var blockSummaryCount: Int { summaries.values.reduce(0) { $0 + $1.count } }
     public private(set) var tokenCount: Int
     private var currentStep = 0
@@ -100,6 +127,7 @@ public final class TierKVTrace: AttentionSource {
     public var sinkTokens: Int { header.sinkTokens }
     public var vectorHeads: Int { header.kvHeads }
     public var vectorDimension: Int { header.headDim }
+    public var vectorGroupSize: Int { header.queryHeads / header.kvHeads }
 
     public static func load(path: String) throws(TierKVError) -> TierKVTrace {
         guard let data = FileManager.default.contents(atPath: path) else {
@@ -111,10 +139,10 @@ public final class TierKVTrace: AttentionSource {
 
     public init(parsing text: String, source: String = "trace") throws(TierKVError) {
         var header: Header?
-        var masses: [[[Float]]] = [], queries: [[[[Float]]?]] = [], speculated: [[[[Float]]?]] = []
+        var masses: [[[Float]]] = [], queries: [[[[Float]]?]] = [], speculated: [[[[Float]]?]] = [], tails: [[[Float]?]] = []
         var expected = (step: 0, layer: 0)
         var lineNumber = 0
-        var summaries: [Int: [Int: [Float]]] = [:]
+        var summaries: [Int: [Int: [Float]]] = [:], keys: [Int: [Int: [Float]]] = [:]
         func fail(_ reason: String) -> TierKVError { .invalid("\(source):\(lineNumber): \(reason)") }
         for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
             lineNumber += 1
@@ -135,19 +163,36 @@ public final class TierKVTrace: AttentionSource {
                 }
                 let version = try integer("version", minimum: 1)
                 guard version == 1 else { throw fail("version \(version) is not supported (this reader reads version 1)") }
+                let kvHeads = try integer("kv_heads", minimum: 1)
+                let queryHeads = object["query_heads"] == nil ? kvHeads : try integer("query_heads", minimum: 1)
+                guard queryHeads % kvHeads == 0 else {
+                    throw fail("query_heads \(queryHeads) is not a multiple of kv_heads \(kvHeads)")
+                }
                 header = Header(
                     model: object["model"] as? String ?? "unknown", layers: try integer("layers", minimum: 1),
-                    kvHeads: try integer("kv_heads", minimum: 1), headDim: try integer("head_dim", minimum: 1),
+                    kvHeads: kvHeads, queryHeads: queryHeads, headDim: try integer("head_dim", minimum: 1),
                     tokensPerBlock: try integer("tokens_per_block", minimum: 1), contextTokens: try integer("context_tokens", minimum: 1),
                     decodeSteps: try integer("decode_steps", minimum: 1), sinkTokens: (object["sink_tokens"] as? Int) ?? 4)
                 continue
             }
             let type = object["type"] as? String ?? "step"
-            func matrix(_ key: String) throws(TierKVError) -> [[Float]] {
-                guard let rows = object[key] as? [[NSNumber]], rows.count == known.kvHeads,
+            func matrix(_ key: String, rows count: Int? = nil) throws(TierKVError) -> [[Float]] {
+                let count = count ?? known.kvHeads
+                let name = count == known.kvHeads ? "kv_heads" : "query_heads"
+                guard let rows = object[key] as? [[NSNumber]], rows.count == count,
                     rows.allSatisfy({ $0.count == known.headDim })
-                else { throw fail("'\(key)' must be \(known.kvHeads) rows (kv_heads) of \(known.headDim) numbers (head_dim)") }
+                else { throw fail("'\(key)' must be \(count) rows (\(name)) of \(known.headDim) numbers (head_dim)") }
                 return rows.map { $0.map { $0.floatValue } }
+            }
+            /// Base64 little-endian fp16 `[token][head][dim]` rows, widened to fp32.
+            func fp16Rows(_ key: String, rows: Int, _ what: String) throws(TierKVError) -> [Float] {
+                let byteCount = rows * known.kvHeads * known.headDim * 2
+                guard let text = object[key] as? String, let bytes = Data(base64Encoded: text), bytes.count == byteCount else {
+                    throw fail("'\(key)' must be base64 of \(byteCount) bytes (\(what) × \(known.kvHeads) kv_heads × \(known.headDim) fp16)")
+                }
+                return bytes.withUnsafeBytes { raw in
+                    (0..<(byteCount / 2)).map { Float(Float16(bitPattern: UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self)))) }
+                }
             }
             switch type {
             case "block":
@@ -161,6 +206,9 @@ public final class TierKVTrace: AttentionSource {
                     }
                 }
                 summaries[layer, default: [:]][block] = (0..<known.kvHeads).flatMap { low[$0] + high[$0] + mean[$0] }
+                if object["keys_fp16"] != nil {
+                    keys[layer, default: [:]][block] = try fp16Rows("keys_fp16", rows: known.tokensPerBlock, "\(known.tokensPerBlock) tokens")
+                }
             case "step":
                 let step = try integer("step"), layer = try integer("layer"), position = try integer("position")
                 guard step == expected.step, layer == expected.layer else {
@@ -179,13 +227,20 @@ public final class TierKVTrace: AttentionSource {
                 if let bad = mass.firstIndex(where: { !$0.isFinite || $0 < 0 }) { throw fail("mass[\(bad)] is \(mass[bad]); masses are non-negative numbers") }
                 let sum = mass.reduce(0, +)
                 guard abs(sum - 1) <= 0.01 else { throw fail("masses sum to \(sum); expected 1 ± 0.01 (a softmax averaged over heads)") }
-                let query = object["query"] == nil ? nil : try matrix("query")
-                let speculatedQuery = object["spec_query"] == nil ? nil : try matrix("spec_query")
+                var tail: [Float]? = nil
+                if object["tail_keys_fp16"] != nil {
+                    let rows = position % known.tokensPerBlock + 1
+                    tail = try fp16Rows("tail_keys_fp16", rows: rows, "\(rows) tokens (position mod tokens_per_block + 1)")
+                }
+                let query = object["query"] == nil ? nil : try matrix("query", rows: known.queryHeads)
+                let speculatedQuery = object["spec_query"] == nil ? nil : try matrix("spec_query", rows: known.queryHeads)
                 if layer == 0 {
                     masses.append([])
                     queries.append([])
                     speculated.append([])
+                    tails.append([])
                 }
+                tails[step].append(tail)
                 masses[step].append(mass)
                 queries[step].append(query)
                 speculated[step].append(speculatedQuery)
@@ -202,7 +257,9 @@ public final class TierKVTrace: AttentionSource {
         self.masses = masses
         self.queries = queries
         self.speculatedQueries = speculated
+        self.tailKeys = tails
         self.summaries = summaries
+        self.keys = keys
         self.tokenCount = header.contextTokens
     }
 
@@ -210,10 +267,12 @@ public final class TierKVTrace: AttentionSource {
         let step = min(currentStep, masses.count - 1)
         return StepAttention(
             mass: [masses[step]], queries: [queries[step].map { $0?.flatMap { $0 } }],
-            speculatedQueries: [speculatedQueries[step].map { $0?.flatMap { $0 } }])
+            speculatedQueries: [speculatedQueries[step].map { $0?.flatMap { $0 } }], tailKeys: [tailKeys[step]])
     }
 
     public func keySummary(sequence: Int, layer: Int, block: Int) -> [Float]? { summaries[layer]?[block] }
+
+    public func blockKeys(sequence: Int, layer: Int, block: Int) -> [Float]? { keys[layer]?[block] }
 
     /// Back to the first step (each simulation run replays from the start).
     public func rewind() {

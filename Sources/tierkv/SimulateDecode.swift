@@ -67,6 +67,15 @@ extension SimulateCommand {
                             throw CommandFailure("--sweep scoring: \(value) is not one of \(SummaryScoring.allCases.map(\.rawValue).joined(separator: ", "))")
                         }
                         configuration.prefetch.scoring = scoring
+        if let prefetchSketchBits {
+            guard scoring == .sketch else {
+                throw CommandFailure("--prefetch-sketch-bits \(prefetchSketchBits) applies to --prefetch-scoring sketch; the scoring is \(scoring.rawValue)")
+            }
+            guard [1, 2, 4].contains(prefetchSketchBits) else {
+                throw CommandFailure("--prefetch-sketch-bits \(prefetchSketchBits): expected 1, 2 or 4 bits per key element")
+            }
+            configuration.prefetch.sketchBits = prefetchSketchBits
+        }
                         label = "scoring \(value)"
                     default:
                         throw CommandFailure("--sweep \(parts[0]) is not supported; use policy, capacity, prefetch, lookahead, budget, staging, stage-ahead, coverage, scoring or cpu-attention")
@@ -175,6 +184,15 @@ extension SimulateCommand {
             throw CommandFailure("--prefetch-scoring \(prefetchScoring): expected one of \(SummaryScoring.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         configuration.prefetch.scoring = scoring
+        if let prefetchSketchBits {
+            guard scoring == .sketch else {
+                throw CommandFailure("--prefetch-sketch-bits \(prefetchSketchBits) applies to --prefetch-scoring sketch; the scoring is \(scoring.rawValue)")
+            }
+            guard [1, 2, 4].contains(prefetchSketchBits) else {
+                throw CommandFailure("--prefetch-sketch-bits \(prefetchSketchBits): expected 1, 2 or 4 bits per key element")
+            }
+            configuration.prefetch.sketchBits = prefetchSketchBits
+        }
         guard prefetchCoverage > 0, prefetchCoverage <= 1 else {
             throw CommandFailure("--prefetch-coverage \(prefetchCoverage): expected a share of a layer's predicted attention in (0, 1], e.g. 0.95")
         }

@@ -107,14 +107,14 @@ private func directSummary(_ keys: [[Float]], kvHeads: Int, headDim: Int) -> [Fl
 @Suite struct PredictorTests {
     @Test func predictedMassIsASoftmaxPerHeadAveragedOverHeads() {
         // Two blocks, two heads; scores [block][head] with scale 1 and full blocks (ln n cancels).
-        let mass = PredictedMass.fromScores([0, log(3), 0, 0], kvHeads: 2, scale: 1, tokenCounts: nil, tokensPerBlock: 16)
+        let mass = PredictedMass.fromScores([0, log(3), 0, 0], heads: 2, scale: 1, tokenCounts: nil, tokensPerBlock: 16)
         // Block 0 scores (0, ln 3), block 1 (0, 0). Head 0: softmax(0, 0) = (0.5, 0.5); head 1:
         // softmax(ln 3, 0) = (0.75, 0.25); mean (0.625, 0.375).
         #expect(abs(mass[0] - 0.625) < 1e-6 && abs(mass[1] - 0.375) < 1e-6)
-        let skewed = PredictedMass.fromScores([log(3), log(3), 0, 0], kvHeads: 2, scale: 1, tokenCounts: nil, tokensPerBlock: 16)
+        let skewed = PredictedMass.fromScores([log(3), log(3), 0, 0], heads: 2, scale: 1, tokenCounts: nil, tokensPerBlock: 16)
         #expect(abs(skewed[0] - 0.75) < 1e-6)
         // A half-full block holds half the mass of a full one at equal scores.
-        let partial = PredictedMass.fromScores([0, 0], kvHeads: 1, scale: 1, tokenCounts: [16, 8], tokensPerBlock: 16)
+        let partial = PredictedMass.fromScores([0, 0], heads: 1, scale: 1, tokenCounts: [16, 8], tokensPerBlock: 16)
         #expect(abs(partial[0] - 2.0 / 3) < 1e-6)
     }
 
@@ -202,6 +202,95 @@ private func directSummary(_ keys: [[Float]], kvHeads: Int, headDim: Int) -> [Fl
         let s0 = max(1 + 18 * c, 36 * c), s1: Float = 2
         let expected0 = exp(scale * s0), expected1 = exp(scale * s1)
         #expect(abs(moment[0] - expected0 / (expected0 + expected1)) < 1e-5, "\(moment)")
+    }
+
+    @Test func sketchCodesEachKeyBetweenTheBlocksMinAndMaxAndScoresTokenByToken() throws {
+        // One KV head of dim 8, one query head, 2-bit sketch, a block of 4 tokens (3 filled).
+        // Channel 0 runs 0, 1, 3 (min 0, max 3: codes 0, 1, 3, exact); channel 1 is 2 everywhere
+        // (range 0: code 0, decoded as the minimum 2); channel 2 runs -1, 0, 1 (codes 0, 2 (1.5
+        // rounds to even), 3: decoded -1, 1/3, 1); the rest are 0.
+        let shape = try KeySummaryShape(kvHeads: 1, headDim: 8, sketchBits: 2, tokensPerBlock: 4)
+        #expect(shape.sketchByteCount == 8)  // 4 tokens × 8 dims × 2 bits
+        let table = try BlockSummaryTable(shape: shape)
+        let keys: [[Float]] = [[0, 2, -1, 0, 0, 0, 0, 0], [1, 2, 0, 0, 0, 0, 0, 0], [3, 2, 1, 0, 0, 0, 0, 0]]
+        try keys.flatMap { $0 }.withUnsafeBytes { try table.insert(key(0), keys: $0.baseAddress!, dtype: .fp32, tokenCount: 3) }
+        let query: [Float] = [1, 0.5, 3, 0, 0, 0, 0, 0]
+        // Decoded logits: 0 + 1 − 3 = −2, 1 + 1 + 1 = 3, 3 + 1 + 3 = 7.
+        let scale: Float = 0.5
+        let logits: [Float] = [-2, 3, 7]
+        let expected = (log(logits.reduce(0) { $0 + exp(scale * $1) }) - log(3)) / scale
+        let score = try table.scores(.sketch(scale: scale), query: query, keys: [key(0), key(9)])
+        #expect(score.count == 2 && abs(score[0] - expected) < 1e-5)
+        #expect(score[1] == -.infinity)
+        // Stored as a summary alone, a sketching table refuses: it needs the keys.
+        let error = #expect(throws: TierKVError.self) {
+            try [Float](repeating: 0, count: shape.valueCount).withUnsafeBufferPointer { try table.insert(key(1), summary: $0) }
+        }
+        #expect(error?.message.contains("sketch") == true)
+        // A table without sketches refuses sketch scoring.
+        let plain = try BlockSummaryTable(shape: KeySummaryShape(kvHeads: 1, headDim: 8))
+        #expect(throws: TierKVError.self) { _ = try plain.scores(.sketch(scale: 1), query: query, keys: [key(0)]) }
+        #expect(throws: TierKVError.self) { _ = try KeySummaryShape(kvHeads: 1, headDim: 8, sketchBits: 3) }
+    }
+
+    @Test(arguments: [1, 2, 4])
+    func sketchScoresMatchADirectComputationPerQueryHead(bits: Int) throws {
+        var generator = SeededGenerator(seed: 11 + UInt64(bits))
+        let kvHeads = 2, headDim = 64, groupSize = 3, tokens = 16
+        let shape = try KeySummaryShape(kvHeads: kvHeads, headDim: headDim, groupSize: groupSize, sketchBits: bits, tokensPerBlock: tokens)
+        let table = try BlockSummaryTable(shape: shape)
+        let scale = 1 / Float(headDim).squareRoot()
+        var blocks: [[Float]] = []
+        for block in 0..<5 {
+            let filled = block == 4 ? 9 : tokens  // the last block is partly filled
+            let rows = (0..<(filled * kvHeads * headDim)).map { _ in Float16(Float.random(in: -2...2, using: &generator)) }
+            try rows.withUnsafeBytes { try table.insert(key(block), keys: $0.baseAddress!, dtype: .fp16, tokenCount: filled) }
+            blocks.append(rows.map { Float($0) })
+        }
+        let query = (0..<(kvHeads * groupSize * headDim)).map { _ in Float.random(in: -1...1, using: &generator) }
+        let scores = try table.scores(.sketch(scale: scale), query: query, keys: (0..<5).map { key($0) })
+        #expect(scores.count == 5 * kvHeads * groupSize)
+        let levels = Float((1 << bits) - 1)
+        var worstExact: Float = 0
+        for (block, rows) in blocks.enumerated() {
+            let filled = rows.count / (kvHeads * headDim)
+            for head in 0..<kvHeads {
+                // The reference quantises against the fp16 summary the table keeps (min rounded
+                // down, max up), as the kernel does.
+                var low = [Float](repeating: .infinity, count: headDim), high = [Float](repeating: -.infinity, count: headDim)
+                for token in 0..<filled {
+                    for dim in 0..<headDim {
+                        low[dim] = min(low[dim], rows[(token * kvHeads + head) * headDim + dim])
+                        high[dim] = max(high[dim], rows[(token * kvHeads + head) * headDim + dim])
+                    }
+                }
+                for member in 0..<groupSize {
+                    let q = Array(query[((head * groupSize + member) * headDim)..<((head * groupSize + member + 1) * headDim)])
+                    var decoded: [Float] = [], exact: [Float] = []
+                    for token in 0..<filled {
+                        var sum: Float = 0, exactSum: Float = 0
+                        for dim in 0..<headDim {
+                            let value = rows[(token * kvHeads + head) * headDim + dim]
+                            let range = high[dim] - low[dim]
+                            let code = range > 0 ? min(levels, max(0, ((value - low[dim]) * (levels / range)).rounded(.toNearestOrEven))) : 0
+                            sum += q[dim] * (low[dim] + code * range / levels)
+                            exactSum += q[dim] * value
+                        }
+                        decoded.append(sum)
+                        exact.append(exactSum)
+                    }
+                    func logMass(_ logits: [Float]) -> Float {
+                        (log(logits.reduce(0) { $0 + exp(scale * $1) }) - log(Float(filled))) / scale
+                    }
+                    let got = scores[(block * kvHeads + head) * groupSize + member]
+                    #expect(abs(got - logMass(decoded)) < 1e-3, "block \(block) head \(head) member \(member)")
+                    worstExact = max(worstExact, abs(got - logMass(exact)))
+                }
+            }
+        }
+        // More bits, closer to the exact keys' log-mass.
+        let bound: Float = [1: 12, 2: 4, 4: 0.8][bits]!
+        #expect(worstExact < bound, "worst distance from the exact keys' score \(worstExact) at \(bits) bits")
     }
 
     @Test func historyDecaysAccumulatedMassAndBlendsRecency() throws {

@@ -121,7 +121,7 @@ public final class Hierarchy: @unchecked Sendable {
         case .off: summaries = nil
         case .fromStoredKeys:
             guard layout.dtype != .fp8E4M3 else { throw .invalid("key summaries cannot be computed from fp8 keys; pass them with .provided") }
-            summaries = try BlockSummaryTable(shape: KeySummaryShape(layout: layout))
+            summaries = try BlockSummaryTable(shape: KeySummaryShape(layout: layout, sketchBits: configuration.keySketchBits))
         case .provided(let shape): summaries = try BlockSummaryTable(shape: shape)
         }
         metrics = HierarchyMetrics(policies: [configuration.hotPolicy.name, configuration.warmPolicy.name, configuration.coldPolicy.name])
@@ -168,13 +168,16 @@ public final class Hierarchy: @unchecked Sendable {
     ///   - sequence: the sequence that references the block until `drop`; nil stores it as cache only.
     ///   - keySummary: the block's key summary (`[head][min, max, mean][dim]` fp32) when the
     ///     configuration's `keySummaries` is `.provided`; computed here with `.fromStoredKeys`.
+    ///   - keys: with `.provided`, instead of `keySummary`: the block's keys in the provided
+    ///     shape, fp32 `[token][kvHead][dim]` (up to its `tokensPerBlock` rows), from which the
+    ///     summary and the sketch are computed here. Needed when the shape has a key sketch.
     /// - Throws: a wrong byte count; a missing or misshapen summary; `.capacityExceeded` when no
     ///   tier can take the block because every block is pinned or referenced and dropping is not
     ///   allowed; `.closed`.
     @discardableResult
     public func store(
         _ key: BlockKey, position: Int, bytes: UnsafeRawBufferPointer, sequence: SequenceID? = nil,
-        keySummary: UnsafeBufferPointer<Float>? = nil
+        keySummary: UnsafeBufferPointer<Float>? = nil, keys: UnsafeBufferPointer<Float>? = nil
     ) throws(TierKVError) -> StoreOutcome {
         guard bytes.count == blockByteCount, bytes.baseAddress != nil else {
             throw .invalid("block \(key) has \(bytes.count) bytes; the layout's blocks have \(blockByteCount) (2 × \(configuration.layout.tokensPerBlock) tokens × \(configuration.layout.kvHeads) KV heads × \(configuration.layout.headDim) × \(configuration.layout.dtype.byteSize) bytes)")
@@ -182,13 +185,26 @@ public final class Hierarchy: @unchecked Sendable {
         guard Int(key.layer) < configuration.layout.layers else {
             throw .invalid("block \(key) names layer \(key.layer); the layout has \(configuration.layout.layers) layers")
         }
-        if case .provided(let shape) = configuration.keySummaries, keySummary?.count != shape.valueCount {
+        var keyRows = 0
+        if case .provided(let shape) = configuration.keySummaries, let keys {
+            let rowValues = shape.kvHeads * shape.headDim
+            keyRows = keys.count / rowValues
+            guard keys.count % rowValues == 0, keyRows >= 1, keyRows <= shape.tokensPerBlock else {
+                throw .invalid("block \(key) has \(keys.count) key values; expected 1...\(shape.tokensPerBlock) rows of \(rowValues) (\(shape.kvHeads) KV heads × \(shape.headDim))")
+            }
+        } else if keys != nil {
+            throw .invalid("block \(key) was passed its keys, but the hierarchy computes summaries only with keySummaries .provided")
+        } else if case .provided(let shape) = configuration.keySummaries, shape.sketchBits > 0 {
+            throw .invalid("block \(key) needs its keys (fp32 [token][KV head][dim]): the provided summary shape keeps \(shape.sketchBits)-bit key sketches, which are made from the keys")
+        } else if case .provided(let shape) = configuration.keySummaries, keySummary?.count != shape.valueCount {
             throw .invalid("block \(key) needs its key summary (\(shape.valueCount) values: \(shape.kvHeads) KV heads × 3 × \(shape.headDim)); the hierarchy was configured with provided summaries; found \(keySummary.map { "\($0.count)" } ?? "none")")
         }
         let reservation = try reserveForStore(key, position: Int32(clamping: position), sequence: sequence)
         guard let (id, slot) = reservation else { return .alreadyCached }
         if let summaries {
-            if let keySummary {
+            if let keys {
+                try summaries.insert(key, keys: UnsafeRawPointer(keys.baseAddress!), dtype: .fp32, tokenCount: keyRows)
+            } else if let keySummary {
                 try summaries.insert(key, summary: keySummary)
             } else {
                 try summaries.insert(key, keys: bytes.baseAddress!, dtype: configuration.layout.dtype, tokenCount: configuration.layout.tokensPerBlock)
@@ -209,7 +225,7 @@ public final class Hierarchy: @unchecked Sendable {
     @discardableResult
     public func store(
         _ key: BlockKey, position: Int, deviceAddress: DeviceAddress, sequence: SequenceID? = nil,
-        keySummary: UnsafeBufferPointer<Float>? = nil
+        keySummary: UnsafeBufferPointer<Float>? = nil, keys: UnsafeBufferPointer<Float>? = nil
     ) throws(TierKVError) -> StoreOutcome {
         try deviceStaging.withLock { (staging) throws(TierKVError) -> StoreOutcome in
             let current: DeviceStaging
@@ -221,7 +237,7 @@ public final class Hierarchy: @unchecked Sendable {
             }
             try current.stream.copyToHost(from: deviceAddress, to: current.bytes.baseAddress!, byteCount: blockByteCount)
             try current.stream.synchronize()
-            return try store(key, position: position, bytes: UnsafeRawBufferPointer(current.bytes), sequence: sequence, keySummary: keySummary)
+            return try store(key, position: position, bytes: UnsafeRawBufferPointer(current.bytes), sequence: sequence, keySummary: keySummary, keys: keys)
         }
     }
 

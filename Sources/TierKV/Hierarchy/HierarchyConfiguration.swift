@@ -86,6 +86,9 @@ public struct HierarchyConfiguration: Sendable {
     public var clock: any TransferClock
     /// Key summaries for the prefetch predictors, kept in host memory for every block in any tier.
     public var keySummaries: KeySummaries
+    /// Bits per key element of the key sketch kept with each summary computed from stored keys
+    /// (`.fromStoredKeys`): 0 (none), 1, 2 or 4. `.provided` shapes carry their own.
+    public var keySketchBits: Int = 0
 
     public init(
         layout: KVLayout, namespace: String = "default", hotCapacityBlocks: Int, warmCapacityBlocks: Int,
@@ -141,6 +144,10 @@ public struct HierarchyConfiguration: Sendable {
         }
         guard lowWatermark > 0, lowWatermark <= highWatermark, highWatermark <= 1 else {
             throw .invalid("watermarks must satisfy 0 < low ≤ high ≤ 1 (low \(lowWatermark), high \(highWatermark))")
+        }
+        guard [0, 1, 2, 4].contains(keySketchBits) else { throw .invalid("keySketchBits is \(keySketchBits); expected 0 (none), 1, 2 or 4") }
+        if keySketchBits > 0, case .fromStoredKeys = keySummaries {} else if keySketchBits > 0 {
+            throw .invalid("keySketchBits is \(keySketchBits) but keySummaries is not .fromStoredKeys; a provided shape carries its own sketch bits")
         }
         guard coldCheckpointInterval >= 0 else { throw .invalid("coldCheckpointInterval is \(coldCheckpointInterval); use 0 to checkpoint only on flush and close") }
         guard maximumBytesInFlightPerLink >= layout.blockByteCount else {
