@@ -47,11 +47,17 @@ public enum KeySketchKernel {
                 let toLevels = (levels / range).replacing(with: 0, where: range .<= 0)
                 for token in 0..<tokenCount {
                     let k = L.load8(keys, (token * kvHeads + head) * headDim + lane * 8)
-                    var code = ((k - l) * toLevels).rounded(.toNearestOrEven)
-                    code = code.clamped(lowerBound: .zero, upperBound: SIMD8(repeating: levels))
-                    let packed = (SIMD8<UInt32>(truncatingIfNeeded: SIMD8<Int32>(code, rounding: .towardZero)) &<< shifts).wrappedSum()
+                    let level = ((k - l) * toLevels).clamped(lowerBound: .zero, upperBound: SIMD8(repeating: levels))
+                    // Adding 2²³ rounds to the nearest integer (ties to even) and leaves it in the
+                    // low mantissa bits (the generic SIMD float-to-int conversion is scalar code).
+                    let code = unsafeBitCast(level + SIMD8(repeating: 8_388_608), to: SIMD8<UInt32>.self) & SIMD8(repeating: 0xFF)
+                    let packed = (code &<< shifts).wrappedSum()
                     let target = output + (head * tokensPerBlock + token) * rowBytes + lane * bits
-                    withUnsafeBytes(of: packed.littleEndian) { target.copyMemory(from: $0.baseAddress!, byteCount: bits) }
+                    switch bits {
+                    case 1: target.storeBytes(of: UInt8(truncatingIfNeeded: packed), as: UInt8.self)
+                    case 2: target.storeBytes(of: UInt16(truncatingIfNeeded: packed).littleEndian, as: UInt16.self)
+                    default: target.storeBytes(of: packed.littleEndian, as: UInt32.self)
+                    }
                 }
             }
         }
@@ -80,9 +86,12 @@ public enum KeySketchKernel {
         let rowBytes = headDim * bits / 8
         // Per query head of the group: w = q ⊙ (max − min) / levels and base = q · min, so that
         // q · k̂ = base + w · code; then one logit per token.
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: groupSize * (headDim + 1 + tokensPerBlock))
+        // Logit rows padded to whole vectors; the padding stays -infinity.
+        let logitStride = (tokensPerBlock + 7) / 8 * 8
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: groupSize * (headDim + 1 + logitStride))
         defer { scratch.deallocate() }
         let weights = scratch, bases = scratch + groupSize * headDim, logits = bases + groupSize
+        let log2e: Float = 1.442_695_04
         @inline(__always) func codes(_ row: UnsafeRawPointer, _ lane: Int) -> SIMD8<Float> {
             let at = row + lane * bits
             let chunk: UInt32
@@ -128,10 +137,10 @@ public enum KeySketchKernel {
                             a2 = a2.addingProduct(w.loadUnaligned(fromByteOffset: 2 * stride + lane * 32, as: SIMD8<Float>.self), c)
                             a3 = a3.addingProduct(w.loadUnaligned(fromByteOffset: 3 * stride + lane * 32, as: SIMD8<Float>.self), c)
                         }
-                        logits[member * tokensPerBlock + token] = bases[member] + a0.horizontalSum
-                        logits[(member + 1) * tokensPerBlock + token] = bases[member + 1] + a1.horizontalSum
-                        logits[(member + 2) * tokensPerBlock + token] = bases[member + 2] + a2.horizontalSum
-                        logits[(member + 3) * tokensPerBlock + token] = bases[member + 3] + a3.horizontalSum
+                        logits[member * logitStride + token] = bases[member] + a0.horizontalSum
+                        logits[(member + 1) * logitStride + token] = bases[member + 1] + a1.horizontalSum
+                        logits[(member + 2) * logitStride + token] = bases[member + 2] + a2.horizontalSum
+                        logits[(member + 3) * logitStride + token] = bases[member + 3] + a3.horizontalSum
                         member += 4
                     }
                     while member < groupSize {
@@ -140,19 +149,27 @@ public enum KeySketchKernel {
                         for lane in 0..<lanes {
                             a = a.addingProduct(w.loadUnaligned(fromByteOffset: lane * 32, as: SIMD8<Float>.self), codes(row, lane))
                         }
-                        logits[member * tokensPerBlock + token] = bases[member] + a.horizontalSum
+                        logits[member * logitStride + token] = bases[member] + a.horizontalSum
                         member += 1
                     }
                 }
+                let vectors = (tokens + 7) / 8
                 for member in 0..<groupSize {
                     var score = -Float.infinity
                     if tokens > 0 {
-                        let row = logits + member * tokensPerBlock
-                        var maximum = -Float.infinity
-                        for token in 0..<tokens { maximum = Swift.max(maximum, row[token]) }
-                        var sum: Float = 0
-                        for token in 0..<tokens { sum += exp(scale * (row[token] - maximum)) }
-                        score = maximum + (log(sum) - log(Float(tokens))) / scale
+                        let row = UnsafeMutableRawPointer(logits + member * logitStride)
+                        for token in tokens..<(vectors * 8) { logits[member * logitStride + token] = -.infinity }
+                        var top = SIMD8<Float>(repeating: -.infinity)
+                        for vector in 0..<vectors { top = top.lanewiseMax(row.loadUnaligned(fromByteOffset: vector * 32, as: SIMD8<Float>.self)) }
+                        let maximum = top.max()
+                        // Σ exp(scale·(x − max)) as 2^(scale·log2(e)·(x − max)), 8 tokens at a time.
+                        let factor = SIMD8<Float>(repeating: scale * log2e), shift = SIMD8<Float>(repeating: maximum)
+                        var sum = SIMD8<Float>.zero
+                        for vector in 0..<vectors {
+                            sum += DecodeAttentionKernel.fastExp2(factor * (row.loadUnaligned(fromByteOffset: vector * 32, as: SIMD8<Float>.self) - shift))
+                        }
+                        // The -infinity padding adds 2⁻¹²⁶ per lane (fastExp2's floor): nothing in an fp32 sum ≥ 1.
+                        score = maximum + (log(sum.horizontalSum) - log(Float(tokens))) / scale
                     }
                     output[(block * kvHeads + head) * groupSize + member] = score
                 }

@@ -293,6 +293,36 @@ private func directSummary(_ keys: [[Float]], kvHeads: Int, headDim: Int) -> [Fl
         #expect(worstExact < bound, "worst distance from the exact keys' score \(worstExact) at \(bits) bits")
     }
 
+    @Test func sketchMassSharesEachHeadsSoftmaxWithTheResidentBlocksAndTheTail() throws {
+        // One KV head of dim 8 with 2 query heads; blocks of 2 tokens whose keys are constant
+        // (so the sketch is exact): A along dim 0 (2), B along dim 1 (2), the always-resident C
+        // along dim 0 (1). Head 0 = e0 likes A (logit 2); head 1 = 3·e1 likes B (logit 6), and
+        // the tail token, 4·e1, gets logit 12 from head 1: head 1 looks at the newest token.
+        let shape = try KeySummaryShape(kvHeads: 1, headDim: 8, groupSize: 2, sketchBits: 4, tokensPerBlock: 2)
+        let table = try BlockSummaryTable(shape: shape)
+        func along(_ dim: Int, _ value: Float) -> [Float] { (0..<8).map { $0 == dim ? value : 0 } }
+        for (index, keys) in [along(0, 2), along(1, 2), along(0, 1)].enumerated() {
+            try (keys + keys).withUnsafeBytes { try table.insert(key(index), keys: $0.baseAddress!, dtype: .fp32, tokenCount: 2) }
+        }
+        let predictor = QuestBoundPredictor(summaries: table, tokensPerBlock: 2, scale: 1, scoring: .sketch)
+        let hint = QueryHint(along(0, 1) + along(1, 3))
+        var candidates = PredictionCandidates(layer: 0, keys: [key(0), key(1)], positions: [1, 2], newestPosition: 3)
+        // Alone, each head's softmax is over A and B: head 1's near-certainty about B wins.
+        let alone = try #require(try predictor.predictMass(candidates, hint: hint))
+        #expect(alone[1] > alone[0])
+        // Shared with C and the tail, as the real attention is: head 1 gives B almost nothing.
+        candidates.alwaysResidentKeys = [key(2)]
+        candidates.tailKeys = along(1, 4)
+        let shared = try #require(try predictor.predictMass(candidates, hint: hint))
+        let e = Float(M_E)
+        let total0 = 2 * e * e + 2 + 2 * e + 1, total1 = 4 + 2 * pow(e, 6) + pow(e, 12)
+        #expect(abs(shared[0] - (2 * e * e / total0 + 2 / total1) / 2) < 1e-5)
+        #expect(abs(shared[1] - (2 / total0 + 2 * pow(e, 6) / total1) / 2) < 1e-5)
+        #expect(shared[0] > shared[1])
+        candidates.tailKeys = [1, 2, 3]
+        #expect(throws: TierKVError.self) { _ = try predictor.predictMass(candidates, hint: hint) }
+    }
+
     @Test func historyDecaysAccumulatedMassAndBlendsRecency() throws {
         let history = try AttentionHistoryPredictor(decay: 0.5, recencyWeight: 0, recencyWindowBlocks: 4)
         let candidates = PredictionCandidates(layer: 3, keys: [key(0), key(1), key(2)], positions: [0, 1, 2], newestPosition: 2)

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import TierKV
 @testable import TierKVSimulator
@@ -43,6 +44,86 @@ import TierKV
         // A second run replays from the start.
         let again = try DecodeSimulation.run(configuration, trace: trace)
         #expect(again.timeline == result.timeline)
+    }
+
+    /// Base64 of fp16 values, as the recorder writes keys.
+    static func fp16Base64(_ values: [Float]) -> String {
+        values.map { Float16($0) }.withUnsafeBytes { Data($0).base64EncodedString() }
+    }
+
+    /// A trace with every query head (2 per KV head), the blocks' keys and each step's tail keys:
+    /// what sketch scoring needs. Block b's keys point along dim b % 8; the query of step s
+    /// along dim s % 6 + 1 for head 0 (a block that is always a candidate) and dim 0 (the sink)
+    /// for head 1, and the attention follows head 0.
+    static func sketchTrace(steps: Int = 12) -> String {
+        let dims = 8, block = 16, context = 128
+        var lines = [#"{"format": "tierkv-trace", "version": 1, "layers": 4, "kv_heads": 1, "query_heads": 2, "head_dim": 8, "tokens_per_block": 16, "context_tokens": 128, "decode_steps": \#(steps), "sink_tokens": 4}"#]
+        func keys(ofBlock number: Int) -> [Float] {
+            (0..<block).flatMap { token in (0..<dims).map { $0 == number % dims ? 4 + Float(token) / 16 : 0 } }
+        }
+        func blockLine(layer: Int, number: Int) -> String {
+            let rows = keys(ofBlock: number)
+            let column = { (dim: Int) in (0..<block).map { rows[$0 * dims + dim] } }
+            let low = (0..<dims).map { column($0).min()! }, high = (0..<dims).map { column($0).max()! }
+            let mean = (0..<dims).map { column($0).reduce(0, +) / Float(block) }
+            return #"{"type": "block", "layer": \#(layer), "block": \#(number), "key_min": [\#(low)], "key_max": [\#(high)], "key_mean": [\#(mean)], "keys_fp16": "\#(fp16Base64(rows))"}"#
+        }
+        for layer in 0..<4 { for number in 0..<(context / block) { lines.append(blockLine(layer: layer, number: number)) } }
+        for step in 0..<steps {
+            let position = context + step
+            let blocks = position / block + 1
+            var mass = [Double](repeating: 0, count: blocks)
+            mass[0] = 0.4
+            mass[blocks - 1] = 0.2
+            mass[step % 6 + 1] += 0.4
+            let query0 = (0..<dims).map { $0 == step % 6 + 1 ? Float(1) : 0 }, query1 = (0..<dims).map { $0 == 0 ? Float(1) : 0 }
+            let tail = [Float](repeating: 0.5, count: (position % block + 1) * dims)
+            for layer in 0..<4 {
+                lines.append(#"{"type": "step", "step": \#(step), "layer": \#(layer), "position": \#(position), "mass": \#(mass), "query": [\#(query0), \#(query1)], "tail_keys_fp16": "\#(fp16Base64(tail))"}"#)
+            }
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    @Test func readsEveryQueryHeadTheBlocksKeysAndTheTailKeys() throws {
+        let trace = try TierKVTrace(parsing: Self.sketchTrace(), source: "s.jsonl")
+        #expect(trace.vectorGroupSize == 2 && trace.header.queryHeads == 2 && trace.blockKeysCount == 32)
+        let keys = try #require(trace.blockKeys(sequence: 0, layer: 1, block: 3))
+        #expect(keys.count == 16 * 8 && keys[3] == 4 && keys[15 * 8 + 3] == 4 + 15.0 / 16 && keys[2] == 0)
+        let attention = trace.step()
+        #expect(attention.queries?[0][0]?.count == 16)
+        // Position 128 starts a block: the tail is that one token.
+        #expect(attention.tailKeys?[0][2]?.count == 8)
+
+        // Sketch scoring replays it, with the keys; its exact-query ranking finds the block the
+        // attention follows.
+        var configuration = DecodeSimulationTests.configuration()
+        configuration.hotFraction = 0.2
+        configuration.prefetch.kind = .bound
+        configuration.prefetch.lookaheadLayers = 1
+        configuration.prefetch.scoring = .sketch
+        let result = try DecodeSimulation.run(configuration, trace: trace)
+        let exact = try #require(result.prefetch?.quality["bound_exact"])
+        #expect(exact.recall > 0.9, "\(exact)")
+        // The model preset's real shape (8 KV heads of 128) prices the summary and the 2-bit sketch.
+        #expect(result.summaryBytesPerBlock == 3 * 8 * 128 * 2 + 8 * 16 * 128 * 2 / 8)
+    }
+
+    @Test func sketchTracesWithBadKeysOrHeadsAreRefused() {
+        let good = Self.sketchTrace().split(separator: "\n").map(String.init)
+        let shortKeys = good[1].replacing(#/"keys_fp16": "[^"]*"/#, with: #""keys_fp16": "\#(Self.fp16Base64([1, 2]))""#)
+        let cases: [([String], String)] = [
+            ([good[0]] + [shortKeys] + good.dropFirst(2), "s.jsonl:2: 'keys_fp16' must be base64 of 256 bytes"),
+            ([good[0].replacingOccurrences(of: #""query_heads": 2"#, with: #""query_heads": 3"#)] + good.dropFirst(),
+             "'query' must be 3 rows (query_heads)"),
+            ([good[0].replacingOccurrences(of: #""kv_heads": 1"#, with: #""kv_heads": 2"#).replacingOccurrences(of: #""query_heads": 2"#, with: #""query_heads": 3"#)]
+                + good.dropFirst(), "query_heads 3 is not a multiple of kv_heads 2"),
+            ([good[0].replacingOccurrences(of: #""query_heads": 2"#, with: #""query_heads": 1"#)] + good.dropFirst(), "'query' must be 1 rows (kv_heads)"),
+        ]
+        for (lines, needle) in cases {
+            let error = failure { _ = try TierKVTrace(parsing: lines.joined(separator: "\n"), source: "s.jsonl") }
+            #expect(error?.message.contains(needle) == true, "expected '\(needle)', got \(error?.message ?? "no error")")
+        }
     }
 
     @Test func aModelWithOtherLayersIsRefused() throws {

@@ -10,6 +10,7 @@ let benchmarks: @Sendable () -> Void = {
 
     let layout = try! KVLayout(layers: 1, kvHeads: 8, queryHeads: 32, headDim: 128, tokensPerBlock: 16, dtype: .fp16)
     let table = try! BlockSummaryTable(shape: KeySummaryShape(layout: layout))
+    let sketched = try! BlockSummaryTable(shape: KeySummaryShape(layout: layout, sketchBits: 2))
     let blockCount = 1024
     var state: UInt64 = 1
     var keys = [Float16](repeating: 0, count: layout.tokensPerBlock * layout.kvHeads * layout.headDim)
@@ -21,6 +22,7 @@ let benchmarks: @Sendable () -> Void = {
         }
         let key = BlockKey(prefixHash: PrefixHash(high: 0, low: UInt64(block + 1)), layer: 0)
         try! keys.withUnsafeBytes { try table.insert(key, keys: $0.baseAddress!, dtype: .fp16, tokenCount: layout.tokensPerBlock) }
+        try! keys.withUnsafeBytes { try sketched.insert(key, keys: $0.baseAddress!, dtype: .fp16, tokenCount: layout.tokensPerBlock) }
         blockKeys.append(key)
     }
     let query = (0..<(layout.queryHeads * layout.headDim)).map { Float(($0 % 17) - 8) / 8 }
@@ -37,5 +39,21 @@ let benchmarks: @Sendable () -> Void = {
     let hint = QueryHint(query)
     Benchmark("bound+moment predicted mass of 1024 blocks") { benchmark in
         for _ in benchmark.scaledIterations { blackHole(try! predictor.predictMass(candidates, hint: hint)) }
+    }
+    // Key sketches (2 bits): the token-by-token score reads 4 KiB of codes per block where the
+    // summaries are 6 KiB, and does headDim FMAs per token and query head.
+    Benchmark("2-bit sketch scores of 1024 blocks (32 query heads)") { benchmark in
+        for _ in benchmark.scaledIterations { blackHole(try! sketched.scores(.sketch(scale: scale), query: query, keys: blockKeys)) }
+    }
+    let sketchPredictor = QuestBoundPredictor(summaries: sketched, tokensPerBlock: layout.tokensPerBlock, scoring: .sketch)
+    Benchmark("sketch predicted mass of 1024 blocks") { benchmark in
+        for _ in benchmark.scaledIterations { blackHole(try! sketchPredictor.predictMass(candidates, hint: hint)) }
+    }
+    // The store path: summary and 2-bit sketch of one 16-token fp16 block (8 KV heads × 128).
+    let storeKey = BlockKey(prefixHash: PrefixHash(high: 1, low: 1), layer: 0)
+    Benchmark("summary + 2-bit sketch of one block (insert)", configuration: .init(scalingFactor: .kilo)) { benchmark in
+        for _ in benchmark.scaledIterations {
+            try! keys.withUnsafeBytes { try sketched.insert(storeKey, keys: $0.baseAddress!, dtype: .fp16, tokenCount: layout.tokensPerBlock) }
+        }
     }
 }
