@@ -9,13 +9,16 @@ import TierKVCore
 /// A sketch lets a block be scored token by token, `ln Σ_t exp(scale·q·k̂_t)`, instead of from
 /// one bound or one mean per channel.
 ///
-/// Codes are `[head][token][dim]`, `bits` per element packed from the low bits of each byte up;
-/// a block of `tokensPerBlock` rows takes `kvHeads × tokensPerBlock × headDim × bits / 8` bytes.
-/// The summary is `[head][min, max, mean][dim]` fp16 (`BlockScoreKernel`'s input).
+/// Codes are dim-major, `[head][dim][token]`, the codes of 8 consecutive tokens one
+/// `8·bits`-bit little-endian word (token j of the 8 in bits j·bits...): scoring then computes 8
+/// tokens' logits at once, one broadcast weight per dim, with no horizontal sums (token-major it
+/// spent a fifth of its time summing lanes). A block takes `kvHeads × headDim × ⌈tokensPerBlock/8⌉
+/// × bits` bytes (`sketchByteCount`). The summary is `[head][min, max, mean][dim]` fp16
+/// (`BlockScoreKernel`'s input).
 public enum KeySketchKernel {
     /// Writes the codes of `tokenCount` key rows (`[token][kvHead][headDim]` of `dtype`, the K half
-    /// of a TierKV block) into `output`, which holds `tokensPerBlock` rows per head; rows at and
-    /// after `tokenCount` are zeroed.
+    /// of a TierKV block) into `output` (`byteCount(...)` bytes, room for `tokensPerBlock`
+    /// tokens); codes of tokens at and after `tokenCount` are zero.
     public static func encode(
         dtype: DType, keys: UnsafeRawPointer, tokenCount: Int, tokensPerBlock: Int, kvHeads: Int, headDim: Int, bits: Int,
         summary: UnsafeRawPointer, output: UnsafeMutableRawPointer
@@ -28,18 +31,25 @@ public enum KeySketchKernel {
         }
     }
 
+    /// Bytes of one block's sketch.
+    public static func byteCount(tokensPerBlock: Int, kvHeads: Int, headDim: Int, bits: Int) -> Int {
+        kvHeads * headDim * ((tokensPerBlock + 7) / 8) * bits
+    }
+
     @inline(__always)
     private static func encode<L: KVElementLoader>(
         _ loader: L.Type, _ keys: UnsafeRawPointer, _ tokenCount: Int, _ tokensPerBlock: Int, _ kvHeads: Int, _ headDim: Int,
         _ bits: Int, _ summary: UnsafeRawPointer, _ output: UnsafeMutableRawPointer
     ) {
         let levels = Float((1 << bits) - 1)
-        let shifts = laneShifts(bits)
-        let rowBytes = headDim * bits / 8
-        output.initializeMemory(as: UInt8.self, repeating: 0, count: kvHeads * tokensPerBlock * rowBytes)
+        let chunks = (tokensPerBlock + 7) / 8
+        output.initializeMemory(as: UInt8.self, repeating: 0, count: byteCount(tokensPerBlock: tokensPerBlock, kvHeads: kvHeads, headDim: headDim, bits: bits))
+        // One token's codes for 8 dims at a time, spread into the dim-major words bit by bit.
+        var lanes = SIMD8<UInt32>.zero
         for head in 0..<kvHeads {
             let low = summary + head * 3 * headDim * 2
             let high = low + headDim * 2
+            let headOutput = output + head * headDim * chunks * bits
             for lane in 0..<(headDim / 8) {
                 let l = FP16Elements.load8(low, lane * 8), h = FP16Elements.load8(high, lane * 8)
                 let range = h - l
@@ -50,13 +60,19 @@ public enum KeySketchKernel {
                     let level = ((k - l) * toLevels).clamped(lowerBound: .zero, upperBound: SIMD8(repeating: levels))
                     // Adding 2²³ rounds to the nearest integer (ties to even) and leaves it in the
                     // low mantissa bits (the generic SIMD float-to-int conversion is scalar code).
-                    let code = unsafeBitCast(level + SIMD8(repeating: 8_388_608), to: SIMD8<UInt32>.self) & SIMD8(repeating: 0xFF)
-                    let packed = (code &<< shifts).wrappedSum()
-                    let target = output + (head * tokensPerBlock + token) * rowBytes + lane * bits
-                    switch bits {
-                    case 1: target.storeBytes(of: UInt8(truncatingIfNeeded: packed), as: UInt8.self)
-                    case 2: target.storeBytes(of: UInt16(truncatingIfNeeded: packed).littleEndian, as: UInt16.self)
-                    default: target.storeBytes(of: packed.littleEndian, as: UInt32.self)
+                    lanes = unsafeBitCast(level + SIMD8(repeating: 8_388_608), to: SIMD8<UInt32>.self) & SIMD8(repeating: 0xFF)
+                    let shift = UInt32((token % 8) * bits)
+                    for dim in 0..<8 {
+                        let word = headOutput + ((lane * 8 + dim) * chunks + token / 8) * bits
+                        switch bits {
+                        case 1: word.storeBytes(of: word.load(as: UInt8.self) | UInt8(truncatingIfNeeded: lanes[dim] << shift), as: UInt8.self)
+                        case 2:
+                            let old = word.loadUnaligned(as: UInt16.self)
+                            word.storeBytes(of: old | UInt16(truncatingIfNeeded: lanes[dim] << shift).littleEndian, as: UInt16.self)
+                        default:
+                            let old = word.loadUnaligned(as: UInt32.self)
+                            word.storeBytes(of: old | (lanes[dim] << shift).littleEndian, as: UInt32.self)
+                        }
                     }
                 }
             }
@@ -79,30 +95,35 @@ public enum KeySketchKernel {
         summaries: UnsafeRawPointer, summaryByteCount: Int, sketches: UnsafeRawPointer, sketchByteCount: Int,
         tokenCounts: UnsafePointer<UInt16>, slots: UnsafeBufferPointer<Int32>, output: UnsafeMutablePointer<Float>
     ) {
+        switch bits {
+        case 1:
+            score(OneBitCodes.self, query, groupSize, kvHeads, headDim, tokensPerBlock, scale, summaries, summaryByteCount, sketches, sketchByteCount, tokenCounts, slots, output)
+        case 2:
+            score(TwoBitCodes.self, query, groupSize, kvHeads, headDim, tokensPerBlock, scale, summaries, summaryByteCount, sketches, sketchByteCount, tokenCounts, slots, output)
+        default:
+            score(FourBitCodes.self, query, groupSize, kvHeads, headDim, tokensPerBlock, scale, summaries, summaryByteCount, sketches, sketchByteCount, tokenCounts, slots, output)
+        }
+    }
+
+    /// The score, specialised per code width so that decoding a lane is a few vector instructions.
+    @inline(__always)
+    private static func score<C: SketchCodes>(
+        _ codes: C.Type, _ query: UnsafePointer<Float>, _ groupSize: Int, _ kvHeads: Int, _ headDim: Int, _ tokensPerBlock: Int,
+        _ scale: Float, _ summaries: UnsafeRawPointer, _ summaryByteCount: Int, _ sketches: UnsafeRawPointer, _ sketchByteCount: Int,
+        _ tokenCounts: UnsafePointer<UInt16>, _ slots: UnsafeBufferPointer<Int32>, _ output: UnsafeMutablePointer<Float>
+    ) {
+        let bits = C.bits
         let lanes = headDim / 8
         let levels = Float((1 << bits) - 1)
-        let shifts = laneShifts(bits)
-        let mask = SIMD8<UInt32>(repeating: (1 << UInt32(bits)) - 1)
-        let rowBytes = headDim * bits / 8
+        let chunks = (tokensPerBlock + 7) / 8
         // Per query head of the group: w = q ⊙ (max − min) / levels and base = q · min, so that
         // q · k̂ = base + w · code; then one logit per token.
-        // Logit rows padded to whole vectors; the padding stays -infinity.
-        let logitStride = (tokensPerBlock + 7) / 8 * 8
+        // Logit rows padded to whole vectors (the padding is set to -infinity before the sum).
+        let logitStride = chunks * 8
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: groupSize * (headDim + 1 + logitStride))
         defer { scratch.deallocate() }
         let weights = scratch, bases = scratch + groupSize * headDim, logits = bases + groupSize
         let log2e: Float = 1.442_695_04
-        @inline(__always) func codes(_ row: UnsafeRawPointer, _ lane: Int) -> SIMD8<Float> {
-            let at = row + lane * bits
-            let chunk: UInt32
-            switch bits {
-            case 1: chunk = UInt32(at.load(as: UInt8.self))
-            case 2: chunk = UInt32(UInt16(littleEndian: at.loadUnaligned(as: UInt16.self)))
-            default: chunk = UInt32(littleEndian: at.loadUnaligned(as: UInt32.self))
-            }
-            let values = (SIMD8<UInt32>(repeating: chunk) &>> shifts) & mask
-            return SIMD8<Float>(SIMD8<Int32>(truncatingIfNeeded: values))
-        }
         for (block, slot) in slots.enumerated() {
             let summary = summaries + Int(slot) * summaryByteCount
             let sketch = sketches + Int(slot) * sketchByteCount
@@ -118,42 +139,92 @@ public enum KeySketchKernel {
                         let qv = q.loadUnaligned(fromByteOffset: lane * 32, as: SIMD8<Float>.self)
                         base = base.addingProduct(qv, l)
                         UnsafeMutableRawPointer(weights + member * headDim).storeBytes(
-                            of: qv * (h - l) / levels, toByteOffset: lane * 32, as: SIMD8<Float>.self)
+                            of: qv * (h - l) * (1 / levels), toByteOffset: lane * 32, as: SIMD8<Float>.self)
                     }
                     bases[member] = base.horizontalSum
                 }
-                let rows = sketch + head * tokensPerBlock * rowBytes
-                for token in 0..<tokens {
-                    let row = rows + token * rowBytes
+                // Logits of 8 tokens at a time: per dim, the 8 tokens' codes times the head's weight.
+                let words = sketch + head * headDim * chunks * bits
+                let vectors = (tokens + 7) / 8
+                var chunk = 0
+                // Two chunks (16 tokens) at a time for 4 query heads: 8 accumulators, each
+                // broadcast weight used twice.
+                while chunk + 2 <= vectors {
                     var member = 0
                     while member + 4 <= groupSize {
-                        var a0 = SIMD8<Float>.zero, a1 = a0, a2 = a0, a3 = a0
-                        let w = UnsafeRawPointer(weights + member * headDim)
-                        let stride = headDim * 4
-                        for lane in 0..<lanes {
-                            let c = codes(row, lane)
-                            a0 = a0.addingProduct(w.loadUnaligned(fromByteOffset: lane * 32, as: SIMD8<Float>.self), c)
-                            a1 = a1.addingProduct(w.loadUnaligned(fromByteOffset: stride + lane * 32, as: SIMD8<Float>.self), c)
-                            a2 = a2.addingProduct(w.loadUnaligned(fromByteOffset: 2 * stride + lane * 32, as: SIMD8<Float>.self), c)
-                            a3 = a3.addingProduct(w.loadUnaligned(fromByteOffset: 3 * stride + lane * 32, as: SIMD8<Float>.self), c)
+                        let b0 = SIMD8<Float>(repeating: bases[member]), b1 = SIMD8<Float>(repeating: bases[member + 1])
+                        let b2 = SIMD8<Float>(repeating: bases[member + 2]), b3 = SIMD8<Float>(repeating: bases[member + 3])
+                        var a0 = b0, a1 = b1, a2 = b2, a3 = b3, c0 = b0, c1 = b1, c2 = b2, c3 = b3
+                        let w = weights + member * headDim
+                        for dim in 0..<headDim {
+                            let first = C.decode(words, dim * chunks + chunk), second = C.decode(words, dim * chunks + chunk + 1)
+                            let w0 = SIMD8<Float>(repeating: w[dim]), w1 = SIMD8<Float>(repeating: w[headDim + dim])
+                            let w2 = SIMD8<Float>(repeating: w[2 * headDim + dim]), w3 = SIMD8<Float>(repeating: w[3 * headDim + dim])
+                            a0 = a0.addingProduct(w0, first)
+                            c0 = c0.addingProduct(w0, second)
+                            a1 = a1.addingProduct(w1, first)
+                            c1 = c1.addingProduct(w1, second)
+                            a2 = a2.addingProduct(w2, first)
+                            c2 = c2.addingProduct(w2, second)
+                            a3 = a3.addingProduct(w3, first)
+                            c3 = c3.addingProduct(w3, second)
                         }
-                        logits[member * logitStride + token] = bases[member] + a0.horizontalSum
-                        logits[(member + 1) * logitStride + token] = bases[member + 1] + a1.horizontalSum
-                        logits[(member + 2) * logitStride + token] = bases[member + 2] + a2.horizontalSum
-                        logits[(member + 3) * logitStride + token] = bases[member + 3] + a3.horizontalSum
+                        let out = UnsafeMutableRawPointer(logits + member * logitStride + chunk * 8)
+                        let row = logitStride * 4
+                        out.storeBytes(of: a0, as: SIMD8<Float>.self)
+                        (out + 32).storeBytes(of: c0, as: SIMD8<Float>.self)
+                        (out + row).storeBytes(of: a1, as: SIMD8<Float>.self)
+                        (out + row + 32).storeBytes(of: c1, as: SIMD8<Float>.self)
+                        (out + 2 * row).storeBytes(of: a2, as: SIMD8<Float>.self)
+                        (out + 2 * row + 32).storeBytes(of: c2, as: SIMD8<Float>.self)
+                        (out + 3 * row).storeBytes(of: a3, as: SIMD8<Float>.self)
+                        (out + 3 * row + 32).storeBytes(of: c3, as: SIMD8<Float>.self)
                         member += 4
                     }
                     while member < groupSize {
-                        var a = SIMD8<Float>.zero
-                        let w = UnsafeRawPointer(weights + member * headDim)
-                        for lane in 0..<lanes {
-                            a = a.addingProduct(w.loadUnaligned(fromByteOffset: lane * 32, as: SIMD8<Float>.self), codes(row, lane))
+                        var a = SIMD8<Float>(repeating: bases[member]), c = a
+                        let w = weights + member * headDim
+                        for dim in 0..<headDim {
+                            let weight = SIMD8<Float>(repeating: w[dim])
+                            a = a.addingProduct(weight, C.decode(words, dim * chunks + chunk))
+                            c = c.addingProduct(weight, C.decode(words, dim * chunks + chunk + 1))
                         }
-                        logits[member * logitStride + token] = bases[member] + a.horizontalSum
+                        let out = UnsafeMutableRawPointer(logits + member * logitStride + chunk * 8)
+                        out.storeBytes(of: a, as: SIMD8<Float>.self)
+                        (out + 32).storeBytes(of: c, as: SIMD8<Float>.self)
                         member += 1
                     }
+                    chunk += 2
                 }
-                let vectors = (tokens + 7) / 8
+                while chunk < vectors {
+                    var member = 0
+                    while member + 4 <= groupSize {
+                        var a0 = SIMD8<Float>(repeating: bases[member]), a1 = SIMD8<Float>(repeating: bases[member + 1])
+                        var a2 = SIMD8<Float>(repeating: bases[member + 2]), a3 = SIMD8<Float>(repeating: bases[member + 3])
+                        let w = weights + member * headDim
+                        for dim in 0..<headDim {
+                            let c = C.decode(words, dim * chunks + chunk)
+                            a0 = a0.addingProduct(SIMD8(repeating: w[dim]), c)
+                            a1 = a1.addingProduct(SIMD8(repeating: w[headDim + dim]), c)
+                            a2 = a2.addingProduct(SIMD8(repeating: w[2 * headDim + dim]), c)
+                            a3 = a3.addingProduct(SIMD8(repeating: w[3 * headDim + dim]), c)
+                        }
+                        let out = UnsafeMutableRawPointer(logits + member * logitStride + chunk * 8)
+                        out.storeBytes(of: a0, as: SIMD8<Float>.self)
+                        (out + logitStride * 4).storeBytes(of: a1, as: SIMD8<Float>.self)
+                        (out + 2 * logitStride * 4).storeBytes(of: a2, as: SIMD8<Float>.self)
+                        (out + 3 * logitStride * 4).storeBytes(of: a3, as: SIMD8<Float>.self)
+                        member += 4
+                    }
+                    while member < groupSize {
+                        var a = SIMD8<Float>(repeating: bases[member])
+                        let w = weights + member * headDim
+                        for dim in 0..<headDim { a = a.addingProduct(SIMD8(repeating: w[dim]), C.decode(words, dim * chunks + chunk)) }
+                        UnsafeMutableRawPointer(logits + member * logitStride + chunk * 8).storeBytes(of: a, as: SIMD8<Float>.self)
+                        member += 1
+                    }
+                    chunk += 1
+                }
                 for member in 0..<groupSize {
                     var score = -Float.infinity
                     if tokens > 0 {
@@ -176,10 +247,43 @@ public enum KeySketchKernel {
             }
         }
     }
+}
 
-    /// Lane i's shift, i·bits: the codes of 8 consecutive elements are one `8·bits`-bit word.
-    @inline(__always)
-    private static func laneShifts(_ bits: Int) -> SIMD8<UInt32> {
-        SIMD8<UInt32>(0, 1, 2, 3, 4, 5, 6, 7) &* UInt32(bits)
+/// Decodes the codes of 8 consecutive tokens (one `8·bits`-bit word) to floats.
+private protocol SketchCodes {
+    static var bits: Int { get }
+    /// The 8 codes of word `index` (counted in words of `8·bits` bits).
+    static func decode(_ words: UnsafeRawPointer, _ index: Int) -> SIMD8<Float>
+}
+
+extension SketchCodes {
+    @_transparent
+    static func spread(_ word: UInt32) -> SIMD8<Float> {
+        let shifts = SIMD8<UInt32>(0, 1, 2, 3, 4, 5, 6, 7) &* UInt32(bits)
+        let values = (SIMD8<UInt32>(repeating: word) &>> shifts) & SIMD8(repeating: (1 << UInt32(bits)) - 1)
+        // 2²³ + code as float bits, minus 2²³ (the generic SIMD int-to-float conversion is scalar code).
+        let biased = unsafeBitCast(values | SIMD8(repeating: 0x4B00_0000), to: SIMD8<Float>.self)
+        return biased - SIMD8(repeating: 8_388_608)
+    }
+}
+
+private enum OneBitCodes: SketchCodes {
+    static var bits: Int { 1 }
+    @_transparent static func decode(_ words: UnsafeRawPointer, _ index: Int) -> SIMD8<Float> {
+        spread(UInt32(words.load(fromByteOffset: index, as: UInt8.self)))
+    }
+}
+
+private enum TwoBitCodes: SketchCodes {
+    static var bits: Int { 2 }
+    @_transparent static func decode(_ words: UnsafeRawPointer, _ index: Int) -> SIMD8<Float> {
+        spread(UInt32(UInt16(littleEndian: words.loadUnaligned(fromByteOffset: index * 2, as: UInt16.self))))
+    }
+}
+
+private enum FourBitCodes: SketchCodes {
+    static var bits: Int { 4 }
+    @_transparent static func decode(_ words: UnsafeRawPointer, _ index: Int) -> SIMD8<Float> {
+        spread(UInt32(littleEndian: words.loadUnaligned(fromByteOffset: index * 4, as: UInt32.self)))
     }
 }

@@ -1,3 +1,4 @@
+import TierKVAttentionKernels
 import TierKVCore
 
 /// The shape of one block's key summary: per KV head, the element-wise minimum, maximum and mean
@@ -47,10 +48,12 @@ public struct KeySummaryShape: Sendable, Hashable {
     /// Bytes one block's summary takes in host memory (fp16). Llama-3-8B (8 × 128): 6 KiB per
     /// 64 KiB block of 16 tokens, 9.4% of the block.
     public var byteCount: Int { valueCount * 2 }
-    /// Bytes of one block's key sketch: `[head][token][dim]` codes of `sketchBits` bits, packed
-    /// from the low bits of each byte up. Llama-3-8B at 2 bits: 4 KiB per 64 KiB block (6.3%), so
-    /// summary and sketch together are 15.6% of the block.
-    public var sketchByteCount: Int { kvHeads * tokensPerBlock * headDim * sketchBits / 8 }
+    /// Bytes of one block's key sketch (`KeySketchKernel`'s layout: `sketchBits` per element,
+    /// tokens rounded up to a multiple of 8). Llama-3-8B at 2 bits: 4 KiB per 64 KiB block (6.3%),
+    /// so summary and sketch together are 15.6% of the block.
+    public var sketchByteCount: Int {
+        KeySketchKernel.byteCount(tokensPerBlock: tokensPerBlock, kvHeads: kvHeads, headDim: headDim, bits: sketchBits)
+    }
     /// fp32 values of a query hint.
     public var queryValueCount: Int { queryHeads * headDim }
 }

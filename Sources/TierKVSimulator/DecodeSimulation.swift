@@ -474,6 +474,9 @@ public enum DecodeSimulation {
             busy[name] = statistics.busySeconds - (startLinks[name]?.busySeconds ?? 0)
         }
         let oracleHits = BeladyOracle.hits(accesses: oracleEvents, counted: oracleCounted, distinct: totalBlocks, capacity: capacity[.hot]!)
+        // The summary (and sketch) bytes at the model's real shape.
+        let modelSummary = try KeySummaryShape(
+            kvHeads: model.kvHeads, headDim: model.headDim, sketchBits: sketchBits, tokensPerBlock: parameters.tokensPerBlock)
         return DecodeSimulationResult(
             workload: trace == nil ? "long-decode" : "trace:tierkv", realIO: configuration.realIO,
             model: model.name, hardware: configuration.hardware.name, policy: configuration.policy.name, parameters: parameters,
@@ -487,7 +490,7 @@ public enum DecodeSimulation {
             droppedBlocks: endStatistics.droppedBlocks, corruptions: endStatistics.corruptions,
             metadataBytesPerBlock: Hierarchy.metadataBytesPerBlock(policies: [configuration.policy, configuration.policy, configuration.policy]),
             vectorBytesPerBlock: trace == nil ? parameters.tokensPerBlock * parameters.vectorHeads * parameters.vectorDimension * MemoryLayout<Float>.size : 0,
-            prefetch: prefetchReport, summaryBytesPerBlock: 3 * model.kvHeads * model.headDim * 2 + model.kvHeads * parameters.tokensPerBlock * model.headDim * sketchBits / 8, cpuAttention: configuration.cpuAttention,
+            prefetch: prefetchReport, summaryBytesPerBlock: modelSummary.byteCount + modelSummary.sketchByteCount, cpuAttention: configuration.cpuAttention,
             cpuAttentionBytesPerSecond: configuration.resolvedCPUAttentionBytesPerSecond, cpuAttentionBlocks: cpuBlocksTotal,
             demandFetchedBlocks: demandFetched, skippedBlocks: skippedTotal,
             skippedMassPerLayer: skippedMass / Double(layers * parameters.decodeSteps * parameters.sequences))

@@ -210,7 +210,7 @@ private func directSummary(_ keys: [[Float]], kvHeads: Int, headDim: Int) -> [Fl
         // (range 0: code 0, decoded as the minimum 2); channel 2 runs -1, 0, 1 (codes 0, 2 (1.5
         // rounds to even), 3: decoded -1, 1/3, 1); the rest are 0.
         let shape = try KeySummaryShape(kvHeads: 1, headDim: 8, sketchBits: 2, tokensPerBlock: 4)
-        #expect(shape.sketchByteCount == 8)  // 4 tokens × 8 dims × 2 bits
+        #expect(shape.sketchByteCount == 16)  // 8 dims × 4 tokens (rounded up to 8) × 2 bits
         let table = try BlockSummaryTable(shape: shape)
         let keys: [[Float]] = [[0, 2, -1, 0, 0, 0, 0, 0], [1, 2, 0, 0, 0, 0, 0, 0], [3, 2, 1, 0, 0, 0, 0, 0]]
         try keys.flatMap { $0 }.withUnsafeBytes { try table.insert(key(0), keys: $0.baseAddress!, dtype: .fp32, tokenCount: 3) }
@@ -236,7 +236,9 @@ private func directSummary(_ keys: [[Float]], kvHeads: Int, headDim: Int) -> [Fl
     @Test(arguments: [1, 2, 4])
     func sketchScoresMatchADirectComputationPerQueryHead(bits: Int) throws {
         var generator = SeededGenerator(seed: 11 + UInt64(bits))
-        let kvHeads = 2, headDim = 64, groupSize = 3, tokens = 16
+        // Groups of 5 query heads: 4 at a time and one alone; blocks of 24 tokens: 2 chunks of 8 at
+        // a time and one alone.
+        let kvHeads = 2, headDim = 64, groupSize = 5, tokens = 24
         let shape = try KeySummaryShape(kvHeads: kvHeads, headDim: headDim, groupSize: groupSize, sketchBits: bits, tokensPerBlock: tokens)
         let table = try BlockSummaryTable(shape: shape)
         let scale = 1 / Float(headDim).squareRoot()
