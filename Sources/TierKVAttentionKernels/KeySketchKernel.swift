@@ -146,57 +146,7 @@ public enum KeySketchKernel {
                 // Logits of 8 tokens at a time: per dim, the 8 tokens' codes times the head's weight.
                 let words = sketch + head * headDim * chunks * bits
                 let vectors = (tokens + 7) / 8
-                var chunk = 0
-                // Two chunks (16 tokens) at a time for 4 query heads: 8 accumulators, each
-                // broadcast weight used twice.
-                while chunk + 2 <= vectors {
-                    var member = 0
-                    while member + 4 <= groupSize {
-                        let b0 = SIMD8<Float>(repeating: bases[member]), b1 = SIMD8<Float>(repeating: bases[member + 1])
-                        let b2 = SIMD8<Float>(repeating: bases[member + 2]), b3 = SIMD8<Float>(repeating: bases[member + 3])
-                        var a0 = b0, a1 = b1, a2 = b2, a3 = b3, c0 = b0, c1 = b1, c2 = b2, c3 = b3
-                        let w = weights + member * headDim
-                        for dim in 0..<headDim {
-                            let first = C.decode(words, dim * chunks + chunk), second = C.decode(words, dim * chunks + chunk + 1)
-                            let w0 = SIMD8<Float>(repeating: w[dim]), w1 = SIMD8<Float>(repeating: w[headDim + dim])
-                            let w2 = SIMD8<Float>(repeating: w[2 * headDim + dim]), w3 = SIMD8<Float>(repeating: w[3 * headDim + dim])
-                            a0 = a0.addingProduct(w0, first)
-                            c0 = c0.addingProduct(w0, second)
-                            a1 = a1.addingProduct(w1, first)
-                            c1 = c1.addingProduct(w1, second)
-                            a2 = a2.addingProduct(w2, first)
-                            c2 = c2.addingProduct(w2, second)
-                            a3 = a3.addingProduct(w3, first)
-                            c3 = c3.addingProduct(w3, second)
-                        }
-                        let out = UnsafeMutableRawPointer(logits + member * logitStride + chunk * 8)
-                        let row = logitStride * 4
-                        out.storeBytes(of: a0, as: SIMD8<Float>.self)
-                        (out + 32).storeBytes(of: c0, as: SIMD8<Float>.self)
-                        (out + row).storeBytes(of: a1, as: SIMD8<Float>.self)
-                        (out + row + 32).storeBytes(of: c1, as: SIMD8<Float>.self)
-                        (out + 2 * row).storeBytes(of: a2, as: SIMD8<Float>.self)
-                        (out + 2 * row + 32).storeBytes(of: c2, as: SIMD8<Float>.self)
-                        (out + 3 * row).storeBytes(of: a3, as: SIMD8<Float>.self)
-                        (out + 3 * row + 32).storeBytes(of: c3, as: SIMD8<Float>.self)
-                        member += 4
-                    }
-                    while member < groupSize {
-                        var a = SIMD8<Float>(repeating: bases[member]), c = a
-                        let w = weights + member * headDim
-                        for dim in 0..<headDim {
-                            let weight = SIMD8<Float>(repeating: w[dim])
-                            a = a.addingProduct(weight, C.decode(words, dim * chunks + chunk))
-                            c = c.addingProduct(weight, C.decode(words, dim * chunks + chunk + 1))
-                        }
-                        let out = UnsafeMutableRawPointer(logits + member * logitStride + chunk * 8)
-                        out.storeBytes(of: a, as: SIMD8<Float>.self)
-                        (out + 32).storeBytes(of: c, as: SIMD8<Float>.self)
-                        member += 1
-                    }
-                    chunk += 2
-                }
-                while chunk < vectors {
+                for chunk in 0..<vectors {
                     var member = 0
                     while member + 4 <= groupSize {
                         var a0 = SIMD8<Float>(repeating: bases[member]), a1 = SIMD8<Float>(repeating: bases[member + 1])
@@ -223,7 +173,6 @@ public enum KeySketchKernel {
                         UnsafeMutableRawPointer(logits + member * logitStride + chunk * 8).storeBytes(of: a, as: SIMD8<Float>.self)
                         member += 1
                     }
-                    chunk += 1
                 }
                 for member in 0..<groupSize {
                     var score = -Float.infinity

@@ -236,8 +236,7 @@ private func directSummary(_ keys: [[Float]], kvHeads: Int, headDim: Int) -> [Fl
     @Test(arguments: [1, 2, 4])
     func sketchScoresMatchADirectComputationPerQueryHead(bits: Int) throws {
         var generator = SeededGenerator(seed: 11 + UInt64(bits))
-        // Groups of 5 query heads: 4 at a time and one alone; blocks of 24 tokens: 2 chunks of 8 at
-        // a time and one alone.
+        // Groups of 5 query heads: 4 at a time and one alone; blocks of 24 tokens, 3 chunks of 8.
         let kvHeads = 2, headDim = 64, groupSize = 5, tokens = 24
         let shape = try KeySummaryShape(kvHeads: kvHeads, headDim: headDim, groupSize: groupSize, sketchBits: bits, tokensPerBlock: tokens)
         let table = try BlockSummaryTable(shape: shape)
