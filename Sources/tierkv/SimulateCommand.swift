@@ -74,13 +74,13 @@ struct SimulateCommand: ParsableCommand {
     var prefetchBudget: String?
     @Option(help: "Best-predicted blocks per layer staged from cold into warm, or a size (default: the layer's share of the hot tier).")
     var prefetchStaging: String?
-    @Option(help: "Weights of speculative, bound and history in --prefetch combined (default 0.3,0.2,0.5, tuned on a recorded trace).")
+    @Option(help: "Weights of speculative, bound and history in --prefetch combined (default 0.5,0.3,0.2, tuned with sketch scoring on a recorded trace and the generator).")
     var prefetchWeights: String?
     @Option(help: "Stop a layer's prefetch at the best-predicted blocks that cover this share of its predicted attention, in (0, 1] (default 1: fill the budgets).")
     var prefetchCoverage: Double = 1
-    @Option(help: "How bound and speculative score a block's key summary: bound (Quest's upper bound), mean (q · the keys' mean), bound+mean (the average of the two), moment (q · mean plus a spread term from the keys' range: a Gaussian estimate of the block's mass), bound+moment (the average of those two), sketch (token by token from a key sketch: every key quantised to --prefetch-sketch-bits per element between the block's per-channel min and max; needs the keys: the generator's, or a trace's keys_fp16).")
-    var prefetchScoring: String = "bound+moment"
-    @Option(help: "Bits per key element of the key sketches --prefetch-scoring sketch reads: 1, 2 or 4.")
+    @Option(help: "How bound and speculative score a block: sketch (default: token by token from a key sketch, every key quantised to --prefetch-sketch-bits per element between the block's per-channel min and max; needs the keys: the generator's, or a trace's keys_fp16), or from the key summary alone: bound (Quest's upper bound), mean (q · the keys' mean), bound+mean (the average of the two), moment (q · mean plus a spread term from the keys' range: a Gaussian estimate of the block's mass), bound+moment (the average of those two).")
+    var prefetchScoring: String = "sketch"
+    @Option(help: "Bits per key element of the key sketches --prefetch-scoring sketch reads: 1, 2 (default) or 4.")
     var prefetchSketchBits: Int?
     @Option(help: "CPU attention over warm blocks: on or off. On, needed blocks not in hot are attended where they sit in host memory when the cost model says that finishes the layer sooner.")
     var cpuAttention: String = "off"

@@ -105,7 +105,7 @@ import TierKVTestSupport
             (["--lookahead", "-1"], "--lookahead"),
             (["--cpu-attention", "maybe"], "--cpu-attention maybe"),
             (["--approximate-skip", "2"], "--approximate-skip"),
-            (["--prefetch-scoring", "max"], "--prefetch-scoring max: expected one of bound, mean, bound+mean, moment, bound+moment"),
+            (["--prefetch-scoring", "max"], "--prefetch-scoring max: expected one of bound, mean, bound+mean, moment, bound+moment, sketch"),
             (["--prefetch-weights", "1,2"], "--prefetch-weights 1,2: expected three weights"),
             (["--prefetch-weights", "0,0,0"], "not all 0"),
             (["--sweep", "scoring=max"], "--sweep scoring: max is not one of"),

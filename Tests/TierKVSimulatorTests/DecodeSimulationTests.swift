@@ -330,7 +330,7 @@ import TierKV
         var configuration = Self.configuration()
         let exact = try DecodeSimulation.run(configuration)
         #expect(exact.skippedBlocks == 0)
-        configuration.skipBelowMass = 0.002
+        configuration.skipBelowMass = 0.01
         let approximate = try DecodeSimulation.run(configuration)
         #expect(approximate.skippedBlocks > 0)
         #expect(approximate.skippedMassPerLayer > 0 && approximate.skippedMassPerLayer < 0.05)
