@@ -12,16 +12,25 @@ public final class QuestBoundPredictor: BlockPredictor {
     public let tokensPerBlock: Int
     public let scale: Float
     public let scoring: SummaryScoring
+    /// With `.sketch`: score from their sketches only the candidates with the highest Quest
+    /// bounds, this many; the rest get no mass. nil scores every candidate.
+    public let sketchShortlist: Int?
     public var name: String { "bound" }
 
     /// - Parameters:
     ///   - scale: the softmax scale, default 1/√headDim.
     ///   - scoring: how a block's summary is scored against the query (Quest's bound by default).
-    public init(summaries: BlockSummaryTable, tokensPerBlock: Int, scale: Float? = nil, scoring: SummaryScoring = .bound) {
+    ///   - sketchShortlist: with `.sketch`, the bound's top candidates that are scored from their
+    ///     sketches (the bound costs about 1/24 of the sketch score per block); nil: all.
+    public init(
+        summaries: BlockSummaryTable, tokensPerBlock: Int, scale: Float? = nil, scoring: SummaryScoring = .bound,
+        sketchShortlist: Int? = nil
+    ) {
         self.summaries = summaries
         self.tokensPerBlock = tokensPerBlock
         self.scale = scale ?? 1 / Float(summaries.shape.headDim).squareRoot()
         self.scoring = scoring
+        self.sketchShortlist = sketchShortlist.map { max(1, $0) }
     }
 
     public func predictMass(_ candidates: PredictionCandidates, hint: QueryHint?) throws(TierKVError) -> [Float]? {
@@ -35,8 +44,30 @@ public final class QuestBoundPredictor: BlockPredictor {
         case .boundAndMean: return zip(try mass(.bound), try mass(.mean)).map { ($0 + $1) / 2 }
         case .moment: return try mass(.moment(scale: scale))
         case .boundAndMoment: return zip(try mass(.bound), try mass(.moment(scale: scale))).map { ($0 + $1) / 2 }
-        case .sketch: return try mass(.sketch(scale: scale))
+        case .sketch: return try shortlisted(candidates, hint)
         }
+    }
+
+    /// Sketch masses, of the bound's shortlist when there is one.
+    private func shortlisted(_ candidates: PredictionCandidates, _ hint: QueryHint) throws(TierKVError) -> [Float] {
+        guard let limit = sketchShortlist, limit < candidates.keys.count else { return try mass(.sketch(scale: scale), candidates, hint) }
+        // Rank by the bound's largest head score plus the block's log-size, the bound on its log-mass.
+        let heads = summaries.shape.kvHeads
+        let bounds = try summaries.scores(.bound, query: hint.values, keys: candidates.keys)
+        let ranks = (0..<candidates.keys.count).map { block in
+            let best = (0..<heads).map { bounds[block * heads + $0] }.max()!
+            let tokens = candidates.tokenCounts?[block] ?? tokensPerBlock
+            return scale * best + log(Float(max(1, tokens)))
+        }
+        let chosen = PredictionQuality.topK(ranks, k: limit)
+        var subset = candidates
+        subset.keys = chosen.map { candidates.keys[$0] }
+        subset.positions = chosen.map { candidates.positions[$0] }
+        subset.tokenCounts = candidates.tokenCounts.map { counts in chosen.map { counts[$0] } }
+        let masses = try mass(.sketch(scale: scale), subset, hint)
+        var all = [Float](repeating: 0, count: candidates.keys.count)
+        for (index, block) in chosen.enumerated() { all[block] = masses[index] }
+        return all
     }
 }
 

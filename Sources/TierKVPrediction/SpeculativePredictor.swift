@@ -11,8 +11,12 @@ public final class SpeculativePredictor: BlockPredictor {
     private let hints: Locked<[Int: QueryHint]>
     public var name: String { "speculative" }
 
-    public init(summaries: BlockSummaryTable, tokensPerBlock: Int, scale: Float? = nil, scoring: SummaryScoring = .bound) {
-        bound = QuestBoundPredictor(summaries: summaries, tokensPerBlock: tokensPerBlock, scale: scale, scoring: scoring)
+    public init(
+        summaries: BlockSummaryTable, tokensPerBlock: Int, scale: Float? = nil, scoring: SummaryScoring = .bound,
+        sketchShortlist: Int? = nil
+    ) {
+        bound = QuestBoundPredictor(
+            summaries: summaries, tokensPerBlock: tokensPerBlock, scale: scale, scoring: scoring, sketchShortlist: sketchShortlist)
         hints = Locked([:])
     }
 

@@ -57,6 +57,9 @@ public struct PrefetchSettings: Sendable, Equatable {
     /// Bits per key element of the key sketches `sketch` scoring reads (`--prefetch-sketch-bits`):
     /// 1, 2 or 4. Kept only when the scoring is `sketch`.
     public var sketchBits = 2
+    /// With `sketch` scoring, the candidates with the highest Quest bounds scored from their
+    /// sketches (`--prefetch-sketch-shortlist`); nil: every candidate.
+    public var sketchShortlist: Int?
     /// The prefetcher stops at the blocks covering this share of a layer's predicted mass
     /// (`Prefetcher.Configuration.coverage`; 1 fills the budgets).
     public var coverage = 1.0
@@ -74,7 +77,7 @@ public struct PrefetchSettings: Sendable, Equatable {
             && a.stagingBudgetBlocks == b.stagingBudgetBlocks
             && a.combinedWeights == b.combinedWeights && a.speculationError == b.speculationError
             && a.historyDecay == b.historyDecay && a.historyRecencyWeight == b.historyRecencyWeight && a.scoring == b.scoring
-            && a.sketchBits == b.sketchBits && a.coverage == b.coverage && a.stageAheadLayers == b.stageAheadLayers
+            && a.sketchBits == b.sketchBits && a.sketchShortlist == b.sketchShortlist && a.coverage == b.coverage && a.stageAheadLayers == b.stageAheadLayers
     }
 }
 
@@ -162,8 +165,10 @@ final class SimulatedPrefetch {
         self.sinkBlocks = sinkBlocks
         self.seed = seed
         let tokensPerBlock = hierarchy.configuration.layout.tokensPerBlock
-        bound = QuestBoundPredictor(summaries: summaries, tokensPerBlock: tokensPerBlock, scoring: settings.scoring)
-        speculative = SpeculativePredictor(summaries: summaries, tokensPerBlock: tokensPerBlock, scoring: settings.scoring)
+        bound = QuestBoundPredictor(
+            summaries: summaries, tokensPerBlock: tokensPerBlock, scoring: settings.scoring, sketchShortlist: settings.sketchShortlist)
+        speculative = SpeculativePredictor(
+            summaries: summaries, tokensPerBlock: tokensPerBlock, scoring: settings.scoring, sketchShortlist: settings.sketchShortlist)
         history = try AttentionHistoryPredictor(decay: settings.historyDecay, recencyWeight: settings.historyRecencyWeight)
         let weights = settings.combinedWeights
         combined = try CombinedPredictor([(speculative, weights.speculative), (bound, weights.bound), (history, weights.history)])

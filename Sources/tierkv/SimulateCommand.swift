@@ -82,6 +82,8 @@ struct SimulateCommand: ParsableCommand {
     var prefetchScoring: String = "sketch"
     @Option(help: "Bits per key element of the key sketches --prefetch-scoring sketch reads: 1, 2 (default) or 4.")
     var prefetchSketchBits: Int?
+    @Option(help: "With sketch scoring, score from the sketches only this many candidates per layer, those with the highest Quest bounds (default: all).")
+    var prefetchSketchShortlist: Int?
     @Option(help: "CPU attention over warm blocks: on or off. On, needed blocks not in hot are attended where they sit in host memory when the cost model says that finishes the layer sooner.")
     var cpuAttention: String = "off"
     @Option(help: "CPU attention rate, GB/s of K/V (default: the preset's host memory bandwidth × 0.76, the kernel's measured share of it, × 0.5 left to attention; measure yours with tierkv bench attention).")

@@ -76,6 +76,15 @@ extension SimulateCommand {
             }
             configuration.prefetch.sketchBits = prefetchSketchBits
         }
+        if let prefetchSketchShortlist {
+            guard scoring == .sketch else {
+                throw CommandFailure("--prefetch-sketch-shortlist \(prefetchSketchShortlist) applies to --prefetch-scoring sketch; the scoring is \(scoring.rawValue)")
+            }
+            guard prefetchSketchShortlist >= 1 else {
+                throw CommandFailure("--prefetch-sketch-shortlist \(prefetchSketchShortlist): expected a number of blocks ≥ 1")
+            }
+            configuration.prefetch.sketchShortlist = prefetchSketchShortlist
+        }
                         label = "scoring \(value)"
                     default:
                         throw CommandFailure("--sweep \(parts[0]) is not supported; use policy, capacity, prefetch, lookahead, budget, staging, stage-ahead, coverage, scoring or cpu-attention")
@@ -192,6 +201,15 @@ extension SimulateCommand {
                 throw CommandFailure("--prefetch-sketch-bits \(prefetchSketchBits): expected 1, 2 or 4 bits per key element")
             }
             configuration.prefetch.sketchBits = prefetchSketchBits
+        }
+        if let prefetchSketchShortlist {
+            guard scoring == .sketch else {
+                throw CommandFailure("--prefetch-sketch-shortlist \(prefetchSketchShortlist) applies to --prefetch-scoring sketch; the scoring is \(scoring.rawValue)")
+            }
+            guard prefetchSketchShortlist >= 1 else {
+                throw CommandFailure("--prefetch-sketch-shortlist \(prefetchSketchShortlist): expected a number of blocks ≥ 1")
+            }
+            configuration.prefetch.sketchShortlist = prefetchSketchShortlist
         }
         guard prefetchCoverage > 0, prefetchCoverage <= 1 else {
             throw CommandFailure("--prefetch-coverage \(prefetchCoverage): expected a share of a layer's predicted attention in (0, 1], e.g. 0.95")

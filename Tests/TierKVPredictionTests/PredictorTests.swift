@@ -324,6 +324,27 @@ private func directSummary(_ keys: [[Float]], kvHeads: Int, headDim: Int) -> [Fl
         #expect(throws: TierKVError.self) { _ = try predictor.predictMass(candidates, hint: hint) }
     }
 
+    @Test func aSketchShortlistScoresOnlyTheBoundsTopCandidates() throws {
+        // Three blocks of 2 tokens along dims 0, 1, 2 with values 1, 3, 2: for the query
+        // (1, 1, 1, 0...) the bounds rank B (3), C (2), A (1). A shortlist of 2 scores B and C from
+        // their sketches and gives A nothing.
+        let shape = try KeySummaryShape(kvHeads: 1, headDim: 8, sketchBits: 2, tokensPerBlock: 2)
+        let table = try BlockSummaryTable(shape: shape)
+        for (index, value) in [Float(1), 3, 2].enumerated() {
+            let row = (0..<8).map { $0 == index ? value : Float(0) }
+            try (row + row).withUnsafeBytes { try table.insert(key(index), keys: $0.baseAddress!, dtype: .fp32, tokenCount: 2) }
+        }
+        let hint = QueryHint([1, 1, 1, 0, 0, 0, 0, 0])
+        let candidates = PredictionCandidates(layer: 0, keys: [key(0), key(1), key(2)], positions: [0, 1, 2], newestPosition: 2)
+        let all = try #require(try QuestBoundPredictor(summaries: table, tokensPerBlock: 2, scale: 1, scoring: .sketch).predictMass(candidates, hint: hint))
+        let short = try #require(
+            try QuestBoundPredictor(summaries: table, tokensPerBlock: 2, scale: 1, scoring: .sketch, sketchShortlist: 2).predictMass(candidates, hint: hint))
+        #expect(short[0] == 0 && short[1] > short[2] && short[2] > 0)
+        // Among the shortlist, the same softmax as without it, over the two blocks.
+        #expect(abs(short[1] - exp(3) / (exp(3) + exp(2))) < 1e-5)
+        #expect(all.allSatisfy { $0 > 0 })
+    }
+
     @Test func historyDecaysAccumulatedMassAndBlendsRecency() throws {
         let history = try AttentionHistoryPredictor(decay: 0.5, recencyWeight: 0, recencyWindowBlocks: 4)
         let candidates = PredictionCandidates(layer: 3, keys: [key(0), key(1), key(2)], positions: [0, 1, 2], newestPosition: 2)
