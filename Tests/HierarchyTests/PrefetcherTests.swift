@@ -180,4 +180,51 @@ import TierKVTestSupport
         #expect(hierarchy.summaries?.summary(of: testKey(0)) == summary)
         try hierarchy.close()
     }
+
+    @Test func keySketchesAreKeptFromStoredOrProvidedKeys() throws {
+        let directory = try TemporaryDirectory()
+        var configuration = tinyConfiguration(directory: directory.path + "/stored", hot: 6, warm: 8, cold: 32)
+        configuration.keySummaries = .fromStoredKeys
+        configuration.keySketchBits = 3
+        #expect(tierKVError { _ = try Hierarchy(configuration) }?.message.contains("keySketchBits is 3") ?? false)
+        configuration.keySummaries = .off
+        configuration.keySketchBits = 2
+        #expect(tierKVError { _ = try Hierarchy(configuration) }?.message.contains("not .fromStoredKeys") ?? false)
+
+        // Computed from the stored block's keys.
+        configuration.keySummaries = .fromStoredKeys
+        let stored = try Hierarchy(configuration)
+        let keys = try storeDirectionalBlocks(stored) { Float16(Float($0 + 1)) }
+        let table = try #require(stored.summaries)
+        #expect(table.shape.sketchBits == 2 && table.shape.sketchByteCount > 0)
+        var query = [Float](repeating: 0, count: table.shape.queryValueCount)
+        query[3] = 1  // head 0 looks along dimension 3: block 3's first token
+        let scores = try table.scores(.sketch(scale: 1), query: query, keys: keys)
+        let headScores = stride(from: 0, to: scores.count, by: table.shape.queryHeads).map { scores[$0] }
+        #expect(headScores.indices.max { headScores[$0] < headScores[$1] } == 3, "\(headScores)")
+        try stored.close()
+
+        // Provided: the keys must come with the block.
+        let shape = try KeySummaryShape(kvHeads: 2, headDim: 8, sketchBits: 2, tokensPerBlock: smallLayout.tokensPerBlock)
+        configuration.keySummaries = .provided(shape)
+        configuration.keySketchBits = 0
+        configuration.cacheDirectory = directory.path + "/provided"
+        let provided = try Hierarchy(configuration)
+        let bytes = blockBytes(for: testKey(0), count: smallLayout.blockByteCount)
+        let missing = tierKVError { _ = try bytes.withUnsafeBytes { try provided.store(testKey(0), position: 0, bytes: $0, sequence: SequenceID(1)) } }
+        #expect(missing?.message.contains("needs its keys") ?? false, "\(String(describing: missing))")
+        let rows = (0..<(smallLayout.tokensPerBlock * 16)).map { Float($0 % 7) }
+        let short = tierKVError {
+            _ = try Array(rows.prefix(15)).withUnsafeBufferPointer { keys in
+                try bytes.withUnsafeBytes { try provided.store(testKey(0), position: 0, bytes: $0, sequence: SequenceID(1), keys: keys) }
+            }
+        }
+        #expect(short?.message.contains("15 key values") ?? false)
+        _ = try rows.withUnsafeBufferPointer { keys in
+            try bytes.withUnsafeBytes { try provided.store(testKey(0), position: 0, bytes: $0, sequence: SequenceID(1), keys: keys) }
+        }
+        let summary = try #require(provided.summaries?.summary(of: testKey(0)))
+        #expect(summary[0] == 0 && summary[8] == 6)  // head 0, dim 0: min 0, max 6
+        try provided.close()
+    }
 }
