@@ -233,8 +233,8 @@ private func directSummary(_ keys: [[Float]], kvHeads: Int, headDim: Int) -> [Fl
         #expect(throws: TierKVError.self) { _ = try KeySummaryShape(kvHeads: 1, headDim: 8, sketchBits: 3) }
     }
 
-    @Test(arguments: [1, 2, 4])
-    func sketchScoresMatchADirectComputationPerQueryHead(bits: Int) throws {
+    @Test(arguments: [(1, DType.fp16), (2, .bf16), (4, .fp32), (2, .fp16)])
+    func sketchScoresMatchADirectComputationPerQueryHead(bits: Int, dtype: DType) throws {
         var generator = SeededGenerator(seed: 11 + UInt64(bits))
         // Groups of 5 query heads: 4 at a time and one alone; blocks of 24 tokens, 3 chunks of 8.
         let kvHeads = 2, headDim = 64, groupSize = 5, tokens = 24
@@ -244,9 +244,20 @@ private func directSummary(_ keys: [[Float]], kvHeads: Int, headDim: Int) -> [Fl
         var blocks: [[Float]] = []
         for block in 0..<5 {
             let filled = block == 4 ? 9 : tokens  // the last block is partly filled
-            let rows = (0..<(filled * kvHeads * headDim)).map { _ in Float16(Float.random(in: -2...2, using: &generator)) }
-            try rows.withUnsafeBytes { try table.insert(key(block), keys: $0.baseAddress!, dtype: .fp16, tokenCount: filled) }
-            blocks.append(rows.map { Float($0) })
+            let values = (0..<(filled * kvHeads * headDim)).map { _ in Float.random(in: -2...2, using: &generator) }
+            switch dtype {
+            case .fp16:
+                let rows = values.map { Float16($0) }
+                try rows.withUnsafeBytes { try table.insert(key(block), keys: $0.baseAddress!, dtype: .fp16, tokenCount: filled) }
+                blocks.append(rows.map { Float($0) })
+            case .bf16:
+                let rows = values.map { UInt16($0.bitPattern >> 16) }  // truncated to bf16
+                try rows.withUnsafeBytes { try table.insert(key(block), keys: $0.baseAddress!, dtype: .bf16, tokenCount: filled) }
+                blocks.append(rows.map { Float(bitPattern: UInt32($0) << 16) })
+            default:
+                try values.withUnsafeBytes { try table.insert(key(block), keys: $0.baseAddress!, dtype: .fp32, tokenCount: filled) }
+                blocks.append(values)
+            }
         }
         let query = (0..<(kvHeads * groupSize * headDim)).map { _ in Float.random(in: -1...1, using: &generator) }
         let scores = try table.scores(.sketch(scale: scale), query: query, keys: (0..<5).map { key($0) })
@@ -264,6 +275,13 @@ private func directSummary(_ keys: [[Float]], kvHeads: Int, headDim: Int) -> [Fl
                         low[dim] = min(low[dim], rows[(token * kvHeads + head) * headDim + dim])
                         high[dim] = max(high[dim], rows[(token * kvHeads + head) * headDim + dim])
                     }
+                }
+                for dim in 0..<headDim {
+                    var narrowLow = Float16(low[dim]), narrowHigh = Float16(high[dim])
+                    if Float(narrowLow) > low[dim] { narrowLow = narrowLow.nextDown }
+                    if Float(narrowHigh) < high[dim] { narrowHigh = narrowHigh.nextUp }
+                    low[dim] = Float(narrowLow)
+                    high[dim] = Float(narrowHigh)
                 }
                 for member in 0..<groupSize {
                     let q = Array(query[((head * groupSize + member) * headDim)..<((head * groupSize + member + 1) * headDim)])
