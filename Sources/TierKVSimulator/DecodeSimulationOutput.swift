@@ -72,6 +72,8 @@ extension DecodeSimulationResult {
             ("mode", .string(prefetch.settings.kind.rawValue)),
             ("lookahead_layers", .integer(Int64(prefetch.settings.lookaheadLayers))),
             ("scoring", .string(prefetch.settings.scoring.rawValue)),
+            ("sketch_bits", prefetch.settings.scoring == .sketch ? .integer(Int64(prefetch.settings.sketchBits)) : .null),
+            ("sketch_shortlist", prefetch.settings.scoring == .sketch ? prefetch.settings.sketchShortlist.map { .integer(Int64($0)) } ?? .null : .null),
             ("combined_weights", .object([
                 ("speculative", .number((Double(prefetch.settings.combinedWeights.speculative) * 1e6).rounded() / 1e6)),
                 ("bound", .number((Double(prefetch.settings.combinedWeights.bound) * 1e6).rounded() / 1e6)),

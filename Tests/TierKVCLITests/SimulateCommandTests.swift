@@ -73,6 +73,9 @@ import TierKVTestSupport
         let report = try CLI.json(small + ["--prefetch", "combined", "--lookahead", "2", "--cpu-attention", "on"])
         let prefetch = try #require(report["prefetch"] as? [String: Any])
         #expect(prefetch["mode"] as? String == "combined" && prefetch["lookahead_layers"] as? Int == 2)
+        // The default scoring: 2-bit key sketches of every block, priced in the summary bytes.
+        #expect(prefetch["scoring"] as? String == "sketch" && prefetch["sketch_bits"] as? Int == 2)
+        #expect(report["summary_bytes_per_block"] as? Int == 6144 + 4096)
         for field in ["precision", "recall", "timeliness"] {
             let value = try #require(prefetch[field] as? Double, "\(field)")
             #expect(value >= 0 && value <= 1)
