@@ -1,0 +1,65 @@
+"""tools/record-tierkv-trace on a tiny randomly initialised Llama: the trace holds what the
+simulator's predictors read (every query head, the blocks' keys, the tail keys), and the keys it
+writes agree with the summaries it writes and with the model's own attention."""
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed: the trace recorder needs it")
+transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+np = pytest.importorskip("numpy")
+
+RECORDER = Path(__file__).resolve().parents[2] / "tools" / "record-tierkv-trace"
+
+
+def fp16_rows(text, kv_heads, head_dim):
+    """[tokens, kv_heads, head_dim] float32 from base64 little-endian fp16."""
+    return np.frombuffer(base64.b64decode(text), dtype="<f2").astype(np.float32).reshape(-1, kv_heads, head_dim)
+
+
+def test_recorded_trace_carries_query_heads_keys_and_tail_keys(tmp_path):
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                                      max_position_embeddings=256)
+    config.save_pretrained(tmp_path / "model")
+    out = tmp_path / "t.jsonl"
+    subprocess.run([sys.executable, str(RECORDER), "--model", str(tmp_path / "model"), "--random-init", "--device", "cpu",
+                    "--dtype", "float32", "--context-tokens", "40", "--decode-steps", "10", "--out", str(out)],
+                   check=True, capture_output=True)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    header = lines[0]
+    assert header["query_heads"] == 4 and header["kv_heads"] == 2 and header["head_dim"] == 32
+    blocks = [line for line in lines if line.get("type") == "block"]
+    steps = [line for line in lines if line.get("type") == "step"]
+    assert len(steps) == 10 * 2
+    # Blocks 0 and 1 complete at prefill, block 2 at position 47 (step 7), per layer.
+    assert sorted({(b["layer"], b["block"]) for b in blocks}) == [(layer, block) for layer in (0, 1) for block in (0, 1, 2)]
+    for block in blocks:
+        keys = fp16_rows(block["keys_fp16"], 2, 32)
+        assert keys.shape == (16, 2, 32)
+        # The summaries are of the same keys (fp16 rounding apart).
+        assert np.allclose(keys.min(axis=0), np.array(block["key_min"]), atol=2e-3)
+        assert np.allclose(keys.max(axis=0), np.array(block["key_max"]), atol=2e-3)
+    for step in steps:
+        position = step["position"]
+        assert len(step["query"]) == 4 and all(len(row) == 32 for row in step["query"])
+        tail = fp16_rows(step["tail_keys_fp16"], 2, 32)
+        assert tail.shape[0] == position % 16 + 1
+        # The recorded keys and per-head queries reproduce the model's attention: softmax of
+        # q·k/√d over every token (complete blocks' keys, then the tail), averaged over heads,
+        # summed per block, is the recorded mass.
+        layer_blocks = {b["block"]: fp16_rows(b["keys_fp16"], 2, 32) for b in blocks if b["layer"] == step["layer"]}
+        full = position // 16
+        keys = np.concatenate([layer_blocks[index] for index in range(full)] + [tail])  # [tokens, kv, dim]
+        query = np.array(step["query"], dtype=np.float32).reshape(2, 2, 32)  # [kv, group, dim]
+        logits = np.einsum("hgd,thd->hgt", query, keys) / np.sqrt(32)
+        weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        weights /= weights.sum(axis=-1, keepdims=True)
+        per_token = weights.reshape(4, -1).mean(axis=0)
+        per_block = np.add.reduceat(per_token, np.arange(0, len(per_token), 16))
+        assert np.allclose(per_block, np.array(step["mass"]), atol=5e-3), (position, per_block, step["mass"])
