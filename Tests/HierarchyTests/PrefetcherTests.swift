@@ -202,6 +202,13 @@ import TierKVTestSupport
         let scores = try table.scores(.sketch(scale: 1), query: query, keys: keys)
         let headScores = stride(from: 0, to: scores.count, by: table.shape.queryHeads).map { scores[$0] }
         #expect(headScores.indices.max { headScores[$0] < headScores[$1] } == 3, "\(headScores)")
+        let unwanted = tierKVError {
+            let bytes = blockBytes(for: testKey(9), count: smallLayout.blockByteCount)
+            _ = try [Float](repeating: 0, count: 16 * 64).withUnsafeBufferPointer { keys in
+                try bytes.withUnsafeBytes { try stored.store(testKey(9), position: 9, bytes: $0, sequence: SequenceID(1), keys: keys) }
+            }
+        }
+        #expect(unwanted?.message.contains("takes keys only with keySummaries .provided") ?? false)
         try stored.close()
 
         // Provided: the keys must come with the block.

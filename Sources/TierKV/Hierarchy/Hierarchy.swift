@@ -193,7 +193,7 @@ public final class Hierarchy: @unchecked Sendable {
                 throw .invalid("block \(key) has \(keys.count) key values; expected 1...\(shape.tokensPerBlock) rows of \(rowValues) (\(shape.kvHeads) KV heads × \(shape.headDim))")
             }
         } else if keys != nil {
-            throw .invalid("block \(key) was passed its keys, but the hierarchy computes summaries only with keySummaries .provided")
+            throw .invalid("block \(key) was passed its keys; a hierarchy takes keys only with keySummaries .provided (this one computes its summaries from the stored blocks, or keeps none)")
         } else if case .provided(let shape) = configuration.keySummaries, shape.sketchBits > 0 {
             throw .invalid("block \(key) needs its keys (fp32 [token][KV head][dim]): the provided summary shape keeps \(shape.sketchBits)-bit key sketches, which are made from the keys")
         } else if case .provided(let shape) = configuration.keySummaries, keySummary?.count != shape.valueCount {
