@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import TierKV
 import TierKVPrometheus
@@ -49,6 +50,63 @@ import TierKVTestSupport
         // Reopened, the prompt's blocks are found in cold.
         let reopened = try Hierarchy(configuration)
         #expect(reopened.lookupPrefix(tokens: prompt).cached == 32)
+    }
+
+    /// The README's prediction example, verbatim between the markers.
+    @Test func theReadmePredictionExampleRuns() throws {
+        // Llama-3-8B blocks (64 KiB of fp16 K then V) whose keys differ: block b's first token, KV
+        // head 0, points along dimension b % 128. The query heads of KV head 0 look along dimension 9.
+        let blockKV = (0..<256).map { block -> UnsafeMutableRawPointer in
+            let bytes = UnsafeMutableRawPointer.allocate(byteCount: 65536, alignment: 64)
+            bytes.initializeMemory(as: Float16.self, repeating: 0, count: 32768)
+            bytes.storeBytes(of: Float16(4), toByteOffset: (block % 128) * 2, as: Float16.self)
+            return bytes
+        }
+        defer { blockKV.forEach { $0.deallocate() } }
+        let query = (0..<(32 * 128)).map { $0 == 9 || $0 == 128 + 9 || $0 == 256 + 9 || $0 == 384 + 9 ? Float(8) : 0 }
+        let tail = [Float](repeating: 0, count: 8 * 128)  // the token being decoded
+        // README-PREDICTION-BEGIN
+        // Keep, for every block in any tier, its key summary and a 2-bit sketch of its keys.
+        let layout = try KVLayout(layers: 32, kvHeads: 8, queryHeads: 32, headDim: 128, dtype: .fp16)
+        var configuration = HierarchyConfiguration(
+            layout: layout, hotCapacityBlocks: 64, warmCapacityBlocks: 512, accelerator: .emulated(.pcieGen5))
+        configuration.keySummaries = .fromStoredKeys
+        configuration.keySketchBits = 2
+        let cache = try Hierarchy(configuration)
+        let prompt: [UInt32] = Array(0..<4096)
+        let keys = try cache.storeSequence(tokens: prompt, layer: 7, sequence: SequenceID(1)) { block in
+            UnsafeRawBufferPointer(start: blockKV[block], count: layout.blockByteCount)
+        }
+
+        // When layer 7's query is known: its predicted attention mass per block outside the
+        // sinks and the recent window, token by token from the sketches, and the heaviest 16.
+        var candidates = PredictionCandidates.excludingAlwaysResident(
+            layer: 7, keys: keys, sinkBlocks: 1, recentBlocks: 1).candidates
+        candidates.tailKeys = tail  // fp32 [token][KV head][dim]: keys no stored block holds yet
+        let predictor = QuestBoundPredictor(summaries: cache.summaries!, tokensPerBlock: 16, scoring: .sketch)
+        let mass = try predictor.predictMass(candidates, hint: QueryHint(query))!  // query: fp32 [32 heads][128]
+        let heaviest = PredictionQuality.topK(mass, k: 16).map { candidates.keys[$0] }
+        let resident = try cache.makeResident(heaviest, in: .hot)
+        // README-PREDICTION-END
+        resident.wait()
+        #expect(resident.failures.isEmpty)
+        cache.release(resident)
+        #expect(heaviest.first == keys[9])
+        #expect(mass.reduce(0, +) < 1)
+        try cache.close()
+    }
+
+    /// The README shows both examples as they are compiled here, line for line.
+    @Test(arguments: ["README-EXAMPLE", "README-PREDICTION"])
+    func theReadmeShowsTheExampleVerbatim(marker: String) throws {
+        let source = try String(contentsOfFile: #filePath, encoding: .utf8).components(separatedBy: "\n")
+        let begin = try #require(source.firstIndex { $0.hasSuffix("// \(marker)-BEGIN") })
+        let end = try #require(source.firstIndex { $0.hasSuffix("// \(marker)-END") })
+        let example = source[(begin + 1)..<end].map { $0.hasPrefix("        ") ? String($0.dropFirst(8)) : $0 }.joined(separator: "\n")
+        let readmePath = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("README.md").path
+        let readme = try String(contentsOfFile: readmePath, encoding: .utf8)
+        #expect(readme.contains(example), "README.md does not show the \(marker) example as compiled")
     }
 
     /// Residency metadata per block (record + key index + the three tiers' policy arrays, which
