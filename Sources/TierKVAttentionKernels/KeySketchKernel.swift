@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+internal import CTierKVLinux
 import TierKVCore
 
 /// Key sketches for the prefetch predictors: every key element of a block quantised to `bits`
@@ -143,14 +144,14 @@ public enum KeySketchKernel {
                     }
                     bases[member] = base.horizontalSum
                 }
-                // Logits of 8 tokens at a time: per dim, the 8 tokens' codes times the head's weight.
+                // Logits of 8 tokens at a time: per dim, the 8 tokens' codes times the head's weight
+                // (the codes in place, each lane's power of two taken out once at the end).
                 let words = sketch + head * headDim * chunks * bits
                 let vectors = (tokens + 7) / 8
                 for chunk in 0..<vectors {
                     var member = 0
                     while member + 4 <= groupSize {
-                        var a0 = SIMD8<Float>(repeating: bases[member]), a1 = SIMD8<Float>(repeating: bases[member + 1])
-                        var a2 = SIMD8<Float>(repeating: bases[member + 2]), a3 = SIMD8<Float>(repeating: bases[member + 3])
+                        var a0 = SIMD8<Float>.zero, a1 = a0, a2 = a0, a3 = a0
                         let w = weights + member * headDim
                         for dim in 0..<headDim {
                             let c = C.decode(words, dim * chunks + chunk)
@@ -160,17 +161,19 @@ public enum KeySketchKernel {
                             a3 = a3.addingProduct(SIMD8(repeating: w[3 * headDim + dim]), c)
                         }
                         let out = UnsafeMutableRawPointer(logits + member * logitStride + chunk * 8)
-                        out.storeBytes(of: a0, as: SIMD8<Float>.self)
-                        (out + logitStride * 4).storeBytes(of: a1, as: SIMD8<Float>.self)
-                        (out + 2 * logitStride * 4).storeBytes(of: a2, as: SIMD8<Float>.self)
-                        (out + 3 * logitStride * 4).storeBytes(of: a3, as: SIMD8<Float>.self)
+                        let scale = C.laneScale
+                        out.storeBytes(of: SIMD8(repeating: bases[member]).addingProduct(a0, scale), as: SIMD8<Float>.self)
+                        (out + logitStride * 4).storeBytes(of: SIMD8(repeating: bases[member + 1]).addingProduct(a1, scale), as: SIMD8<Float>.self)
+                        (out + 2 * logitStride * 4).storeBytes(of: SIMD8(repeating: bases[member + 2]).addingProduct(a2, scale), as: SIMD8<Float>.self)
+                        (out + 3 * logitStride * 4).storeBytes(of: SIMD8(repeating: bases[member + 3]).addingProduct(a3, scale), as: SIMD8<Float>.self)
                         member += 4
                     }
                     while member < groupSize {
-                        var a = SIMD8<Float>(repeating: bases[member])
+                        var a = SIMD8<Float>.zero
                         let w = weights + member * headDim
                         for dim in 0..<headDim { a = a.addingProduct(SIMD8(repeating: w[dim]), C.decode(words, dim * chunks + chunk)) }
-                        UnsafeMutableRawPointer(logits + member * logitStride + chunk * 8).storeBytes(of: a, as: SIMD8<Float>.self)
+                        UnsafeMutableRawPointer(logits + member * logitStride + chunk * 8).storeBytes(
+                            of: SIMD8(repeating: bases[member]).addingProduct(a, C.laneScale), as: SIMD8<Float>.self)
                         member += 1
                     }
                 }
@@ -201,38 +204,51 @@ public enum KeySketchKernel {
 /// Decodes the codes of 8 consecutive tokens (one `8·bits`-bit word) to floats.
 private protocol SketchCodes {
     static var bits: Int { get }
-    /// The 8 codes of word `index` (counted in words of `8·bits` bits).
+    /// The 8 codes of word `index` (counted in words of `8·bits` bits), lane j multiplied by
+    /// 1 / `laneScale[j]` (the 1- and 2-bit words are not shifted down, only masked).
     static func decode(_ words: UnsafeRawPointer, _ index: Int) -> SIMD8<Float>
+    /// What a sum of decoded lanes is multiplied by to be a sum of codes.
+    static var laneScale: SIMD8<Float> { get }
 }
 
 extension SketchCodes {
+    /// Lane j's mask, the code's bits in place: `(2^bits − 1) << j·bits`.
     @_transparent
-    static func spread(_ word: UInt32) -> SIMD8<Float> {
-        let shifts = SIMD8<UInt32>(0, 1, 2, 3, 4, 5, 6, 7) &* UInt32(bits)
-        let values = (SIMD8<UInt32>(repeating: word) &>> shifts) & SIMD8(repeating: (1 << UInt32(bits)) - 1)
-        // 2²³ + code as float bits, minus 2²³ (the generic SIMD int-to-float conversion is scalar code).
-        let biased = unsafeBitCast(values | SIMD8(repeating: 0x4B00_0000), to: SIMD8<Float>.self)
-        return biased - SIMD8(repeating: 8_388_608)
+    static var inPlaceMasks: SIMD8<UInt32> {
+        (SIMD8<UInt32>(repeating: (1 << UInt32(bits)) - 1)) &<< (SIMD8<UInt32>(0, 1, 2, 3, 4, 5, 6, 7) &* UInt32(bits))
+    }
+    /// 2^(−j·bits) per lane.
+    @_transparent
+    static var inPlaceScale: SIMD8<Float> {
+        let step = Float(1 << bits)
+        return SIMD8<Float>(1, 1 / step, 1 / (step * step), 1 / (step * step * step), 1 / pow(step, 4), 1 / pow(step, 5), 1 / pow(step, 6), 1 / pow(step, 7))
     }
 }
 
 private enum OneBitCodes: SketchCodes {
     static var bits: Int { 1 }
+    static let masks = inPlaceMasks
+    static let laneScale = inPlaceScale
     @_transparent static func decode(_ words: UnsafeRawPointer, _ index: Int) -> SIMD8<Float> {
-        spread(UInt32(words.load(fromByteOffset: index, as: UInt8.self)))
+        ctierkv_sketch_lanes8(UInt32(words.load(fromByteOffset: index, as: UInt8.self)), masks)
     }
 }
 
 private enum TwoBitCodes: SketchCodes {
     static var bits: Int { 2 }
+    static let masks = inPlaceMasks
+    static let laneScale = inPlaceScale
     @_transparent static func decode(_ words: UnsafeRawPointer, _ index: Int) -> SIMD8<Float> {
-        spread(UInt32(UInt16(littleEndian: words.loadUnaligned(fromByteOffset: index * 2, as: UInt16.self))))
+        ctierkv_sketch_lanes8(UInt32(UInt16(littleEndian: words.loadUnaligned(fromByteOffset: index * 2, as: UInt16.self))), masks)
     }
 }
 
+/// 4-bit codes: each half-word's 4 codes in place (the top lanes would otherwise reach bit 31).
 private enum FourBitCodes: SketchCodes {
     static var bits: Int { 4 }
+    static let masks = SIMD8<UInt32>(0xF, 0xF0, 0xF00, 0xF000, 0xF, 0xF0, 0xF00, 0xF000)
+    static let laneScale = SIMD8<Float>(1, 1.0 / 16, 1.0 / 256, 1.0 / 4096, 1, 1.0 / 16, 1.0 / 256, 1.0 / 4096)
     @_transparent static func decode(_ words: UnsafeRawPointer, _ index: Int) -> SIMD8<Float> {
-        spread(UInt32(littleEndian: words.loadUnaligned(fromByteOffset: index * 4, as: UInt32.self)))
+        ctierkv_sketch_nibbles8(UInt32(littleEndian: words.loadUnaligned(fromByteOffset: index * 4, as: UInt32.self)), masks)
     }
 }

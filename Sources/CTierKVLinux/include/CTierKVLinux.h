@@ -119,6 +119,25 @@ static inline ctierkv_float8 ctierkv_load_bf16x8(const void *p) {
     return out;
 }
 
+/// The 8 codes of a key-sketch word (1- or 2-bit codes: token j in bits j·bits and up) left
+/// in place: lane j is `word & masks[j]` as a float, that is code_j · 2^(j·bits); the caller
+/// scales lane j by 2^(−j·bits) once, after its sums. A broadcast, an and and one vcvtdq2ps:
+/// Swift's variable shift of a broadcast word compiled to scalar shifts and lane inserts.
+typedef int32_t ctierkv_int32x8 __attribute__((ext_vector_type(8)));
+static inline ctierkv_float8 ctierkv_sketch_lanes8(uint32_t word, ctierkv_uint8 masks) {
+    ctierkv_uint8 bits = word & masks;
+    return __builtin_convertvector((ctierkv_int32x8)bits, ctierkv_float8);
+}
+
+/// The same for 4-bit codes, whose top lanes would reach bit 31 in place (beyond the signed
+/// conversion): lanes 0-3 from the low 16 bits, lanes 4-7 from the high 16 bits.
+static inline ctierkv_float8 ctierkv_sketch_nibbles8(uint32_t word, ctierkv_uint8 masks) {
+    uint32_t high = word >> 16;
+    ctierkv_uint8 halves = {word, word, word, word, high, high, high, high};
+    ctierkv_uint8 bits = halves & masks;
+    return __builtin_convertvector((ctierkv_int32x8)bits, ctierkv_float8);
+}
+
 /// Horizontal sums of 8 vectors at once: lane i of the result is the sum of the lanes of the
 /// i-th argument. Three rounds of pairwise adds (vhaddps-shaped shuffles) instead of eight
 /// separate reductions to scalars.
