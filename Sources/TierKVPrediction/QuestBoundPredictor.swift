@@ -130,6 +130,7 @@ public enum SummaryScoring: String, Sendable, CaseIterable {
     case boundAndMoment = "bound+moment"
     /// Token by token from the block's key sketch (`KeySketchKernel.score`): needs a summary
     /// table made with `sketchBits`. On a trace recorded from a trained model with the exact
-    /// query, 2 bits reach 0.89–0.92 top-k recall where the bound reaches 0.57–0.67.
+    /// query, 2 bits reach 0.87–0.92 top-k recall where bound+moment reaches 0.54–0.66
+    /// (docs/measurements.md).
     case sketch
 }

@@ -253,18 +253,8 @@ public final class LongDecodeWorkload: AttentionSource, @unchecked Sendable {
         let stored = tokenCount / p.tokensPerBlock
         for sequence in 0..<p.sequences {
             result.mass.append(Array(mass[(sequence * layers)..<((sequence + 1) * layers)]))
-            result.tailKeys?.append((0..<layers).map { layer in
-                // The tokens after the last complete block, `[token][head][dim]`.
-                let rows = tokenCount - stored * p.tokensPerBlock
-                var tail = [Float](repeating: 0, count: rows * heads * dimension)
-                for head in 0..<heads {
-                    let headKeys = keys(sequence: sequence, layer: layer, head: head, block: stored)
-                    for row in 0..<rows {
-                        for d in 0..<dimension { tail[(row * heads + head) * dimension + d] = headKeys[headKeys.startIndex + row * dimension + d] }
-                    }
-                }
-                return tail
-            })
+            // The tokens after the last complete block.
+            result.tailKeys?.append((0..<layers).map { tokenMajorKeys(sequence: sequence, layer: $0, block: stored) })
             result.queries?.append((0..<layers).map { layer in
                 (0..<heads).flatMap { finalQueries[streamIndex(sequence, layer, $0)] }
             })
@@ -300,10 +290,17 @@ public final class LongDecodeWorkload: AttentionSource, @unchecked Sendable {
     /// The keys of a complete block, `[token][head][dim]`.
     public func blockKeys(sequence: Int, layer: Int, block: Int) -> [Float]? {
         guard (block + 1) * parameters.tokensPerBlock <= tokenCount else { return nil }
-        var rows = [Float](repeating: 0, count: parameters.tokensPerBlock * heads * dimension)
+        return tokenMajorKeys(sequence: sequence, layer: layer, block: block)
+    }
+
+    /// The keys a block holds so far (all of a complete block), token-major `[token][head][dim]`
+    /// as a TierKV block lays them out; the streams keep them head by head.
+    private func tokenMajorKeys(sequence: Int, layer: Int, block: Int) -> [Float] {
+        let tokens = max(0, min(tokenCount, (block + 1) * parameters.tokensPerBlock) - block * parameters.tokensPerBlock)
+        var rows = [Float](repeating: 0, count: tokens * heads * dimension)
         for head in 0..<heads {
             let headKeys = keys(sequence: sequence, layer: layer, head: head, block: block)
-            for token in 0..<parameters.tokensPerBlock {
+            for token in 0..<tokens {
                 let from = headKeys.startIndex + token * dimension, to = (token * heads + head) * dimension
                 for d in 0..<dimension { rows[to + d] = headKeys[from + d] }
             }

@@ -146,8 +146,10 @@ public struct HierarchyConfiguration: Sendable {
             throw .invalid("watermarks must satisfy 0 < low ≤ high ≤ 1 (low \(lowWatermark), high \(highWatermark))")
         }
         guard [0, 1, 2, 4].contains(keySketchBits) else { throw .invalid("keySketchBits is \(keySketchBits); expected 0 (none), 1, 2 or 4") }
-        if keySketchBits > 0, case .fromStoredKeys = keySummaries {} else if keySketchBits > 0 {
-            throw .invalid("keySketchBits is \(keySketchBits) but keySummaries is not .fromStoredKeys; a provided shape carries its own sketch bits")
+        if keySketchBits > 0 {
+            guard case .fromStoredKeys = keySummaries else {
+                throw .invalid("keySketchBits is \(keySketchBits) but keySummaries is not .fromStoredKeys; a provided shape carries its own sketch bits")
+            }
         }
         guard coldCheckpointInterval >= 0 else { throw .invalid("coldCheckpointInterval is \(coldCheckpointInterval); use 0 to checkpoint only on flush and close") }
         guard maximumBytesInFlightPerLink >= layout.blockByteCount else {
