@@ -46,7 +46,6 @@ public enum KeySketchKernel {
         let chunks = (tokensPerBlock + 7) / 8
         output.initializeMemory(as: UInt8.self, repeating: 0, count: byteCount(tokensPerBlock: tokensPerBlock, kvHeads: kvHeads, headDim: headDim, bits: bits))
         // One token's codes for 8 dims at a time, spread into the dim-major words bit by bit.
-        var lanes = SIMD8<UInt32>.zero
         for head in 0..<kvHeads {
             let low = summary + head * 3 * headDim * 2
             let high = low + headDim * 2
@@ -61,7 +60,7 @@ public enum KeySketchKernel {
                     let level = ((k - l) * toLevels).clamped(lowerBound: .zero, upperBound: SIMD8(repeating: levels))
                     // Adding 2²³ rounds to the nearest integer (ties to even) and leaves it in the
                     // low mantissa bits (the generic SIMD float-to-int conversion is scalar code).
-                    lanes = unsafeBitCast(level + SIMD8(repeating: 8_388_608), to: SIMD8<UInt32>.self) & SIMD8(repeating: 0xFF)
+                    let lanes = unsafeBitCast(level + SIMD8(repeating: 8_388_608), to: SIMD8<UInt32>.self) & SIMD8(repeating: 0xFF)
                     let shift = UInt32((token % 8) * bits)
                     for dim in 0..<8 {
                         let word = headOutput + ((lane * 8 + dim) * chunks + token / 8) * bits
@@ -88,13 +87,14 @@ public enum KeySketchKernel {
     /// Per query head, not combined over a GQA group as the summary scores are: each head's
     /// softmax has its own normaliser, so the head with the largest logits would decide every
     /// block. Normalised per head and then averaged (the attention mass engines report), the
-    /// trained model's trace gave 0.89 top-k recall at 2 bits; combined by max, 0.67.
+    /// trained model's trace gave 0.89 top-k recall at 2 bits; combined by max, 0.67 (numpy
+    /// harness, docs/measurements.md).
     /// - Parameters:
     ///   - tokenCounts: per slot, the rows the sketch holds (a partly filled block has fewer).
     public static func score(
         query: UnsafePointer<Float>, groupSize: Int, kvHeads: Int, headDim: Int, bits: Int, tokensPerBlock: Int, scale: Float,
         summaries: UnsafeRawPointer, summaryByteCount: Int, sketches: UnsafeRawPointer, sketchByteCount: Int,
-        tokenCounts: UnsafePointer<UInt16>, slots: UnsafeBufferPointer<Int32>, output: UnsafeMutablePointer<Float>
+        tokenCounts: UnsafePointer<UInt32>, slots: UnsafeBufferPointer<Int32>, output: UnsafeMutablePointer<Float>
     ) {
         switch bits {
         case 1:
@@ -111,7 +111,7 @@ public enum KeySketchKernel {
     private static func score<C: SketchCodes>(
         _ codes: C.Type, _ query: UnsafePointer<Float>, _ groupSize: Int, _ kvHeads: Int, _ headDim: Int, _ tokensPerBlock: Int,
         _ scale: Float, _ summaries: UnsafeRawPointer, _ summaryByteCount: Int, _ sketches: UnsafeRawPointer, _ sketchByteCount: Int,
-        _ tokenCounts: UnsafePointer<UInt16>, _ slots: UnsafeBufferPointer<Int32>, _ output: UnsafeMutablePointer<Float>
+        _ tokenCounts: UnsafePointer<UInt32>, _ slots: UnsafeBufferPointer<Int32>, _ output: UnsafeMutablePointer<Float>
     ) {
         let bits = C.bits
         let lanes = headDim / 8

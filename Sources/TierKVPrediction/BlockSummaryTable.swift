@@ -19,7 +19,7 @@ public final class BlockSummaryTable: @unchecked Sendable {
         /// Key sketches, `shape.sketchByteCount` bytes per slot (empty without a sketch).
         var sketches: [UInt8] = []
         /// Rows each slot's sketch holds.
-        var tokenCounts: [UInt16] = []
+        var tokenCounts: [UInt32] = []
         var freeSlots: [Int32] = []
     }
 
@@ -69,7 +69,7 @@ public final class BlockSummaryTable: @unchecked Sendable {
                 state.tokenCounts.append(0)
             }
             state.index[key] = slot
-            state.tokenCounts[Int(slot)] = UInt16(tokenCount)
+            state.tokenCounts[Int(slot)] = UInt32(tokenCount)
             state.storage.withUnsafeMutableBytes { summaries in
                 state.sketches.withUnsafeMutableBytes { sketches in
                     write(

@@ -204,6 +204,17 @@ private func directSummary(_ keys: [[Float]], kvHeads: Int, headDim: Int) -> [Fl
         #expect(abs(moment[0] - expected0 / (expected0 + expected1)) < 1e-5, "\(moment)")
     }
 
+    @Test func aBlockOfTheLargestTokenCountIsSummarised() throws {
+        // 65,536 tokens (the layout limit) of one KV head of dim 8: the table keeps each slot's
+        // token count, which must hold that many.
+        let table = try BlockSummaryTable(shape: KeySummaryShape(kvHeads: 1, headDim: 8))
+        var keys = [Float16](repeating: 0, count: 65536 * 8)
+        keys[65535 * 8 + 2] = 5
+        try keys.withUnsafeBytes { try table.insert(key(0), keys: $0.baseAddress!, dtype: .fp16, tokenCount: 65536) }
+        let summary = try #require(table.summary(of: key(0)))
+        #expect(summary[8 + 2] == 5 && summary[2] == 0)
+    }
+
     @Test func sketchCodesEachKeyBetweenTheBlocksMinAndMaxAndScoresTokenByToken() throws {
         // One KV head of dim 8, one query head, 2-bit sketch, a block of 4 tokens (3 filled).
         // Channel 0 runs 0, 1, 3 (min 0, max 3: codes 0, 1, 3, exact); channel 1 is 2 everywhere
