@@ -246,7 +246,7 @@ public enum DecodeSimulation {
             var summary: [Float]? = nil, blockKeys: [Float]? = nil
             if predicts, sketchBits > 0 {
                 guard let known = workload.blockKeys(sequence: sequence, layer: layer, block: block) else {
-                    throw TierKVError.invalid("no keys for layer \(layer) block \(block): sketch scoring makes its sketches from the keys (record the trace with tools/record-tierkv-trace, which writes keys_fp16)")
+                    throw TierKVError.invalid("no keys for layer \(layer) block \(block): sketch scoring (the default) makes its sketches from the keys: record the trace with tools/record-tierkv-trace, which writes keys_fp16, or score the summaries alone with --prefetch-scoring bound+moment")
                 }
                 blockKeys = known
             } else if predicts {

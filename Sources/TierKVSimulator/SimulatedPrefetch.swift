@@ -328,8 +328,8 @@ final class SimulatedPrefetch {
         let targetStep = target / layers, targetLayer = target % layers
         guard targetStep <= lastStep else { return }
         for sequence in 0..<sequences {
-            // A layer of this step has not made this token's key yet; the next step's tail stands
-            // in for a layer of the next step (it lacks that step's token).
+            // A layer of this step has not made this token's key yet; for a layer of the next
+            // step, this step's whole tail stands in (it lacks that step's token).
             let candidates = candidates(
                 layer: targetLayer, keys: keysOf(sequence, targetLayer),
                 tail: tail(attention, sequence: sequence, layer: targetLayer, withCurrentToken: targetStep != step))

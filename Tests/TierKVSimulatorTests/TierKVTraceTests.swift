@@ -109,7 +109,7 @@ import TierKV
         #expect(result.summaryBytesPerBlock == 3 * 8 * 128 * 2 + 8 * 16 * 128 * 2 / 8)
     }
 
-    @Test func sketchTracesWithBadKeysOrHeadsAreRefused() {
+    @Test func sketchTracesWithBadKeysOrHeadsAreRefused() throws {
         let good = Self.sketchTrace().split(separator: "\n").map(String.init)
         let shortKeys = good[1].replacing(#/"keys_fp16": "[^"]*"/#, with: #""keys_fp16": "\#(Self.fp16Base64([1, 2]))""#)
         let cases: [([String], String)] = [
@@ -124,6 +124,15 @@ import TierKV
             let error = failure { _ = try TierKVTrace(parsing: lines.joined(separator: "\n"), source: "s.jsonl") }
             #expect(error?.message.contains(needle) == true, "expected '\(needle)', got \(error?.message ?? "no error")")
         }
+        // A trace without the blocks' keys reads, but sketch scoring (the default) says what it lacks.
+        let keyless = try TierKVTrace(parsing: Self.sketchTrace().replacing(#/, "keys_fp16": "[^"]*"/#, with: ""), source: "s.jsonl")
+        #expect(keyless.blockKeysCount == 0)
+        var configuration = DecodeSimulationTests.configuration()
+        configuration.prefetch.kind = .bound
+        let error = failure { _ = try DecodeSimulation.run(configuration, trace: keyless) }
+        #expect(error?.message.contains("keys_fp16") == true && error?.message.contains("--prefetch-scoring bound+moment") == true)
+        configuration.prefetch.scoring = .boundAndMoment
+        #expect(try DecodeSimulation.run(configuration, trace: keyless).prefetch?.quality["bound_exact"] != nil)
     }
 
     @Test func aModelWithOtherLayersIsRefused() throws {
