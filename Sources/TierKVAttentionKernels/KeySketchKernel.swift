@@ -151,15 +151,27 @@ public enum KeySketchKernel {
                 for chunk in 0..<vectors {
                     var member = 0
                     while member + 4 <= groupSize {
-                        var a0 = SIMD8<Float>.zero, a1 = a0, a2 = a0, a3 = a0
+                        // Even and odd dims in separate accumulators: 8 FMA chains, not 4, so the
+                        // loop is not held to one FMA latency per dim.
+                        var a0 = SIMD8<Float>.zero, a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0
                         let w = weights + member * headDim
-                        for dim in 0..<headDim {
-                            let c = C.decode(words, dim * chunks + chunk)
+                        var dim = 0
+                        while dim < headDim {
+                            let c = C.decode(words, dim * chunks + chunk), d = C.decode(words, (dim + 1) * chunks + chunk)
                             a0 = a0.addingProduct(SIMD8(repeating: w[dim]), c)
                             a1 = a1.addingProduct(SIMD8(repeating: w[headDim + dim]), c)
                             a2 = a2.addingProduct(SIMD8(repeating: w[2 * headDim + dim]), c)
                             a3 = a3.addingProduct(SIMD8(repeating: w[3 * headDim + dim]), c)
+                            b0 = b0.addingProduct(SIMD8(repeating: w[dim + 1]), d)
+                            b1 = b1.addingProduct(SIMD8(repeating: w[headDim + dim + 1]), d)
+                            b2 = b2.addingProduct(SIMD8(repeating: w[2 * headDim + dim + 1]), d)
+                            b3 = b3.addingProduct(SIMD8(repeating: w[3 * headDim + dim + 1]), d)
+                            dim += 2
                         }
+                        a0 += b0
+                        a1 += b1
+                        a2 += b2
+                        a3 += b3
                         let out = UnsafeMutableRawPointer(logits + member * logitStride + chunk * 8)
                         let scale = C.laneScale
                         out.storeBytes(of: SIMD8(repeating: bases[member]).addingProduct(a0, scale), as: SIMD8<Float>.self)

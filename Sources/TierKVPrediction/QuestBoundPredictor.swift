@@ -21,7 +21,7 @@ public final class QuestBoundPredictor: BlockPredictor {
     ///   - scale: the softmax scale, default 1/√headDim.
     ///   - scoring: how a block's summary is scored against the query (Quest's bound by default).
     ///   - sketchShortlist: with `.sketch`, the bound's top candidates that are scored from their
-    ///     sketches (the bound costs about 1/14 of the sketch score per block); nil: all.
+    ///     sketches (the bound costs about 1/13 of the sketch score per block); nil: all.
     public init(
         summaries: BlockSummaryTable, tokensPerBlock: Int, scale: Float? = nil, scoring: SummaryScoring = .bound,
         sketchShortlist: Int? = nil

@@ -52,7 +52,7 @@ public struct PrefetchSettings: Sendable, Equatable {
     /// best of the summary scorings) reaches 0.54–0.66 and 0.70; with the hints a prefetcher
     /// has (the previous token's query, a speculated one) 0.58–0.71 and 0.86–0.88 against
     /// 0.48–0.64 and 0.66–0.67. The price: summary and sketch take 15.6% of a block's bytes
-    /// (Llama-3-8B) where the summary alone takes 9.4%, and scoring is ~14× the bound's time.
+    /// (Llama-3-8B) where the summary alone takes 9.4%, and scoring is ~13× the bound's time.
     public var scoring: SummaryScoring = .sketch
     /// Bits per key element of the key sketches `sketch` scoring reads (`--prefetch-sketch-bits`):
     /// 1, 2 or 4. Kept only when the scoring is `sketch`.
