@@ -59,6 +59,12 @@ typedef int32_t tierkv_status;
 #define TIERKV_PRIORITY_DEMAND 0   /* the engine waits for these blocks now */
 #define TIERKV_PRIORITY_PREFETCH 1 /* speculative: after demand fetches */
 
+/* How tierkv_predict_mass scores a block against the query. */
+#define TIERKV_SCORING_DEFAULT 0      /* SKETCH when the hierarchy keeps key sketches, else BOUND_MOMENT */
+#define TIERKV_SCORING_BOUND 1        /* Quest's upper bound from the block's per-channel key min/max */
+#define TIERKV_SCORING_BOUND_MOMENT 2 /* the bound averaged with a Gaussian moment estimate (summary only) */
+#define TIERKV_SCORING_SKETCH 3       /* the block's keys coded in key_sketch_bits: the best predictor */
+
 /* A sequence id that means "no sequence": the block is stored as cache only. */
 #define TIERKV_NO_SEQUENCE UINT64_MAX
 
@@ -166,7 +172,9 @@ const char *tierkv_status_name(tierkv_status status);
  * optional parameters such as "h2o:8" or "streamingllm:1:8");
  * accelerator ("cuda:N", or "emulated" for host memory standing in for a GPU: tests only);
  * admit_to_hot (true); inclusive_warm (true); allow_dropping (false); numa_node; lock_memory
- * (false); buffered_fallback (false); key_summaries ("off" or "from-keys"); cpu_threads (CPU
+ * (false); buffered_fallback (false); key_summaries ("off" or "from-keys": a summary of every stored
+ * block's keys, for tierkv_predict_mass); key_sketch_bits (0, 1, 2 or 4 bits per key element kept
+ * with each summary; 2 when key_summaries is "from-keys", 4 KiB per Llama-3-8B block); cpu_threads (CPU
  * attention workers, the calling thread included; default: every CPU, or every CPU of numa_node);
  * cpu_spin_us (50: how long idle workers poll for the next call before sleeping; 0 frees the CPUs
  * at once). An unknown field is an error naming it. On success *out is a new handle owned by the caller: close it. */
@@ -260,6 +268,33 @@ tierkv_status tierkv_attend_warm(
 tierkv_status tierkv_merge_partials(
     size_t parts, size_t heads, size_t head_dim, const float *outputs, const float *maxima, const float *sums,
     float *output, float *max_out, float *sum_out);
+
+/* ---- Prediction ---- */
+
+/* Predicts the share of a layer's attention each candidate block will receive from `query`
+ * (query_heads * head_dim fp32, post-RoPE: the layer's own query to choose what to attend, fetch
+ * or skip now, or the freshest hint for it, such as the previous token's query or one speculated
+ * from an earlier layer, to prefetch before the layer runs). Scores come from the key summaries
+ * (and sketches) the hierarchy keeps for every block it holds in any tier: open it with
+ * key_summaries "from-keys". Nothing is moved: make the best-predicted blocks resident with
+ * tierkv_make_resident (TIERKV_PRIORITY_PREFETCH for a layer still ahead).
+ *   keys / key_count: the candidates. token_counts (may be NULL: all full) gives their filled tokens.
+ *   resident_keys / resident_count (may be NULL / 0): blocks the layer attends that are not
+ *     candidates (attention sinks, the recent window). With sketch scoring each query head's
+ *     softmax is shared with them, as the real attention is; they get no mass of their own.
+ *   tail_keys / tail_tokens (may be NULL / 0): fp32 [tail_tokens][kv_heads][head_dim] keys that no
+ *     stored block holds (the partly filled block, the current token), shared the same way.
+ *   scale: the softmax scale; <= 0 means 1/sqrt(head_dim). scoring: TIERKV_SCORING_*.
+ *   mass_out: key_count floats, each >= 0, summing to at most 1 (the rest belongs to the resident
+ *     blocks and the tail).
+ *   known_out (may be NULL): key_count flags, 1 where the hierarchy holds the block's summary. A
+ *     candidate it does not hold (never stored, or dropped) then gets mass 0 and flag 0; with
+ *     known_out NULL it is an error (NOT_FOUND naming the key), never a silent zero.
+ * Thread-safe; the hierarchy's summaries are read under a lock. */
+tierkv_status tierkv_predict_mass(
+    tierkv_hierarchy *hierarchy, const tierkv_block_key *keys, size_t key_count, const int32_t *token_counts,
+    const tierkv_block_key *resident_keys, size_t resident_count, const float *tail_keys, size_t tail_tokens,
+    const float *query, size_t query_count, float scale, int32_t scoring, float *mass_out, int32_t *known_out);
 
 #ifdef __cplusplus
 }

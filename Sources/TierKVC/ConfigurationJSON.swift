@@ -10,8 +10,10 @@ struct OpenConfiguration {
     static let topLevelFields: Set<String> = [
         "layout", "hot_blocks", "warm_blocks", "cold_blocks", "cache_dir", "namespace", "policy", "accelerator",
         "admit_to_hot", "inclusive_warm", "allow_dropping", "numa_node", "lock_memory", "buffered_fallback",
-        "key_summaries", "cpu_threads", "cpu_spin_us",
+        "key_summaries", "key_sketch_bits", "cpu_threads", "cpu_spin_us",
     ]
+    /// Sketch bits with `"key_summaries": "from-keys"` when the configuration names none.
+    static let defaultSketchBits = 2
     static let layoutFields: Set<String> = ["layers", "kv_heads", "query_heads", "head_dim", "tokens_per_block", "dtype"]
 
     init(json text: String) throws(TierKVError) {
@@ -87,6 +89,18 @@ struct OpenConfiguration {
         case "off": configuration.keySummaries = .off
         case "from-keys": configuration.keySummaries = .fromStoredKeys
         case let other: throw .invalid("\"key_summaries\" is \"\(other)\"; expected \"off\" or \"from-keys\"")
+        }
+        if root["key_sketch_bits"] != nil {
+            let bits = try integer(root, "key_sketch_bits", "key_sketch_bits")
+            guard case .fromStoredKeys = configuration.keySummaries else {
+                throw .invalid("\"key_sketch_bits\" is \(bits) but \"key_summaries\" is not \"from-keys\"; sketches are kept with the summaries")
+            }
+            guard [0, 1, 2, 4].contains(bits) else { throw .invalid("\"key_sketch_bits\" is \(bits); expected 0 (none), 1, 2 or 4") }
+            configuration.keySketchBits = bits
+        } else if case .fromStoredKeys = configuration.keySummaries {
+            // Sketch scoring is what predicts well (see tierkv_predict_mass); 2 bits cost 4 KiB per
+            // Llama-3-8B block beside the 6 KiB summary.
+            configuration.keySketchBits = Self.defaultSketchBits
         }
         if root["cpu_threads"] != nil {
             let threads = try integer(root, "cpu_threads", "cpu_threads")

@@ -395,6 +395,61 @@ class Hierarchy:
                                       _float_pointer(sums)))
         return output, maxima, sums
 
+    # Prediction
+
+    _SCORINGS = {"default": _native.SCORING_DEFAULT, "bound": _native.SCORING_BOUND,
+                 "bound+moment": _native.SCORING_BOUND_MOMENT, "sketch": _native.SCORING_SKETCH}
+
+    def predict_mass(self, keys, query, *, resident=(), tail_keys=None, token_counts=None, scale=None,
+                     scoring="default", missing="raise"):
+        """The share of a layer's attention each of `keys` (candidate blocks of one layer) is predicted
+        to receive from `query` ([query_heads, head_dim], post-RoPE: the layer's query, or the freshest
+        hint for it), from the key summaries and sketches the hierarchy keeps (open it with
+        key_summaries="from-keys"). Returns a float32 array, one mass per key, summing to at most 1.
+
+        `resident`: blocks the layer also attends that are not candidates (sinks, recent window);
+        `tail_keys`: [tokens, kv_heads, head_dim] keys no stored block holds (the partial block, the
+        current token). With sketch scoring both share each head's softmax, as in the attention.
+        `scoring`: "default" (sketch when the hierarchy keeps sketches), "bound", "bound+moment" or
+        "sketch". `missing`: "raise" (NotFound for a block the hierarchy does not hold) or "nan" (its
+        mass is NaN). Nothing is moved: pass the best blocks to `make_resident`."""
+        layout = self.layout
+        query = np.ascontiguousarray(query, dtype=np.float32)
+        if query.shape != (layout.query_heads, layout.head_dim):
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                  f"query has shape {query.shape}; expected ({layout.query_heads}, {layout.head_dim})")
+        if scoring not in self._SCORINGS:
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                  f"scoring is {scoring!r}; expected one of {', '.join(self._SCORINGS)}")
+        if missing not in ("raise", "nan"):
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, f"missing is {missing!r}; expected 'raise' or 'nan'")
+        array, count = _key_array(keys)
+        resident_array, resident_count = _key_array(resident)
+        counts_pointer = None
+        if token_counts is not None:
+            counts = np.ascontiguousarray(token_counts, dtype=np.int32)
+            if counts.shape != (count,):
+                raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                      f"token_counts has shape {counts.shape}; expected ({count},)")
+            counts_pointer = counts.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        tail = np.zeros((0, layout.kv_heads, layout.head_dim), dtype=np.float32)
+        if tail_keys is not None:
+            tail = np.ascontiguousarray(tail_keys, dtype=np.float32)
+            if tail.ndim != 3 or tail.shape[1:] != (layout.kv_heads, layout.head_dim):
+                raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                      f"tail_keys has shape {tail.shape}; expected (tokens, {layout.kv_heads}, "
+                                      f"{layout.head_dim})")
+        mass = np.empty(count, dtype=np.float32)
+        known = np.empty(count, dtype=np.int32) if missing == "nan" else None
+        _check(lib.tierkv_predict_mass(
+            self._h(), array, count, counts_pointer, resident_array, resident_count,
+            _float_pointer(tail) if tail.shape[0] else None, tail.shape[0], _float_pointer(query), query.size,
+            float(scale or 0), self._SCORINGS[scoring], _float_pointer(mass),
+            known.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)) if known is not None else None))
+        if known is not None:
+            mass[known == 0] = np.nan
+        return mass
+
 
 def _sequence(sequence):
     if sequence is None:

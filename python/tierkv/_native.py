@@ -25,6 +25,7 @@ TIER_HOT, TIER_WARM, TIER_COLD = 0, 1, 2
 PRIORITY_DEMAND, PRIORITY_PREFETCH = 0, 1
 NO_SEQUENCE = 2**64 - 1
 BLOCK_PENDING, BLOCK_READY, BLOCK_MISSING, BLOCK_FAILED = 0, 1, 2, 3
+SCORING_DEFAULT, SCORING_BOUND, SCORING_BOUND_MOMENT, SCORING_SKETCH = 0, 1, 2, 3
 
 
 class BlockKeyStruct(ctypes.Structure):
@@ -127,6 +128,9 @@ def load():
         "tierkv_flush": (status, [handle, P(ctypes.c_uint64), P(ctypes.c_uint64)]),
         "tierkv_attend_warm": (status, [handle, key_p, ctypes.c_size_t, P(ctypes.c_int32), float_p, ctypes.c_size_t,
                                         ctypes.c_float, float_p, float_p, float_p]),
+        "tierkv_predict_mass": (status, [handle, key_p, ctypes.c_size_t, P(ctypes.c_int32), key_p, ctypes.c_size_t,
+                                         float_p, ctypes.c_size_t, float_p, ctypes.c_size_t, ctypes.c_float,
+                                         ctypes.c_int32, float_p, P(ctypes.c_int32)]),
         "tierkv_merge_partials": (status, [ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t, float_p, float_p,
                                            float_p, float_p, float_p, float_p]),
     }

@@ -1,0 +1,85 @@
+import CTierKVABI
+import TierKV
+
+// The prediction half of tierkv.h: predicted attention mass per candidate block from the key
+// summaries (and sketches) the hierarchy keeps for every block it holds.
+
+@c @implementation public func tierkv_predict_mass(
+    _ handle: OpaquePointer?, _ keys: UnsafePointer<tierkv_block_key>?, _ keyCount: Int, _ tokenCounts: UnsafePointer<Int32>?,
+    _ residentKeys: UnsafePointer<tierkv_block_key>?, _ residentCount: Int, _ tailKeys: UnsafePointer<Float>?, _ tailTokens: Int,
+    _ query: UnsafePointer<Float>?, _ queryCount: Int, _ scale: Float, _ scoring: Int32, _ massOut: UnsafeMutablePointer<Float>?,
+    _ knownOut: UnsafeMutablePointer<Int32>?
+) -> tierkv_status {
+    abiCall("tierkv_predict_mass") { () throws(TierKVError) in
+        let owner = try HandleRegistry.lookup(handle, as: HierarchyHandle.self, "hierarchy")
+        guard let summaries = owner.hierarchy.summaries else {
+            throw .invalid("this hierarchy keeps no key summaries; open it with \"key_summaries\": \"from-keys\" to predict")
+        }
+        let shape = summaries.shape
+        let layout = owner.hierarchy.configuration.layout
+        let scoring = try summaryScoring(scoring, hasSketches: shape.sketchBits > 0)
+        guard scale.isFinite else { throw .invalid("scale is \(scale); pass a positive scale or 0 for 1/sqrt(head_dim)") }
+        let candidates = try blockKeys(keys, count: keyCount, "keys")
+        let resident = try blockKeys(residentKeys, count: residentCount, "resident_keys")
+        if let first = candidates.first ?? resident.first {
+            for (name, list) in [("keys", candidates), ("resident_keys", resident)] {
+                if let index = list.firstIndex(where: { $0.layer != first.layer }) {
+                    throw .invalid("\(name)[\(index)] is at layer \(list[index].layer) but the first block is at layer \(first.layer); one call predicts one layer")
+                }
+            }
+        }
+        let counts = tokenCounts == nil ? nil : try buffer(tokenCounts, count: keyCount, "token_counts")
+        if let counts, let bad = counts.firstIndex(where: { $0 < 1 || Int($0) > layout.tokensPerBlock }) {
+            throw .invalid("token_counts[\(bad)] is \(counts[bad]); a stored block holds 1…\(layout.tokensPerBlock) tokens")
+        }
+        guard queryCount == shape.queryValueCount else {
+            throw .invalid("query_count is \(queryCount); query_heads × head_dim = \(shape.queryHeads) × \(shape.headDim) = \(shape.queryValueCount)")
+        }
+        let query = try buffer(query, count: queryCount, "query")
+        if let bad = query.firstIndex(where: { !$0.isFinite }) { throw .invalid("query[\(bad)] is \(query[bad]); queries must be finite") }
+        let rowValues = shape.kvHeads * shape.headDim
+        guard tailTokens >= 0, tailTokens <= Int.max / rowValues else { throw .invalid("tail_tokens \(UInt(bitPattern: tailTokens)) is too large") }
+        let tail = try buffer(tailKeys, count: tailTokens * rowValues, "tail_keys")
+        if let bad = tail.firstIndex(where: { !$0.isFinite }) { throw .invalid("tail_keys[\(bad)] is \(tail[bad]); keys must be finite") }
+        let mass = try mutableBuffer(massOut, count: keyCount, "mass_out")
+        let known = try mutableBuffer(knownOut, count: knownOut == nil ? 0 : keyCount, "known_out")
+
+        // A block without a summary: an error unless the caller asked to be told per block.
+        let held = candidates.map { summaries.contains($0) }
+        if knownOut == nil {
+            if let index = held.firstIndex(of: false) {
+                throw TierKVError(.notFound, "block \(candidates[index]) (keys[\(index)]) has no key summary: the hierarchy does not hold it (pass known_out to get mass 0 and a flag instead)")
+            }
+            if let index = resident.firstIndex(where: { !summaries.contains($0) }) {
+                throw TierKVError(.notFound, "block \(resident[index]) (resident_keys[\(index)]) has no key summary: the hierarchy does not hold it")
+            }
+        }
+        let predictor = QuestBoundPredictor(
+            summaries: summaries, tokensPerBlock: layout.tokensPerBlock, scale: scale > 0 ? scale : nil, scoring: scoring)
+        let prediction = PredictionCandidates(
+            layer: Int(candidates.first?.layer ?? 0), keys: candidates, positions: Array(candidates.indices),
+            tokenCounts: counts.map { $0.map(Int.init) }, newestPosition: max(0, candidates.count - 1),
+            alwaysResidentKeys: resident, tailKeys: Array(tail))
+        let predicted = try predictor.predictMass(prediction, hint: QueryHint(Array(query))) ?? []
+        for index in 0..<keyCount {
+            mass[index] = held[index] && index < predicted.count ? predicted[index] : 0
+            if !known.isEmpty { known[index] = held[index] ? 1 : 0 }
+        }
+    }
+}
+
+/// `TIERKV_SCORING_*` to the predictor's scoring.
+private func summaryScoring(_ raw: Int32, hasSketches: Bool) throws(TierKVError) -> SummaryScoring {
+    switch raw {
+    case TIERKV_SCORING_DEFAULT: return hasSketches ? .sketch : .boundAndMoment
+    case TIERKV_SCORING_BOUND: return .bound
+    case TIERKV_SCORING_BOUND_MOMENT: return .boundAndMoment
+    case TIERKV_SCORING_SKETCH:
+        guard hasSketches else {
+            throw .invalid("TIERKV_SCORING_SKETCH needs key sketches; this hierarchy keeps summaries only (open it with \"key_sketch_bits\": 1, 2 or 4)")
+        }
+        return .sketch
+    default:
+        throw .invalid("scoring is \(raw); expected TIERKV_SCORING_DEFAULT (0), _BOUND (1), _BOUND_MOMENT (2) or _SKETCH (3)")
+    }
+}

@@ -1,0 +1,157 @@
+"""Prediction through the C ABI: the mass `predict_mass` gives each block, against the attention
+computed exactly over the same fp16 keys, and its errors."""
+
+import numpy as np
+import pytest
+
+import tierkv
+
+LAYOUT = {"layers": 2, "kv_heads": 2, "query_heads": 8, "head_dim": 64, "tokens_per_block": 16, "dtype": "fp16"}
+BLOCKS = 24
+PLANTED = (5, 11, 17)  # blocks whose keys lean towards the query
+
+
+def open_cache(**fields):
+    config = dict(layout=LAYOUT, hot_blocks=4, warm_blocks=64, accelerator="emulated", key_summaries="from-keys")
+    config.update(fields)
+    return tierkv.Hierarchy(config)
+
+
+def make_blocks(rng, query):
+    """BLOCKS fp16 blocks [2, tokens, kv_heads, dim]; in the planted blocks a few tokens per KV head
+    are pulled towards the mean query of that head's group, so they draw most of the attention."""
+    blocks = rng.standard_normal((BLOCKS, 2, 16, 2, 64)).astype(np.float32)
+    group = query.reshape(2, 4, 64).mean(axis=1)
+    for block in PLANTED:
+        for head in range(2):
+            direction = group[head] / np.linalg.norm(group[head])
+            blocks[block, 0, 3:6, head] += 6.0 * direction
+    return blocks.astype(np.float16)
+
+
+def exact_mass(blocks, query, tail=None):
+    """Per block, the attention mass averaged over query heads, the softmax over every token of
+    `blocks` plus the tail (which gets none of the blocks' mass), in float64."""
+    keys = blocks[:, 0].astype(np.float64)  # [block, token, kv_head, dim]
+    if tail is not None:
+        keys_tail = tail.astype(np.float64)[None]
+    heads, dim = query.shape
+    mass = np.zeros(len(blocks))
+    for head in range(heads):
+        kv = head // (heads // keys.shape[2])
+        logits = keys[:, :, kv] @ query[head].astype(np.float64) / np.sqrt(dim)  # [block, token]
+        every = logits.ravel() if tail is None else np.concatenate(
+            [logits.ravel(), keys_tail[0, :, kv] @ query[head].astype(np.float64) / np.sqrt(dim)])
+        top = every.max()
+        mass += np.exp(logits - top).sum(axis=1) / np.exp(every - top).sum()
+    return mass / heads
+
+
+@pytest.fixture
+def setup():
+    rng = np.random.default_rng(11)
+    query = rng.standard_normal((8, 64)).astype(np.float32)
+    blocks = make_blocks(rng, query)
+    tokens = np.arange(BLOCKS * 16, dtype=np.uint32) + 7
+    return rng, query, blocks, tokens
+
+
+def stored(cache, blocks, tokens):
+    keys = cache.block_keys(tokens, layer=1)
+    for position, key in enumerate(keys):
+        cache.store(key, blocks[position], position=position)
+    return keys
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_sketch_mass_follows_the_exact_attention(setup, bits):
+    _, query, blocks, tokens = setup
+    with open_cache(key_sketch_bits=bits) as cache:
+        keys = stored(cache, blocks, tokens)
+        mass = cache.predict_mass(keys, query)  # default scoring: the sketch
+        exact = exact_mass(blocks, query)
+        assert mass.dtype == np.float32 and mass.shape == (BLOCKS,)
+        assert (mass >= 0).all() and abs(mass.sum() - 1) < 1e-4  # every attended block is a candidate
+        assert set(np.argsort(-mass)[:3]) == set(PLANTED)
+        # Finer codes, closer masses: 4 bits track the exact mass block by block.
+        assert np.abs(mass - exact).max() < (0.02 if bits == 2 else 0.004), np.abs(mass - exact).max()
+        sketch = cache.predict_mass(keys, query, scoring="sketch")
+        np.testing.assert_array_equal(sketch, mass)
+
+
+def test_resident_blocks_and_the_tail_share_the_softmax(setup):
+    rng, query, blocks, tokens = setup
+    with open_cache(key_sketch_bits=4) as cache:
+        keys = stored(cache, blocks, tokens)
+        group = query.reshape(2, 4, 64).mean(axis=1)
+        tail = rng.standard_normal((5, 2, 64)).astype(np.float32)
+        tail += 6.0 * group / np.linalg.norm(group, axis=1, keepdims=True)  # the newest tokens draw attention too
+        # Blocks 0, 1 (sinks) and 22, 23 (recent) are always resident; the rest are candidates.
+        resident = [keys[0], keys[1], keys[22], keys[23]]
+        candidates = keys[2:22]
+        alone = cache.predict_mass(candidates, query)
+        assert abs(alone.sum() - 1) < 1e-4
+        # The candidates keep only their share of each head's attention.
+        with_resident = cache.predict_mass(candidates, query, resident=resident)
+        exact = exact_mass(blocks, query)[2:22]
+        assert abs(with_resident.sum() - exact.sum()) < 0.005 and exact.sum() < 0.9
+        assert np.abs(with_resident - exact).max() < 0.004
+        with_tail = cache.predict_mass(candidates, query, resident=resident, tail_keys=tail)
+        exact = exact_mass(blocks, query, tail=tail)[2:22]
+        assert abs(with_tail.sum() - exact.sum()) < 0.005 and with_tail.sum() < with_resident.sum() - 0.05
+        assert np.abs(with_tail - exact).max() < 0.004
+
+
+def test_summary_scorings_rank_the_planted_blocks(setup):
+    _, query, blocks, tokens = setup
+    with open_cache(key_sketch_bits=0) as cache:
+        keys = stored(cache, blocks, tokens)
+        for scoring in ("default", "bound", "bound+moment"):
+            mass = cache.predict_mass(keys, query, scoring=scoring)
+            assert (mass >= 0).all() and mass.sum() <= 1 + 1e-4, scoring
+            assert set(np.argsort(-mass)[:3]) == set(PLANTED), scoring
+        np.testing.assert_array_equal(cache.predict_mass(keys, query), cache.predict_mass(keys, query, scoring="bound+moment"))
+        with pytest.raises(tierkv.InvalidArgument, match="key_sketch_bits"):
+            cache.predict_mass(keys, query, scoring="sketch")
+
+
+def test_a_block_the_hierarchy_does_not_hold(setup):
+    _, query, blocks, tokens = setup
+    with open_cache() as cache:
+        keys = stored(cache, blocks[:4], tokens[:64])
+        stranger = tierkv.BlockKey(1, 2, 1)
+        with pytest.raises(tierkv.NotFound, match=r"keys\[2\].*known_out"):
+            cache.predict_mass([keys[0], keys[1], stranger, keys[3]], query)
+        with pytest.raises(tierkv.NotFound, match=r"resident_keys\[0\]"):
+            cache.predict_mass(keys, query, resident=[stranger])
+        mass = cache.predict_mass([keys[0], keys[1], stranger, keys[3]], query, missing="nan")
+        assert np.isnan(mass[2]) and np.isfinite(mass[[0, 1, 3]]).all()
+        np.testing.assert_allclose(mass[[0, 1, 3]], cache.predict_mass([keys[0], keys[1], keys[3]], query), rtol=1e-6)
+
+
+def test_bad_input_names_what_is_wrong(setup):
+    _, query, blocks, tokens = setup
+    with open_cache() as cache:
+        keys = stored(cache, blocks[:4], tokens[:64])
+        with pytest.raises(tierkv.InvalidArgument, match=r"query has shape \(4, 64\)"):
+            cache.predict_mass(keys, query[:4])
+        with pytest.raises(tierkv.InvalidArgument, match="one call predicts one layer"):
+            cache.predict_mass(keys + cache.block_keys(tokens[:16], layer=0), query)
+        with pytest.raises(tierkv.InvalidArgument, match=r"tail_keys has shape \(3, 64\)"):
+            cache.predict_mass(keys, query, tail_keys=np.zeros((3, 64)))
+        with pytest.raises(tierkv.InvalidArgument, match=r"token_counts\[1\] is 17"):
+            cache.predict_mass(keys, query, token_counts=[16, 17, 16, 16])
+        with pytest.raises(tierkv.InvalidArgument, match="scoring is 'oracle'"):
+            cache.predict_mass(keys, query, scoring="oracle")
+        bad = query.copy()
+        bad[3, 5] = np.nan
+        with pytest.raises(tierkv.InvalidArgument, match=r"query\[197\] is nan"):
+            cache.predict_mass(keys, bad)
+    with open_cache(key_summaries="off") as cache:
+        keys = stored(cache, blocks[:1], tokens[:16])
+        with pytest.raises(tierkv.InvalidArgument, match='"key_summaries": "from-keys"'):
+            cache.predict_mass(keys, query)
+    with pytest.raises(tierkv.InvalidArgument, match="key_sketch_bits.*3"):
+        open_cache(key_sketch_bits=3)
+    with pytest.raises(tierkv.InvalidArgument, match='"key_summaries" is not "from-keys"'):
+        open_cache(key_summaries="off", key_sketch_bits=2)
