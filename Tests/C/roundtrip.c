@@ -77,6 +77,33 @@ static void reference_attention(
     }
 }
 
+/* Each block's share of the attention of `query` over `blocks` full blocks, averaged over query
+ * heads, in double: what tierkv_predict_mass predicts. */
+static void reference_block_mass(float blocks_data[][BLOCK_FLOATS], int blocks, const float *query, double *mass) {
+    const double scale = 1.0 / sqrt((double)HEAD_DIM);
+    for (int block = 0; block < blocks; block++) mass[block] = 0;
+    for (int head = 0; head < QUERY_HEADS; head++) {
+        int kv_head = head / (QUERY_HEADS / KV_HEADS);
+        double logits[BLOCKS][TOKENS_PER_BLOCK], maximum = -INFINITY, total = 0;
+        for (int block = 0; block < blocks; block++) {
+            for (int token = 0; token < TOKENS_PER_BLOCK; token++) {
+                const float *key = &blocks_data[block][(token * KV_HEADS + kv_head) * HEAD_DIM];
+                double dot = 0;
+                for (int d = 0; d < HEAD_DIM; d++) dot += (double)query[head * HEAD_DIM + d] * key[d];
+                logits[block][token] = dot * scale;
+                maximum = fmax(maximum, dot * scale);
+            }
+        }
+        for (int block = 0; block < blocks; block++)
+            for (int token = 0; token < TOKENS_PER_BLOCK; token++) total += exp(logits[block][token] - maximum);
+        for (int block = 0; block < blocks; block++) {
+            double share = 0;
+            for (int token = 0; token < TOKENS_PER_BLOCK; token++) share += exp(logits[block][token] - maximum);
+            mass[block] += share / total / QUERY_HEADS;
+        }
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s CACHE_DIR\n", argv[0]);
@@ -91,7 +118,7 @@ int main(int argc, char **argv) {
              "{\"layout\": {\"layers\": %d, \"kv_heads\": %d, \"query_heads\": %d, \"head_dim\": %d, "
              "\"tokens_per_block\": %d, \"dtype\": \"fp32\"}, \"hot_blocks\": 2, \"warm_blocks\": 8, "
              "\"cold_blocks\": 64, \"cache_dir\": \"%s\", \"accelerator\": \"emulated\", \"cpu_threads\": 2, "
-             "\"buffered_fallback\": true}",
+             "\"buffered_fallback\": true, \"key_summaries\": \"from-keys\"}",
              LAYERS, KV_HEADS, QUERY_HEADS, HEAD_DIM, TOKENS_PER_BLOCK, argv[1]);
     tierkv_hierarchy *hierarchy = NULL;
     CHECK_OK(tierkv_open(config, &hierarchy));
@@ -203,6 +230,26 @@ int main(int argc, char **argv) {
         CHECK(fabsf(merged_sum[head] - sums[head]) <= 1e-3f * sums[head], "head %d sum", head);
     }
 
+    /* Predicted attention mass per block from the key sketches kept for every stored block (in
+     * any tier), against the exact mass; a uniform guess is the baseline it must beat. */
+    float mass[BLOCKS];
+    int32_t known[BLOCKS];
+    double exact_mass[BLOCKS], predicted_error = 0, uniform_error = 0, total_mass = 0;
+    CHECK_OK(tierkv_predict_mass(hierarchy, keys, BLOCKS, NULL, NULL, 0, NULL, 0, query, QUERY_HEADS * HEAD_DIM, 0,
+                                 TIERKV_SCORING_DEFAULT, mass, NULL));
+    reference_block_mass(data, BLOCKS, query, exact_mass);
+    for (int block = 0; block < BLOCKS; block++) {
+        CHECK(mass[block] >= 0, "mass[%d] = %g", block, mass[block]);
+        total_mass += mass[block];
+        predicted_error += fabs(mass[block] - exact_mass[block]);
+        uniform_error += fabs(1.0 / BLOCKS - exact_mass[block]);
+    }
+    printf("predicted block mass: total %.4f, L1 error %.4f against exact (a uniform guess: %.4f)\n", total_mass,
+           predicted_error, uniform_error);
+    CHECK(fabs(total_mass - 1) < 1e-4, "the candidates are every attended block, yet the masses add up to %g", total_mass);
+    CHECK(predicted_error < 0.6 * uniform_error, "prediction error %g against %g for a uniform guess", predicted_error,
+          uniform_error);
+
     /* Bad input: an error code and a message naming the problem, never a crash. */
     CHECK_ERROR(tierkv_store(NULL, &keys[0], 0, data[0], sizeof data[0], 7, NULL), TIERKV_ERROR_INVALID_HANDLE, "NULL");
     CHECK_ERROR(tierkv_store(hierarchy, &keys[0], 0, data[0], 100, 7, NULL), TIERKV_ERROR_INVALID_ARGUMENT, "has 100 bytes");
@@ -224,6 +271,16 @@ int main(int argc, char **argv) {
                 "query_count is 5");
     CHECK_ERROR(tierkv_attend_warm(hierarchy, &bad_key, 1, NULL, query, QUERY_HEADS * HEAD_DIM, 0, output, maxima, sums),
                 TIERKV_ERROR_NOT_FOUND, "not cached");
+    tierkv_block_key candidates[2] = {keys[0], bad_key};
+    CHECK_ERROR(tierkv_predict_mass(hierarchy, candidates, 2, NULL, NULL, 0, NULL, 0, query, QUERY_HEADS * HEAD_DIM, 0,
+                                    TIERKV_SCORING_SKETCH, mass, NULL),
+                TIERKV_ERROR_NOT_FOUND, "keys[1]");
+    CHECK_OK(tierkv_predict_mass(hierarchy, candidates, 2, NULL, NULL, 0, NULL, 0, query, QUERY_HEADS * HEAD_DIM, 0,
+                                 TIERKV_SCORING_SKETCH, mass, known));
+    CHECK(known[0] == 1 && known[1] == 0 && mass[1] == 0 && fabsf(mass[0] - 1) < 1e-5f, "known %d %d, mass %g %g", known[0],
+          known[1], mass[0], mass[1]);
+    CHECK_ERROR(tierkv_predict_mass(hierarchy, keys, 2, NULL, NULL, 0, NULL, 0, query, QUERY_HEADS * HEAD_DIM, 0, 9, mass, NULL),
+                TIERKV_ERROR_INVALID_ARGUMENT, "scoring is 9");
     CHECK_ERROR(tierkv_merge_partials(1, 0, HEAD_DIM, NULL, NULL, NULL, NULL, NULL, NULL), TIERKV_ERROR_INVALID_ARGUMENT,
                 "must be positive");
     char small[8];

@@ -135,16 +135,32 @@ class BlockKey(NamedTuple):
         return _native.BlockKeyStruct(int(self.prefix_high), int(self.prefix_low), int(self.layer), 0)
 
 
+_KEY_DTYPE = np.dtype([("prefix_high", "<u8"), ("prefix_low", "<u8"), ("layer", "<u4"), ("reserved", "<u4")])
+assert _KEY_DTYPE.itemsize == ctypes.sizeof(_native.BlockKeyStruct)
+
+
 def _key_array(keys):
+    """A ctypes array of the keys for a call (built through NumPy: a Python loop of ctypes structs
+    cost 2.7 ms per 1,024 keys)."""
     keys = list(keys)
+    for index, key in enumerate(keys):
+        if isinstance(key, BlockKey):
+            continue
+        if isinstance(key, tuple) and len(key) == 3:
+            keys[index] = BlockKey(*key)
+        else:
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                  f"keys[{index}] is {type(key).__name__}; expected a tierkv.BlockKey")
+    integers = (int, np.integer)
+    if all(isinstance(h, integers) and isinstance(l, integers) and isinstance(y, integers) for h, l, y in keys):
+        try:
+            packed = np.array([(h, l, y, 0) for h, l, y in keys] or [(0, 0, 0, 0)], dtype=_KEY_DTYPE)
+        except OverflowError:
+            packed = None  # a field out of range: the per-key check below names it
+        if packed is not None:
+            return (_native.BlockKeyStruct * len(packed)).from_buffer(packed), len(keys)
     array = (_native.BlockKeyStruct * max(1, len(keys)))()
     for index, key in enumerate(keys):
-        if not isinstance(key, BlockKey):
-            if isinstance(key, tuple) and len(key) == 3:
-                key = BlockKey(*key)
-            else:
-                raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
-                                      f"keys[{index}] is {type(key).__name__}; expected a tierkv.BlockKey")
         array[index] = key._struct()
     return array, len(keys)
 
