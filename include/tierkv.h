@@ -289,12 +289,23 @@ tierkv_status tierkv_merge_partials(
  *     blocks and the tail).
  *   known_out (may be NULL): key_count flags, 1 where the hierarchy holds the block's summary. A
  *     candidate it does not hold (never stored, or dropped) then gets mass 0 and flag 0; with
- *     known_out NULL it is an error (NOT_FOUND naming the key), never a silent zero.
+ *     known_out NULL it is an error (NOT_FOUND naming the key), never a silent zero. After a
+ *     restart, blocks found in cold have no summary until tierkv_rebuild_key_summaries.
  * Thread-safe; the hierarchy's summaries are read under a lock. */
 tierkv_status tierkv_predict_mass(
     tierkv_hierarchy *hierarchy, const tierkv_block_key *keys, size_t key_count, const int32_t *token_counts,
     const tierkv_block_key *resident_keys, size_t resident_count, const float *tail_keys, size_t tail_tokens,
     const float *query, size_t query_count, float scale, int32_t scoring, float *mass_out, int32_t *known_out);
+
+/* Computes the key summaries (and sketches) of every block the hierarchy holds without one. After
+ * a restart the blocks found in cold have none until they come back to warm, so
+ * tierkv_predict_mass could not rank them; call this once after tierkv_open (it may run on a
+ * background thread). Each block is brought to warm at prefetch priority, summarised and
+ * released, `batch_blocks` at a time (0: a quarter of warm_blocks). Outputs (each may be NULL):
+ * blocks that lacked a summary, those that now have one, and those that could not be read back
+ * (corrupt or unreadable copies, or dropped meanwhile). */
+tierkv_status tierkv_rebuild_key_summaries(
+    tierkv_hierarchy *hierarchy, size_t batch_blocks, uint64_t *missing_out, uint64_t *rebuilt_out, uint64_t *failed_out);
 
 #ifdef __cplusplus
 }

@@ -68,6 +68,23 @@ import TierKV
     }
 }
 
+@c @implementation public func tierkv_rebuild_key_summaries(
+    _ handle: OpaquePointer?, _ batchBlocks: Int, _ missingOut: UnsafeMutablePointer<UInt64>?,
+    _ rebuiltOut: UnsafeMutablePointer<UInt64>?, _ failedOut: UnsafeMutablePointer<UInt64>?
+) -> tierkv_status {
+    abiCall("tierkv_rebuild_key_summaries") { () throws(TierKVError) in
+        let owner = try HandleRegistry.lookup(handle, as: HierarchyHandle.self, "hierarchy")
+        guard owner.hierarchy.summaries != nil else {
+            throw .invalid("this hierarchy keeps no key summaries; open it with \"key_summaries\": \"from-keys\"")
+        }
+        guard batchBlocks >= 0 else { throw .invalid("batch_blocks \(UInt(bitPattern: batchBlocks)) is too large") }
+        let result = try owner.hierarchy.rebuildKeySummaries(batchBlocks: batchBlocks == 0 ? nil : batchBlocks)
+        missingOut?.pointee = UInt64(result.missing)
+        rebuiltOut?.pointee = UInt64(result.rebuilt)
+        failedOut?.pointee = UInt64(result.failed)
+    }
+}
+
 /// `TIERKV_SCORING_*` to the predictor's scoring.
 private func summaryScoring(_ raw: Int32, hasSketches: Bool) throws(TierKVError) -> SummaryScoring {
     switch raw {

@@ -155,3 +155,29 @@ def test_bad_input_names_what_is_wrong(setup):
         open_cache(key_sketch_bits=3)
     with pytest.raises(tierkv.InvalidArgument, match='"key_summaries" is not "from-keys"'):
         open_cache(key_summaries="off", key_sketch_bits=2)
+
+
+def test_summaries_are_rebuilt_after_a_restart(setup, tmp_path):
+    _, query, blocks, tokens = setup
+    config = dict(key_sketch_bits=2, cold_blocks=64, cache_dir=str(tmp_path / "cold"), buffered_fallback=True,
+                  warm_blocks=8)
+    with open_cache(**config) as cache:
+        keys = cache.block_keys(tokens, layer=1)
+        for position, key in enumerate(keys):
+            cache.store(key, blocks[position], position=position, sequence=1)
+        before = cache.predict_mass(keys, query)
+        assert cache.rebuild_key_summaries() == {"missing": 0, "rebuilt": 0, "failed": 0}
+        cache.close(flush=True)
+    with open_cache(**config) as cache:
+        assert cache.fastest_tier(keys[0]) == "cold"
+        # The blocks found in cold have no summaries yet: prediction says so instead of guessing.
+        with pytest.raises(tierkv.NotFound, match="no key summary"):
+            cache.predict_mass(keys, query)
+        assert np.isnan(cache.predict_mass(keys, query, missing="nan")).all()
+        assert cache.rebuild_key_summaries(batch_blocks=5) == {"missing": BLOCKS, "rebuilt": BLOCKS, "failed": 0}
+        np.testing.assert_allclose(cache.predict_mass(keys, query), before, rtol=1e-6, atol=1e-9)
+        with pytest.raises(tierkv.InvalidArgument, match="batch_blocks is 0"):
+            cache.rebuild_key_summaries(batch_blocks=0)
+    with open_cache(key_summaries="off") as cache:
+        with pytest.raises(tierkv.InvalidArgument, match="keeps no key summaries"):
+            cache.rebuild_key_summaries()

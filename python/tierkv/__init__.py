@@ -466,6 +466,16 @@ class Hierarchy:
             mass[known == 0] = np.nan
         return mass
 
+    def rebuild_key_summaries(self, batch_blocks=None):
+        """Computes the key summaries of every block held without one (after a restart, the blocks
+        found in cold), passing them through warm `batch_blocks` at a time (default: a quarter of
+        warm_blocks). Returns a dict: missing, rebuilt, failed (blocks that could not be read back)."""
+        if batch_blocks is not None and (not isinstance(batch_blocks, (int, np.integer)) or batch_blocks < 1):
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, f"batch_blocks is {batch_blocks!r}; expected an integer ≥ 1")
+        counts = [ctypes.c_uint64() for _ in range(3)]
+        _check(lib.tierkv_rebuild_key_summaries(self._h(), int(batch_blocks or 0), *(ctypes.byref(c) for c in counts)))
+        return dict(zip(("missing", "rebuilt", "failed"), (c.value for c in counts)))
+
 
 def _sequence(sequence):
     if sequence is None:

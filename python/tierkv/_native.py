@@ -131,6 +131,8 @@ def load():
         "tierkv_predict_mass": (status, [handle, key_p, ctypes.c_size_t, P(ctypes.c_int32), key_p, ctypes.c_size_t,
                                          float_p, ctypes.c_size_t, float_p, ctypes.c_size_t, ctypes.c_float,
                                          ctypes.c_int32, float_p, P(ctypes.c_int32)]),
+        "tierkv_rebuild_key_summaries": (status, [handle, ctypes.c_size_t, P(ctypes.c_uint64), P(ctypes.c_uint64),
+                                                  P(ctypes.c_uint64)]),
         "tierkv_merge_partials": (status, [ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t, float_p, float_p,
                                            float_p, float_p, float_p, float_p]),
     }
