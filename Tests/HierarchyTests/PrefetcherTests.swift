@@ -235,3 +235,36 @@ import TierKVTestSupport
         try provided.close()
     }
 }
+
+@Suite struct KeySummaryRebuildTests {
+    @Test func coldBlocksFoundAtOpenGetTheirSummariesBack() throws {
+        let directory = try TemporaryDirectory()
+        var configuration = tinyConfiguration(directory: directory.path + "/cache", hot: 2, warm: 4, cold: 32)
+        configuration.keySummaries = .fromStoredKeys
+        configuration.keySketchBits = 2
+        let keys = (0..<10).map { testKey($0) }
+        var before: [[UInt32]] = []  // bit patterns: the test blocks' random bytes include NaNs
+        do {
+            let first = try Hierarchy(configuration)
+            for (position, key) in keys.enumerated() { try first.storeTestBlock(key, position: position, sequence: SequenceID(1)) }
+            #expect(try first.rebuildKeySummaries() == .init(missing: 0, rebuilt: 0, failed: 0))
+            before = keys.map { first.summaries!.summary(of: $0)!.map(\.bitPattern) }
+            try first.close(flushing: true)
+        }
+        let second = try Hierarchy(configuration)
+        defer { try? second.close(flushing: false) }
+        #expect(keys.allSatisfy { second.fastestTier(of: $0) == .cold && !second.summaries!.contains($0) })
+        var batches: [Int] = []
+        let result = try second.rebuildKeySummaries(batchBlocks: 3) { done, missing in
+            #expect(missing == 10)
+            batches.append(done)
+        }
+        #expect(result == .init(missing: 10, rebuilt: 10, failed: 0))
+        #expect(batches == [3, 6, 9, 10])
+        let after = keys.map { second.summaries!.summary(of: $0)!.map(\.bitPattern) }
+        #expect(after == before, "the rebuilt summaries differ from those computed at store")
+        #expect(second.statistics.warm.pinnedBlocks == 0)
+        #expect(second.checkInvariants() == [])
+        #expect(tierKVError { _ = try second.rebuildKeySummaries(batchBlocks: 0) }?.message.contains("batchBlocks is 0") ?? false)
+    }
+}

@@ -11,6 +11,12 @@ extension Hierarchy {
         /// Blocks that could not be read back (corrupt or unreadable cold copies) or were
         /// dropped meanwhile: still without a summary.
         public var failed: Int
+
+        public init(missing: Int, rebuilt: Int, failed: Int) {
+            self.missing = missing
+            self.rebuilt = rebuilt
+            self.failed = failed
+        }
     }
 
     /// Computes the key summaries (and sketches) of every block held without one: after a
