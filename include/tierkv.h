@@ -289,7 +289,8 @@ tierkv_status tierkv_merge_partials(
  *     blocks and the tail).
  *   known_out (may be NULL): key_count flags, 1 where the hierarchy holds the block's summary. A
  *     candidate it does not hold (never stored, or dropped) then gets mass 0 and flag 0; with
- *     known_out NULL it is an error (NOT_FOUND naming the key), never a silent zero. After a
+ *     known_out NULL it is an error (NOT_FOUND naming the key), never a silent zero; a resident
+ *     block it does not hold is then an error too, and with known_out it is left out. After a
  *     restart, blocks found in cold have no summary until tierkv_rebuild_key_summaries.
  * Thread-safe; the hierarchy's summaries are read under a lock. */
 tierkv_status tierkv_predict_mass(
