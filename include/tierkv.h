@@ -116,8 +116,10 @@ typedef struct tierkv_block_location {
     uint64_t byte_count;      /* block_bytes */
 } tierkv_block_location;
 
-/* Counters and occupancy. `struct_size` must be set to sizeof(tierkv_stats) by the caller, so
- * later versions can grow the struct without breaking older callers. */
+/* Counters and occupancy. The caller sets `struct_size` to sizeof(tierkv_stats) of its header;
+ * the library fills the fields both know and sets struct_size to the bytes it filled, so a
+ * newer library serves an older caller and the reverse (any size from the first version's,
+ * up to accelerator_is_emulated, is accepted). */
 typedef struct tierkv_tier_stats {
     uint64_t capacity_blocks;
     uint64_t resident_blocks;
@@ -142,6 +144,9 @@ typedef struct tierkv_stats {
     uint64_t live_sequences;
     int32_t cold_is_buffered;     /* 1 when the cold file fell back to buffered I/O (reported, never silent) */
     int32_t accelerator_is_emulated; /* 1 when the hot tier is host memory standing in for a GPU */
+    /* Added in 0.6 (a caller with an older header does not see them): */
+    uint64_t summarized_blocks;   /* blocks with a key summary (key_summaries "from-keys") */
+    uint64_t summaries_restored;  /* of those, restored at open from the cache's summaries.tkv */
 } tierkv_stats;
 
 /* ---- Library ---- */
@@ -241,7 +246,10 @@ tierkv_status tierkv_report_attention(
     tierkv_hierarchy *hierarchy, const tierkv_block_key *keys, const float *mass, size_t count);
 /* Ends a sequence: its blocks lose its reference (they stay cached for prefix hits). */
 tierkv_status tierkv_drop_sequence(tierkv_hierarchy *hierarchy, uint64_t sequence);
-/* Makes every block durable in the cold tier and checkpoints its index. Outputs may be NULL. */
+/* Makes every block durable in the cold tier and checkpoints its index; with key summaries, also
+ * saves the cold blocks' summaries to the cache's summaries.tkv (as tierkv_close does), so a
+ * restart can rank them without reading them back. An error after the blocks are durable says
+ * so. Outputs may be NULL. */
 tierkv_status tierkv_flush(tierkv_hierarchy *hierarchy, uint64_t *written_out, uint64_t *failed_out);
 
 /* ---- CPU attention over warm blocks ---- */
@@ -291,7 +299,9 @@ tierkv_status tierkv_merge_partials(
  *     candidate it does not hold (never stored, or dropped) then gets mass 0 and flag 0; with
  *     known_out NULL it is an error (NOT_FOUND naming the key), never a silent zero; a resident
  *     block it does not hold is then an error too, and with known_out it is left out. After a
- *     restart, blocks found in cold have no summary until tierkv_rebuild_key_summaries.
+ *     restart, the cold blocks get their summaries back from summaries.tkv (saved by the last
+ *     close or flush); those it does not cover (a crash, blocks written since) have none until
+ *     tierkv_rebuild_key_summaries (stats: summarized_blocks, summaries_restored).
  * Thread-safe; the hierarchy's summaries are read under a lock. */
 tierkv_status tierkv_predict_mass(
     tierkv_hierarchy *hierarchy, const tierkv_block_key *keys, size_t key_count, const int32_t *token_counts,
@@ -299,9 +309,10 @@ tierkv_status tierkv_predict_mass(
     const float *query, size_t query_count, float scale, int32_t scoring, float *mass_out, int32_t *known_out);
 
 /* Computes the key summaries (and sketches) of every block the hierarchy holds without one. After
- * a restart the blocks found in cold have none until they come back to warm, so
- * tierkv_predict_mass could not rank them; call this once after tierkv_open (it may run on a
- * background thread). Each block is brought to warm at prefetch priority, summarised and
+ * a restart, cold blocks that summaries.tkv did not cover (the last run crashed, or the file was
+ * lost) have none until they come back to warm, so tierkv_predict_mass could not rank them; call
+ * this once after tierkv_open (it may run on a background thread; it reads nothing when every
+ * block has its summary). Each block is brought to warm at prefetch priority, summarised and
  * released, `batch_blocks` at a time (0: a quarter of warm_blocks). Outputs (each may be NULL):
  * blocks that lacked a summary, those that now have one, and those that could not be read back
  * (corrupt or unreadable copies, or dropped meanwhile). */

@@ -83,10 +83,14 @@ import TierKV
     abiCall("tierkv_get_stats") { () throws(TierKVError) in
         let owner = try HandleRegistry.lookup(handle, as: HierarchyHandle.self, "hierarchy")
         let out = try required(out, "out")
-        let expected = UInt64(MemoryLayout<tierkv_stats>.size)
-        guard out.pointee.struct_size == expected else {
-            throw .invalid("out->struct_size is \(out.pointee.struct_size); set it to sizeof(tierkv_stats) = \(expected) (header and library disagree otherwise)")
+        // Callers built against an older header pass a smaller struct: fill the part they know.
+        let current = MemoryLayout<tierkv_stats>.size
+        let firstVersion = MemoryLayout<tierkv_stats>.offset(of: \tierkv_stats.summarized_blocks)!
+        let callerSize = out.pointee.struct_size
+        guard callerSize >= UInt64(firstVersion) else {
+            throw .invalid("out->struct_size is \(callerSize); set it to sizeof(tierkv_stats) (\(current) with this library's header; at least \(firstVersion))")
         }
+        let filled = min(Int(clamping: callerSize), current)
         let statistics = owner.hierarchy.statistics
         func tier(_ tier: TierStatistics) -> tierkv_tier_stats {
             tierkv_tier_stats(
@@ -94,7 +98,7 @@ import TierKV
                 pinned_blocks: UInt64(tier.pinnedBlocks), hits: UInt64(tier.hits), misses: UInt64(tier.misses))
         }
         var result = tierkv_stats()
-        result.struct_size = expected
+        result.struct_size = UInt64(filled)
         result.hot = tier(statistics.hot)
         result.warm = tier(statistics.warm)
         result.cold = tier(statistics.cold)
@@ -109,7 +113,9 @@ import TierKV
         result.live_sequences = UInt64(statistics.liveSequences)
         result.cold_is_buffered = statistics.coldIsBuffered ? 1 : 0
         result.accelerator_is_emulated = owner.hierarchy.accelerator.deviceDescription.isEmulated ? 1 : 0
-        out.pointee = result
+        result.summarized_blocks = UInt64(statistics.summarizedBlocks)
+        result.summaries_restored = UInt64(statistics.keySummariesRestored)
+        withUnsafeBytes(of: &result) { UnsafeMutableRawPointer(out).copyMemory(from: $0.baseAddress!, byteCount: filled) }
     }
 }
 

@@ -109,6 +109,39 @@ public final class BlockSummaryTable: @unchecked Sendable {
         }
     }
 
+    /// Bytes of one block's record as `copyRecord` writes it: the fp16 summary, then the sketch.
+    public var recordByteCount: Int { shape.byteCount + shape.sketchByteCount }
+
+    /// Copies `key`'s summary and sketch (`recordByteCount` bytes, the table's own fp16 and coded
+    /// form) into `destination` and returns the rows its sketch holds, or nil when the table has
+    /// no summary of `key`. With `restoreRecord`, the way summaries outlive a restart.
+    public func copyRecord(of key: BlockKey, into destination: UnsafeMutableRawPointer) -> Int? {
+        state.withLock { state in
+            guard let slot = state.index[key] else { return nil }
+            state.storage.withUnsafeBytes { destination.copyMemory(from: $0.baseAddress! + Int(slot) * shape.byteCount, byteCount: shape.byteCount) }
+            if shape.sketchByteCount > 0 {
+                state.sketches.withUnsafeBytes {
+                    (destination + shape.byteCount).copyMemory(from: $0.baseAddress! + Int(slot) * shape.sketchByteCount, byteCount: shape.sketchByteCount)
+                }
+            }
+            return Int(state.tokenCounts[Int(slot)])
+        }
+    }
+
+    /// Installs a record `copyRecord` made (from a table of the same shape), replacing any
+    /// summary of `key`.
+    /// - Throws: `.invalidArgument` when `tokenCount` is outside what `insert` accepts.
+    public func restoreRecord(_ key: BlockKey, tokenCount: Int, from source: UnsafeRawPointer) throws(TierKVError) {
+        let limit = shape.sketchBits > 0 ? shape.tokensPerBlock : KVLayout.maximumTokensPerBlock
+        guard tokenCount >= 1, tokenCount <= limit else {
+            throw .invalid("a summary record of \(key) names \(tokenCount) tokens; expected 1...\(limit)")
+        }
+        store(key, tokenCount: tokenCount) { summarySlot, sketchSlot in
+            summarySlot.copyMemory(from: source, byteCount: shape.byteCount)
+            sketchSlot?.copyMemory(from: source + shape.byteCount, byteCount: shape.sketchByteCount)
+        }
+    }
+
     /// Forgets the summary of a block that left every tier.
     public func remove(_ key: BlockKey) {
         state.withLock { state in

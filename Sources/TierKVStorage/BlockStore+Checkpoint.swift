@@ -48,36 +48,9 @@ extension BlockStore {
         }
         append(bytes.withUnsafeBytes { XXHash64.hash($0) })
 
-        let path = file.directory + "/" + Self.checkpointFileName
-        let temporary = path + ".tmp"
-        let descriptor = try SystemCall.retrying("open", path: temporary) {
-            open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        }
-        var written = 0
-        while written < bytes.count {
-            let result = bytes.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress! + written, $0.count - written) }
-            if result < 0, errno == EINTR { continue }
-            guard result > 0 else {
-                let code = errno
-                close(descriptor)
-                unlink(temporary)
-                throw TierKVError(code == ENOSPC ? .capacityExceeded : .systemCall,
-                    "cannot write the index checkpoint: \(TierKVError.errnoName(code))", operation: "write", path: temporary, errno: code)
-            }
-            written += result
-        }
-        let synced = fsync(descriptor)
-        close(descriptor)
-        guard synced == 0, rename(temporary, path) == 0 else {
-            let code = errno
-            unlink(temporary)
-            throw TierKVError(.systemCall, "cannot install the index checkpoint: \(TierKVError.errnoName(code))", path: path, errno: code)
-        }
-        let directory = open(file.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if directory >= 0 {
-            fsync(directory)
-            close(directory)
-        }
+        let writer = try AtomicFileWriter(path: file.directory + "/" + Self.checkpointFileName)
+        try writer.append(bytes)
+        try writer.commit()
         for slot in state.retired { try? allocator.free(slot) }
         state.retired.removeAll(keepingCapacity: true)
         state.statistics.checkpoints += 1

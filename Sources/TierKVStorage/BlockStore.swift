@@ -126,6 +126,10 @@ public final class BlockStore: @unchecked Sendable {
     public var statistics: Statistics { state.withLock { $0.statistics } }
     public func contains(_ key: BlockKey) -> Bool { state.withLock { $0.index[key] != nil } }
     public var keys: [BlockKey] { state.withLock { Array($0.index.keys) } }
+    /// Each indexed key with the write sequence of its copy: a copy is identified by (key,
+    /// sequence), so data derived from it (the key summaries the hierarchy persists) can be
+    /// matched to exactly that copy after a restart.
+    public var sequences: [BlockKey: UInt64] { state.withLock { $0.index.mapValues(\.sequence) } }
 
     /// Forgets a block (its slot becomes free). Not written to disk: after a crash the block may
     /// reappear, which is harmless because keys name content.

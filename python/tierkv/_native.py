@@ -60,7 +60,8 @@ class StatsStruct(ctypes.Structure):
                 + [(name, ctypes.c_uint64) for name in
                    ("stored_blocks", "shared_stores", "bytes_host_to_device", "bytes_device_to_host",
                     "bytes_nvme_read", "bytes_nvme_written", "corrupt_blocks", "dropped_blocks", "live_sequences")]
-                + [("cold_is_buffered", ctypes.c_int32), ("accelerator_is_emulated", ctypes.c_int32)])
+                + [("cold_is_buffered", ctypes.c_int32), ("accelerator_is_emulated", ctypes.c_int32)]
+                + [("summarized_blocks", ctypes.c_uint64), ("summaries_restored", ctypes.c_uint64)])
 
 
 def _candidates():

@@ -69,6 +69,12 @@ public final class Hierarchy: @unchecked Sendable {
     let metrics: HierarchyMetrics
     /// Key summaries of every block held (nil when `configuration.keySummaries` is `.off`).
     public let summaries: BlockSummaryTable?
+    /// What the open found in the cache directory's `summaries.tkv` (nil without summaries or
+    /// without a cold tier). Blocks it did not cover get theirs from `rebuildKeySummaries`.
+    public let keySummaryRestore: KeySummaryRestore?
+    /// The cold index and summary count when `summaries.tkv` was last written: a flush followed
+    /// by a close writes it once.
+    let keySummaryFileVersion = Locked<[Int]?>(nil)
     /// Offset of the payload in a warm slot: the cold slot header goes in front, so a warm slot
     /// is written to NVMe as it is.
     let warmPayloadOffset = ColdSlotHeader.byteCount
@@ -141,6 +147,18 @@ public final class Hierarchy: @unchecked Sendable {
                 initial.policies[Tier.cold.rawValue].insert(id, context: PolicyBlockContext(position: -1, layer: Int32(key.layer)))
             }
             initial.statistics.cold.residentBlocks = initial.used[Tier.cold.rawValue]
+        }
+        if let coldStore, let summaries {
+            if coldStore.file.wasCreated {
+                // Summaries of an earlier file's blocks must not meet this file's sequences.
+                unlink(coldStore.file.directory + "/" + KeySummaryFile.fileName)
+                keySummaryRestore = KeySummaryRestore()
+            } else {
+                keySummaryRestore = KeySummaryFile.restore(into: summaries, from: coldStore)
+            }
+            initial.statistics.keySummariesRestored = keySummaryRestore?.restored ?? 0
+        } else {
+            keySummaryRestore = nil
         }
         state = ConditionLocked(initial)
     }
@@ -421,7 +439,26 @@ public final class Hierarchy: @unchecked Sendable {
             return pending ? .wait : .done(FlushSummary(written: state.flushWritten - start.written, failed: state.flushFailed - start.failed))
         }
         try coldStore.checkpoint()
+        try persistKeySummaries()
         return summary
+    }
+
+    /// Writes `summaries.tkv` (the key summaries of the cold tier's blocks, see `KeySummaryFile`)
+    /// unless nothing it would hold changed since the last write. The blocks are durable before
+    /// this runs: a failure here loses no block, only the summaries a restart would find.
+    func persistKeySummaries() throws(TierKVError) {
+        guard let coldStore, let summaries else { return }
+        let cold = coldStore.statistics
+        let version = [cold.writes, cold.blocks, cold.corruptions, summaries.count]
+        guard keySummaryFileVersion.withLock({ $0 }) != version else { return }
+        do throws(TierKVError) {
+            _ = try KeySummaryFile.write(summaries, of: coldStore)
+        } catch {
+            throw TierKVError(
+                error.code, "the blocks are durable, but their key summaries could not be saved (a restart will rebuild them from the blocks): \(error.message)",
+                operation: error.operation, path: error.path, errno: error.errno)
+        }
+        keySummaryFileVersion.withLock { $0 = version }
     }
 
     /// Waits for transfers in flight, optionally flushes, and closes. Later calls throw `.closed`.
@@ -438,7 +475,13 @@ public final class Hierarchy: @unchecked Sendable {
             }
             return .done(())
         }
-        try coldStore?.checkpoint()
+        do throws(TierKVError) {
+            try coldStore?.checkpoint()
+            try persistKeySummaries()
+        } catch {
+            coldStore?.file.releaseDirectoryLock()
+            throw error
+        }
         coldStore?.file.releaseDirectoryLock()
     }
 
@@ -457,6 +500,7 @@ public final class Hierarchy: @unchecked Sendable {
     public var statistics: HierarchyStatistics {
         state.withLock { state in
             var statistics = state.statistics
+            statistics.summarizedBlocks = summaries?.count ?? 0
             for tier in Tier.allCases {
                 var pinned = 0
                 for record in state.records where record.flags.contains(.live) {

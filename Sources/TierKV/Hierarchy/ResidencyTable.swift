@@ -120,6 +120,10 @@ public struct HierarchyStatistics: Sendable, Equatable {
     /// and those that failed (the index is then rebuilt by a scan on the next open: no data lost).
     public var coldCheckpoints = 0
     public var coldCheckpointFailures = 0
+    /// Blocks with a key summary now, and those whose summary the open restored from
+    /// `summaries.tkv` instead of reading the block back.
+    public var summarizedBlocks = 0
+    public var keySummariesRestored = 0
 
     public func tier(_ tier: Tier) -> TierStatistics {
         switch tier {

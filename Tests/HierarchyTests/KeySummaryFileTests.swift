@@ -1,0 +1,148 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Testing
+import TierKV
+import TierKVTestSupport
+
+/// `summaries.tkv`: the cold blocks' key summaries outlive a restart, matched to the exact cold
+/// copy they describe, and a damaged or foreign file costs a rebuild, never a wrong summary.
+@Suite struct KeySummaryFileTests {
+    let directory: TemporaryDirectory
+    let keys = (0..<10).map { testKey($0) }
+
+    init() throws { directory = try TemporaryDirectory() }
+
+    var path: String { directory.path + "/cache/summaries.tkv" }
+
+    func configuration(sketchBits: Int = 2) -> HierarchyConfiguration {
+        var configuration = tinyConfiguration(directory: directory.path + "/cache", hot: 2, warm: 4, cold: 32)
+        configuration.keySummaries = .fromStoredKeys
+        configuration.keySketchBits = sketchBits
+        return configuration
+    }
+
+    /// Each key's record (summary and sketch, as the table keeps them).
+    func records(_ hierarchy: Hierarchy, _ keys: [BlockKey]) -> [[UInt8]?] {
+        let table = hierarchy.summaries!
+        return keys.map { key in
+            var bytes = [UInt8](repeating: 0, count: table.recordByteCount)
+            let tokens = bytes.withUnsafeMutableBytes { table.copyRecord(of: key, into: $0.baseAddress!) }
+            return tokens == nil ? nil : bytes
+        }
+    }
+
+    /// Stores `keys` in a first run, closes it (flushing), and returns their records.
+    func firstRun(sketchBits: Int = 2) throws -> [[UInt8]?] {
+        let first = try Hierarchy(configuration(sketchBits: sketchBits))
+        for (position, key) in keys.enumerated() { try first.storeTestBlock(key, position: position, sequence: SequenceID(1)) }
+        let saved = records(first, keys)
+        try first.close(flushing: true)
+        return saved
+    }
+
+    func fileBytes() throws -> [UInt8] { try BinaryFile.read(path) }
+
+    @Test func summariesComeBackWithoutReadingTheBlocks() throws {
+        let saved = try firstRun()
+        #expect(saved.allSatisfy { $0 != nil })
+        let second = try Hierarchy(configuration())
+        defer { try? second.close() }
+        var expected = Hierarchy.KeySummaryRestore()
+        expected.restored = 10
+        #expect(second.keySummaryRestore == expected)
+        #expect(second.statistics.keySummariesRestored == 10 && second.statistics.summarizedBlocks == 10)
+        #expect(records(second, keys) == saved, "restored records differ from those computed at store")
+        #expect(try second.rebuildKeySummaries() == .init(missing: 0, rebuilt: 0, failed: 0))
+        #expect(second.statistics.nvmeReadBytes == 0, "the restore read blocks back")
+        #expect(keys.allSatisfy { second.fastestTier(of: $0) == .cold })
+    }
+
+    @Test func aCorruptEntryIsRebuiltNotTrusted() throws {
+        let saved = try firstRun()
+        var bytes = try fileBytes()
+        // Header 64 bytes, entries of 40 + record + 8 checksum, end record 24: flip a byte in
+        // entry 3's record.
+        let entryBytes = 40 + saved[0]!.count + 8
+        #expect(bytes.count == 64 + 10 * entryBytes + 24, "the file is header, 10 entries, end record")
+        bytes[64 + 3 * entryBytes + 40 + 100] ^= 0x10
+        try BinaryFile.write(bytes, to: path)
+        let second = try Hierarchy(configuration())
+        defer { try? second.close() }
+        #expect(second.keySummaryRestore?.restored == 9 && second.keySummaryRestore?.corrupt == 1)
+        #expect(second.keySummaryRestore?.problem == nil)
+        let rebuilt = try second.rebuildKeySummaries()
+        #expect(rebuilt == .init(missing: 1, rebuilt: 1, failed: 0))
+        #expect(records(second, keys) == saved)
+    }
+
+    @Test func aTruncatedFileRestoresTheEntriesBeforeTheCut() throws {
+        let saved = try firstRun()
+        let bytes = try fileBytes()
+        let entryBytes = (bytes.count - 64 - 24) / 10
+        try BinaryFile.write(Array(bytes[0..<(64 + 4 * entryBytes + 17)]), to: path)
+        let second = try Hierarchy(configuration())
+        defer { try? second.close() }
+        #expect(second.keySummaryRestore?.restored == 4)
+        #expect(second.keySummaryRestore?.problem?.contains("ends after 4 entries") ?? false, "\(String(describing: second.keySummaryRestore?.problem))")
+        #expect(try second.rebuildKeySummaries().rebuilt == 6)
+        #expect(records(second, keys) == saved)
+    }
+
+    @Test func aFileForAnotherShapeIsNotUsed() throws {
+        _ = try firstRun(sketchBits: 2)
+        let second = try Hierarchy(configuration(sketchBits: 4))
+        #expect(second.keySummaryRestore?.restored == 0)
+        #expect(second.keySummaryRestore?.problem?.contains("key sketch bits 2; this hierarchy uses 4") ?? false, "\(String(describing: second.keySummaryRestore?.problem))")
+        #expect(try second.rebuildKeySummaries().rebuilt == 10)
+        try second.close()
+        // The close saved the 4-bit summaries: a third open finds them.
+        let third = try Hierarchy(configuration(sketchBits: 4))
+        defer { try? third.close() }
+        #expect(third.keySummaryRestore?.restored == 10)
+    }
+
+    /// Entries name the cold copy (key and write sequence): the same keys written again into a
+    /// new cold file get other sequences, and an old file's entries do not apply to them.
+    @Test func entriesForOtherCopiesAreStale() throws {
+        _ = try firstRun()
+        let old = try fileBytes()
+        for name in ["blocks.tkv", "index.tkv", "summaries.tkv"] { unlink(directory.path + "/cache/" + name) }
+        let second = try Hierarchy(configuration())
+        let others = (100..<110).map { testKey($0) }
+        for (position, key) in others.enumerated() { try second.storeTestBlock(key, position: position, sequence: SequenceID(2)) }
+        try second.flush()
+        for (position, key) in keys.enumerated() { try second.storeTestBlock(key, position: position, sequence: SequenceID(1)) }
+        try second.close(flushing: true)
+        try BinaryFile.write(old, to: path)
+        let third = try Hierarchy(configuration())
+        defer { try? third.close() }
+        #expect(third.keySummaryRestore?.restored == 0 && third.keySummaryRestore?.stale == 10)
+        #expect(third.statistics.summarizedBlocks == 0)
+    }
+
+    /// A new cold file removes an earlier run's summaries.tkv.
+    @Test func aNewColdFileForgetsOldSummaries() throws {
+        _ = try firstRun()
+        unlink(directory.path + "/cache/blocks.tkv")
+        let second = try Hierarchy(configuration())
+        #expect(second.keySummaryRestore == Hierarchy.KeySummaryRestore())
+        #expect(access(path, F_OK) != 0, "the old summaries.tkv is still there")
+        try second.close()
+    }
+
+    /// A save that fails says the blocks are durable; the close still releases the directory.
+    @Test func aFailedSaveIsReportedAndLosesNoBlock() throws {
+        let hierarchy = try Hierarchy(configuration())
+        for (position, key) in keys.enumerated() { try hierarchy.storeTestBlock(key, position: position, sequence: SequenceID(1)) }
+        #expect(mkdir(path + ".tmp", 0o700) == 0)
+        let error = tierKVError { try hierarchy.flush() }
+        #expect(error?.message.contains("the blocks are durable, but their key summaries could not be saved") ?? false, "\(String(describing: error))")
+        #expect(tierKVError { try hierarchy.close() } != nil)
+        rmdir(path + ".tmp")
+        let second = try Hierarchy(configuration())
+        defer { try? second.close() }
+        #expect(second.keySummaryRestore?.problem?.contains("no summaries.tkv") ?? false)
+        #expect(try keys.allSatisfy { try second.holdsTestPattern($0) })
+    }
+}
