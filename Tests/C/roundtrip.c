@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "tierkv.h"
@@ -163,6 +164,18 @@ int main(int argc, char **argv) {
     CHECK_OK(tierkv_get_stats(hierarchy, &stats));
     CHECK(stats.cold.resident_blocks > 0, "nothing went to cold (%llu)", (unsigned long long)stats.cold.resident_blocks);
     CHECK(stats.accelerator_is_emulated == 1, "the emulated accelerator is reported as such");
+    CHECK(stats.struct_size == sizeof stats, "struct_size came back as %llu", (unsigned long long)stats.struct_size);
+    CHECK(stats.summarized_blocks > 0 && stats.summaries_restored == 0, "summaries %llu, restored %llu",
+          (unsigned long long)stats.summarized_blocks, (unsigned long long)stats.summaries_restored);
+    /* A caller built against the first header knows only the fields up to accelerator_is_emulated:
+     * the library fills those, says so in struct_size and writes nothing past them. */
+    memset(&stats, 0xAB, sizeof stats);
+    stats.struct_size = offsetof(tierkv_stats, summarized_blocks);
+    CHECK_OK(tierkv_get_stats(hierarchy, &stats));
+    CHECK(stats.struct_size == offsetof(tierkv_stats, summarized_blocks), "an older caller's struct_size came back as %llu",
+          (unsigned long long)stats.struct_size);
+    CHECK(stats.accelerator_is_emulated == 1 && stats.summarized_blocks == 0xABABABABABABABABull,
+          "an older caller's struct was filled wrongly");
     int32_t tier = -1;
     CHECK_OK(tierkv_fastest_tier(hierarchy, &keys[0], &tier));
     CHECK(tier == TIERKV_TIER_COLD, "block 0 should have been evicted to cold, it is in tier %d", tier);

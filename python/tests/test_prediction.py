@@ -157,7 +157,7 @@ def test_bad_input_names_what_is_wrong(setup):
         open_cache(key_summaries="off", key_sketch_bits=2)
 
 
-def test_summaries_are_rebuilt_after_a_restart(setup, tmp_path):
+def test_summaries_survive_a_restart(setup, tmp_path):
     _, query, blocks, tokens = setup
     config = dict(key_sketch_bits=2, cold_blocks=64, cache_dir=str(tmp_path / "cold"), buffered_fallback=True,
                   warm_blocks=8)
@@ -168,8 +168,20 @@ def test_summaries_are_rebuilt_after_a_restart(setup, tmp_path):
         before = cache.predict_mass(keys, query)
         assert cache.rebuild_key_summaries() == {"missing": 0, "rebuilt": 0, "failed": 0}
         cache.close(flush=True)
+    # The close saved the cold blocks' summaries in summaries.tkv: the reopened cache ranks them
+    # at once, without reading a block back.
     with open_cache(**config) as cache:
         assert cache.fastest_tier(keys[0]) == "cold"
+        stats = cache.stats()
+        assert stats["summaries_restored"] == BLOCKS and stats["summarized_blocks"] == BLOCKS
+        np.testing.assert_array_equal(cache.predict_mass(keys, query), before)
+        assert cache.rebuild_key_summaries() == {"missing": 0, "rebuilt": 0, "failed": 0}
+        assert cache.stats()["bytes_nvme_read"] == 0
+    # Without the file (lost, or the run crashed before saving it) they are rebuilt from the blocks.
+    (tmp_path / "cold" / "summaries.tkv").unlink()
+    with open_cache(**config) as cache:
+        assert cache.fastest_tier(keys[0]) == "cold"
+        assert cache.stats()["summaries_restored"] == 0
         # The blocks found in cold have no summaries yet: prediction says so instead of guessing.
         with pytest.raises(tierkv.NotFound, match="no key summary"):
             cache.predict_mass(keys, query)
