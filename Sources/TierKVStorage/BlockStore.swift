@@ -130,6 +130,8 @@ public final class BlockStore: @unchecked Sendable {
     /// sequence), so data derived from it (the key summaries the hierarchy persists) can be
     /// matched to exactly that copy after a restart.
     public var sequences: [BlockKey: UInt64] { state.withLock { $0.index.mapValues(\.sequence) } }
+    /// The write sequence of the indexed copy of each key (nil where none is indexed).
+    public func sequences(of keys: [BlockKey]) -> [UInt64?] { state.withLock { state in keys.map { state.index[$0]?.sequence } } }
 
     /// Forgets a block (its slot becomes free). Not written to disk: after a crash the block may
     /// reappear, which is harmless because keys name content.

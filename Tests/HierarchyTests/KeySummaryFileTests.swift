@@ -124,6 +124,55 @@ import TierKVTestSupport
         #expect(third.statistics.summarizedBlocks == 0)
     }
 
+    /// A crash between snapshots: the journal holds the summaries of the blocks written to cold
+    /// since the last flush, so every cold block found at the reopen has its summary.
+    @Test func theJournalCoversWritesSinceTheLastSnapshot() throws {
+        let later = (20..<30).map { testKey($0) }
+        var saved: [[UInt8]?] = []
+        do {
+            let first = try Hierarchy(configuration())
+            for (position, key) in keys.enumerated() { try first.storeTestBlock(key, position: position, sequence: SequenceID(1)) }
+            try first.flush()
+            for (position, key) in later.enumerated() { try first.storeTestBlock(key, position: position, sequence: SequenceID(2)) }
+            first.waitUntilIdle()
+            saved = records(first, keys + later)
+            // No close: the process "dies" here, and the directory lock goes with the last reference.
+        }
+        let second = try Hierarchy(configuration())
+        defer { try? second.close() }
+        let restore = try #require(second.keySummaryRestore)
+        let cold = second.statistics.cold.residentBlocks
+        #expect(cold > 10, "the later blocks did not reach cold (\(cold))")
+        #expect(restore.restored == cold && restore.fromJournal >= cold - 10, "\(restore), \(cold) blocks in cold")
+        #expect(restore.problem == nil && restore.saveError == nil, "\(restore)")
+        #expect(try second.rebuildKeySummaries().missing == 0)
+        let inCold = (keys + later).indices.filter { second.fastestTier(of: (keys + later)[$0]) == .cold }
+        let now = records(second, keys + later)
+        #expect(inCold.allSatisfy { now[$0] == saved[$0] }, "journaled records differ from those computed at store")
+        // The open folded the journal into a new snapshot and emptied it.
+        #expect(try BinaryFile.read(directory.path + "/cache/summaries.log").count == 64)
+    }
+
+    /// A journal cut inside an entry (the crash came mid-append) gives back the entries before it.
+    @Test func aTornJournalTailCostsOnlyThatEntry() throws {
+        let first = try Hierarchy(configuration())
+        for (position, key) in keys.enumerated() { try first.storeTestBlock(key, position: position, sequence: SequenceID(1)) }
+        first.waitUntilIdle()
+        let journal = try BinaryFile.read(directory.path + "/cache/summaries.log")
+        let entryBytes = 40 + first.summaries!.recordByteCount + 8
+        let journaled = (journal.count - 64) / entryBytes
+        #expect(journaled >= 6 && (journal.count - 64) % entryBytes == 0, "journal of \(journal.count) bytes")
+        try first.close()
+        // As if the crash came before the close, halfway through the last append.
+        try BinaryFile.write(Array(journal[0..<(journal.count - entryBytes / 2)]), to: directory.path + "/cache/summaries.log")
+        unlink(path)
+        let second = try Hierarchy(configuration())
+        defer { try? second.close() }
+        #expect(second.keySummaryRestore?.fromJournal == journaled - 1)
+        #expect(second.keySummaryRestore?.problem?.contains("summaries.log ends inside entry \(journaled)") ?? false, "\(String(describing: second.keySummaryRestore))")
+        #expect(try second.rebuildKeySummaries().rebuilt >= 1)
+    }
+
     /// A new cold file removes an earlier run's summaries.tkv.
     @Test func aNewColdFileForgetsOldSummaries() throws {
         _ = try firstRun()

@@ -29,8 +29,13 @@ final class ColdStoreLink: TransferLink, @unchecked Sendable {
     let name: String
     private let queue: DispatchQueue
 
-    init(store: BlockStore, isWrite: Bool) {
+    /// Called on the link's queue with the keys of each write batch's durable blocks, before
+    /// the batch completes (the key-summary journal).
+    private let afterWrite: (@Sendable ([BlockKey]) -> Void)?
+
+    init(store: BlockStore, isWrite: Bool, afterWrite: (@Sendable ([BlockKey]) -> Void)? = nil) {
         self.store = store
+        self.afterWrite = afterWrite
         self.name = isWrite ? "nvme_write" : "nvme_read"
         self.queue = DispatchQueue(label: "tierkv.cold.\(name)")
     }
@@ -38,12 +43,18 @@ final class ColdStoreLink: TransferLink, @unchecked Sendable {
     func byteCount(of request: ColdBatch) -> Int { request.keys.count * request.payloadByteCount }
 
     func start(_ request: ColdBatch, completion: @escaping @Sendable (TransferOutcome) -> Void) {
-        queue.async { [store] in
+        queue.async { [store, afterWrite] in
             if request.isWrite {
                 let writes = zip(request.keys, request.buffers).map { key, address in
                     BlockStore.Write(key: key, buffer: UnsafeMutableRawPointer(bitPattern: address)!, payloadByteCount: request.payloadByteCount)
                 }
                 let results = store.write(writes)
+                if let afterWrite {
+                    afterWrite(zip(request.keys, results).compactMap { key, result in
+                        if case .stored = result { return key }
+                        return nil
+                    })
+                }
                 request.results.writes.withLock { $0 = results }
             } else {
                 let results = store.read(zip(request.keys, request.buffers).map { key, address in

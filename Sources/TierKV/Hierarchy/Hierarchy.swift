@@ -72,9 +72,8 @@ public final class Hierarchy: @unchecked Sendable {
     /// What the open found in the cache directory's `summaries.tkv` (nil without summaries or
     /// without a cold tier). Blocks it did not cover get theirs from `rebuildKeySummaries`.
     public let keySummaryRestore: KeySummaryRestore?
-    /// The cold index and summary count when `summaries.tkv` was last written: a flush followed
-    /// by a close writes it once.
-    let keySummaryFileVersion = Locked<[Int]?>(nil)
+    /// The cold blocks' summaries on disk (nil without summaries or without a cold tier).
+    let keySummaryFile: KeySummaryFile?
     /// Offset of the payload in a warm slot: the cold slot header goes in front, so a warm slot
     /// is written to NVMe as it is.
     let warmPayloadOffset = ColdSlotHeader.byteCount
@@ -105,24 +104,6 @@ public final class Hierarchy: @unchecked Sendable {
             slotByteCount: slotByteCount, slotCount: configuration.warmCapacityBlocks, numaNode: configuration.numaNode,
             hugePages: configuration.hugePages, locksMemory: configuration.locksWarmMemory))
         try accelerator.registerHostMemory(warmArena.region)
-        if configuration.coldCapacityBlocks > 0, let directory = configuration.cacheDirectory {
-            let store = try BlockStore(
-                directory: directory, geometry: BlockFile.Geometry(slotByteCount: slotByteCount, slotCount: configuration.coldCapacityBlocks),
-                allowBufferedFallback: configuration.coldAllowsBufferedFallback, faultInjector: configuration.coldFaultInjector)
-            coldStore = store
-            coldReads = TransferScheduler(link: ColdStoreLink(store: store, isWrite: false),
-                maximumBytesInFlight: configuration.maximumBytesInFlightPerLink, clock: configuration.clock)
-            coldWrites = TransferScheduler(link: ColdStoreLink(store: store, isWrite: true),
-                maximumBytesInFlight: configuration.maximumBytesInFlightPerLink, clock: configuration.clock)
-        } else {
-            coldStore = nil
-            coldReads = nil
-            coldWrites = nil
-        }
-        hostToDevice = TransferScheduler(link: try AcceleratorLink(accelerator: accelerator, direction: .hostToDevice),
-            maximumBytesInFlight: configuration.maximumBytesInFlightPerLink, clock: configuration.clock)
-        deviceToHost = TransferScheduler(link: try AcceleratorLink(accelerator: accelerator, direction: .deviceToHost),
-            maximumBytesInFlight: configuration.maximumBytesInFlightPerLink, clock: configuration.clock)
         switch configuration.keySummaries {
         case .off: summaries = nil
         case .fromStoredKeys:
@@ -130,6 +111,29 @@ public final class Hierarchy: @unchecked Sendable {
             summaries = try BlockSummaryTable(shape: KeySummaryShape(layout: layout, sketchBits: configuration.keySketchBits))
         case .provided(let shape): summaries = try BlockSummaryTable(shape: shape)
         }
+        if configuration.coldCapacityBlocks > 0, let directory = configuration.cacheDirectory {
+            let store = try BlockStore(
+                directory: directory, geometry: BlockFile.Geometry(slotByteCount: slotByteCount, slotCount: configuration.coldCapacityBlocks),
+                allowBufferedFallback: configuration.coldAllowsBufferedFallback, faultInjector: configuration.coldFaultInjector)
+            coldStore = store
+            let summaryFile = summaries.map { KeySummaryFile(table: $0, store: store) }
+            keySummaryFile = summaryFile
+            coldReads = TransferScheduler(link: ColdStoreLink(store: store, isWrite: false),
+                maximumBytesInFlight: configuration.maximumBytesInFlightPerLink, clock: configuration.clock)
+            var journal: (@Sendable ([BlockKey]) -> Void)?
+            if let summaryFile { journal = { keys in summaryFile.journalWrites(keys) } }
+            coldWrites = TransferScheduler(link: ColdStoreLink(store: store, isWrite: true, afterWrite: journal),
+                maximumBytesInFlight: configuration.maximumBytesInFlightPerLink, clock: configuration.clock)
+        } else {
+            coldStore = nil
+            keySummaryFile = nil
+            coldReads = nil
+            coldWrites = nil
+        }
+        hostToDevice = TransferScheduler(link: try AcceleratorLink(accelerator: accelerator, direction: .hostToDevice),
+            maximumBytesInFlight: configuration.maximumBytesInFlightPerLink, clock: configuration.clock)
+        deviceToHost = TransferScheduler(link: try AcceleratorLink(accelerator: accelerator, direction: .deviceToHost),
+            maximumBytesInFlight: configuration.maximumBytesInFlightPerLink, clock: configuration.clock)
         metrics = HierarchyMetrics(policies: [configuration.hotPolicy.name, configuration.warmPolicy.name, configuration.coldPolicy.name])
         var initial = HierarchyState(
             policies: [configuration.hotPolicy.makePolicy(), configuration.warmPolicy.makePolicy(), configuration.coldPolicy.makePolicy()],
@@ -148,18 +152,8 @@ public final class Hierarchy: @unchecked Sendable {
             }
             initial.statistics.cold.residentBlocks = initial.used[Tier.cold.rawValue]
         }
-        if let coldStore, let summaries {
-            if coldStore.file.wasCreated {
-                // Summaries of an earlier file's blocks must not meet this file's sequences.
-                unlink(coldStore.file.directory + "/" + KeySummaryFile.fileName)
-                keySummaryRestore = KeySummaryRestore()
-            } else {
-                keySummaryRestore = KeySummaryFile.restore(into: summaries, from: coldStore)
-            }
-            initial.statistics.keySummariesRestored = keySummaryRestore?.restored ?? 0
-        } else {
-            keySummaryRestore = nil
-        }
+        keySummaryRestore = keySummaryFile?.open(coldFileIsNew: coldStore?.file.wasCreated ?? true)
+        initial.statistics.keySummariesRestored = keySummaryRestore?.restored ?? 0
         state = ConditionLocked(initial)
     }
 
@@ -447,18 +441,14 @@ public final class Hierarchy: @unchecked Sendable {
     /// unless nothing it would hold changed since the last write. The blocks are durable before
     /// this runs: a failure here loses no block, only the summaries a restart would find.
     func persistKeySummaries() throws(TierKVError) {
-        guard let coldStore, let summaries else { return }
-        let cold = coldStore.statistics
-        let version = [cold.writes, cold.blocks, cold.corruptions, summaries.count]
-        guard keySummaryFileVersion.withLock({ $0 }) != version else { return }
+        guard let keySummaryFile else { return }
         do throws(TierKVError) {
-            _ = try KeySummaryFile.write(summaries, of: coldStore)
+            try keySummaryFile.save()
         } catch {
             throw TierKVError(
                 error.code, "the blocks are durable, but their key summaries could not be saved (a restart will rebuild them from the blocks): \(error.message)",
                 operation: error.operation, path: error.path, errno: error.errno)
         }
-        keySummaryFileVersion.withLock { $0 = version }
     }
 
     /// Waits for transfers in flight, optionally flushes, and closes. Later calls throw `.closed`.

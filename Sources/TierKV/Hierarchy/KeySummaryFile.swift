@@ -2,107 +2,156 @@ import TierKVCore
 import TierKVPrediction
 import TierKVStorage
 
-/// `summaries.tkv` in the cache directory: the key summaries (and sketches) of the blocks in the
-/// cold tier, so that after a restart a predictor can rank the cold blocks at once instead of
-/// reading every block back (`Hierarchy.rebuildKeySummaries`) to summarise it again.
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The cold blocks' key summaries (and sketches) on disk beside the blocks, so that after a
+/// restart a predictor can rank the cold blocks at once instead of reading every block back
+/// (`Hierarchy.rebuildKeySummaries`) to summarise it again. Two files:
+/// - `summaries.tkv`, a snapshot of every cold block's summary, written whole (temporary file,
+///   fsync, rename) by `flush`, `close`, and when the journal has grown to twice its size;
+/// - `summaries.log`, a journal: each cold write, once durable, appends its blocks' entries (not
+///   synced: summaries are derived data), so a crash between snapshots loses at most the tail.
 ///
 /// Summaries are derived data: each entry names the cold copy it describes by key and write
 /// sequence, and is used only when the reopened cold tier holds that very copy; each entry has
 /// its own checksum. A missing, foreign, differently shaped or damaged file therefore costs a
-/// rebuild of the blocks it does not cover, never a wrong summary. Written whole (temporary
-/// file, fsync, rename) by `flush` and `close`.
+/// rebuild of the blocks it does not cover, never a wrong summary.
 ///
 /// Format (little-endian):
-/// - header, 64 bytes: magic `TKVSUMS1` (8) · version (4) · header bytes (4) · KV heads (4) ·
-///   head dim (4) · group size (4) · sketch bits (4) · tokens per block (4) · record bytes (4) ·
-///   reserved (16) · XXH64 of the preceding 56 bytes (8);
+/// - header, 64 bytes: magic `TKVSUMS1` (snapshot) or `TKVSLOG1` (journal) (8) · version (4) ·
+///   header bytes (4) · KV heads (4) · head dim (4) · group size (4) · sketch bits (4) · tokens
+///   per block (4) · record bytes (4) · reserved (16) · XXH64 of the preceding 56 bytes (8);
 /// - per block: tag `ENTR` (4) · token count (4) · prefix hash high (8) · low (8) · layer (4) ·
 ///   reserved (4) · cold write sequence (8) · record (the table's fp16 summary, then the sketch)
 ///   · XXH64 of the entry before it (8);
-/// - end: tag `END.` (4) · reserved (4) · entry count (8) · XXH64 of those 16 bytes (8).
-enum KeySummaryFile {
+/// - the snapshot only, at its end: tag `END.` (4) · reserved (4) · entry count (8) · XXH64 of
+///   those 16 bytes (8). A journal ends where its last whole entry does.
+final class KeySummaryFile: @unchecked Sendable {
+    // @unchecked: the journal's descriptor and counters are behind `journal`'s lock; the rest is immutable.
     static let fileName = "summaries.tkv"
+    static let journalName = "summaries.log"
     static let magic: UInt64 = 0x3153_4D55_5356_4B54  // "TKVSUMS1"
+    static let journalMagic: UInt64 = 0x3147_4F4C_5356_4B54  // "TKVSLOG1"
     static let version: UInt32 = 1
     static let headerBytes = 64
     static let entryTag: UInt32 = 0x5254_4E45  // "ENTR"
     static let endTag: UInt32 = 0x2E44_4E45  // "END."
     static let entryHeaderBytes = 40
 
-    /// Writes the summaries of every block in `store` that `table` has one for; returns how many.
-    static func write(_ table: BlockSummaryTable, of store: BlockStore) throws(TierKVError) -> Int {
-        let shape = table.shape
-        let writer = try AtomicFileWriter(path: store.file.directory + "/" + fileName)
-        try writer.append(header(shape, recordBytes: table.recordByteCount))
-        let entryBytes = entryHeaderBytes + table.recordByteCount
-        var entry = [UInt8](repeating: 0, count: entryBytes + 8)
-        var written = 0
-        for (key, sequence) in store.sequences.sorted(by: { $0.key < $1.key }) {
-            let filled = entry.withUnsafeMutableBytes { raw -> Bool in
-                guard let tokens = table.copyRecord(of: key, into: raw.baseAddress! + entryHeaderBytes) else { return false }
-                raw.storeBytes(of: entryTag.littleEndian, toByteOffset: 0, as: UInt32.self)
-                raw.storeBytes(of: UInt32(tokens).littleEndian, toByteOffset: 4, as: UInt32.self)
-                raw.storeBytes(of: key.prefixHash.high.littleEndian, toByteOffset: 8, as: UInt64.self)
-                raw.storeBytes(of: key.prefixHash.low.littleEndian, toByteOffset: 16, as: UInt64.self)
-                raw.storeBytes(of: key.layer.littleEndian, toByteOffset: 24, as: UInt32.self)
-                raw.storeBytes(of: UInt32(0), toByteOffset: 28, as: UInt32.self)
-                raw.storeBytes(of: sequence.littleEndian, toByteOffset: 32, as: UInt64.self)
-                let checksum = XXHash64.hash(UnsafeRawBufferPointer(rebasing: raw[0..<entryBytes]))
-                raw.storeBytes(of: checksum.littleEndian, toByteOffset: entryBytes, as: UInt64.self)
-                return true
-            }
-            guard filled else { continue }
-            try writer.append(entry)
-            written += 1
-        }
-        var end: [UInt8] = []
-        func append<T: FixedWidthInteger>(_ value: T) { withUnsafeBytes(of: value.littleEndian) { end += $0 } }
-        append(endTag)
-        append(UInt32(0))
-        append(UInt64(written))
-        append(end.withUnsafeBytes { XXHash64.hash($0) })
-        try writer.append(end)
-        try writer.commit()
-        return written
+    let table: BlockSummaryTable
+    let store: BlockStore
+    let snapshotPath: String
+    let journalPath: String
+    /// Bytes of one entry, checksum included.
+    let entryBytes: Int
+    private let journal = Locked(Journal())
+
+    private struct Journal {
+        var descriptor: Int32 = -1
+        /// Entries appended since the last snapshot.
+        var entries = 0
+        /// The cold index and summary count at the last snapshot: a flush followed by a close
+        /// writes it once.
+        var snapshotVersion: [Int]?
+        /// Appends that failed since the last snapshot (the snapshot covers them).
+        var failures = 0
     }
 
-    /// Installs into `table` every entry of the file that describes the copy `store` holds now.
-    static func restore(into table: BlockSummaryTable, from store: BlockStore) -> Hierarchy.KeySummaryRestore {
+    init(table: BlockSummaryTable, store: BlockStore) {
+        self.table = table
+        self.store = store
+        snapshotPath = store.file.directory + "/" + Self.fileName
+        journalPath = store.file.directory + "/" + Self.journalName
+        entryBytes = Self.entryHeaderBytes + table.recordByteCount + 8
+    }
+
+    deinit {
+        journal.withLock { if $0.descriptor >= 0 { close($0.descriptor) } }
+    }
+
+    // MARK: Open
+
+    /// Installs every entry of the snapshot and then the journal that describes the copy the
+    /// store holds now, and starts an empty journal (after a new snapshot when the journal held
+    /// entries, so that the two files again cover everything). On a new cold file, removes both.
+    func open(coldFileIsNew: Bool) -> Hierarchy.KeySummaryRestore {
         var result = Hierarchy.KeySummaryRestore()
-        guard let reader = SequentialFileReader(path: store.file.directory + "/" + fileName) else {
-            result.problem = "no \(fileName) (first open, or the last run did not close or flush)"
-            return result
+        if coldFileIsNew {
+            // Summaries of an earlier file's blocks must not meet this file's sequences.
+            unlink(snapshotPath)
+            unlink(journalPath)
+        } else {
+            let sequences = store.sequences
+            if let problem = read(snapshotPath, magic: Self.magic, sequences: sequences, into: &result) {
+                result.problem = problem
+            }
+            var journalResult = Hierarchy.KeySummaryRestore()
+            let journalProblem = read(journalPath, magic: Self.journalMagic, sequences: sequences, into: &journalResult)
+            result.stale += journalResult.stale
+            result.corrupt += journalResult.corrupt
+            result.fromJournal = journalResult.restored
+            if let journalProblem, journalProblem != Self.absent(Self.journalName) {
+                result.problem = [result.problem, journalProblem].compactMap { $0 }.joined(separator: "; ")
+            }
+            result.restored = table.count
+            if journalResult.restored + journalResult.stale + journalResult.corrupt > 0 || journalProblem != nil {
+                result.saveError = (try? save(force: true)) == nil ? "the new snapshot could not be written" : nil
+            }
         }
-        var header = [UInt8](repeating: 0, count: headerBytes)
-        guard header.withUnsafeMutableBytes({ reader.read(into: $0.baseAddress!, count: headerBytes) }) else {
-            result.problem = "\(fileName) is shorter than its header"
-            return result
+        journal.withLock { state in
+            if state.descriptor < 0 { state.descriptor = openJournal() }
         }
-        let expected = self.header(table.shape, recordBytes: table.recordByteCount)
-        guard header == expected else {
-            result.problem = describeHeaderMismatch(found: header, expected: expected)
-            return result
+        return result
+    }
+
+    /// A new journal holding only its header; -1 when it cannot be made (then nothing is
+    /// journaled and the next snapshot covers the writes).
+    private func openJournal() -> Int32 {
+        let descriptor = Glibc.open(journalPath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard descriptor >= 0 else { return -1 }
+        let header = Self.header(table.shape, recordBytes: table.recordByteCount, magic: Self.journalMagic)
+        guard Self.writeAll(descriptor, header) else {
+            close(descriptor)
+            return -1
         }
-        let sequences = store.sequences
-        let entryBytes = entryHeaderBytes + table.recordByteCount
-        var entry = [UInt8](repeating: 0, count: entryBytes + 8)
+        return descriptor
+    }
+
+    static func absent(_ name: String) -> String { "no \(name) (first open, or the last run did not close or flush)" }
+
+    /// Reads one file's entries into the table; returns why it stopped early (nil: read whole).
+    private func read(
+        _ path: String, magic: UInt64, sequences: [BlockKey: UInt64], into result: inout Hierarchy.KeySummaryRestore
+    ) -> String? {
+        let name = String(path.split(separator: "/").last ?? "")
+        guard let reader = SequentialFileReader(path: path) else { return Self.absent(name) }
+        var header = [UInt8](repeating: 0, count: Self.headerBytes)
+        guard header.withUnsafeMutableBytes({ reader.read(into: $0.baseAddress!, count: Self.headerBytes) }) else {
+            return "\(name) is shorter than its header"
+        }
+        let expected = Self.header(table.shape, recordBytes: table.recordByteCount, magic: magic)
+        guard header == expected else { return Self.describeHeaderMismatch(name, found: header, expected: expected) }
+        let payloadBytes = entryBytes - 8
+        var entry = [UInt8](repeating: 0, count: entryBytes)
         var entries = 0
         while true {
             let outcome = entry.withUnsafeMutableBytes { raw -> EntryOutcome in
                 let base = raw.baseAddress!
-                guard reader.read(into: base, count: 4) else { return .truncated }
+                guard reader.read(into: base, count: 4) else { return magic == Self.journalMagic ? .end(count: entries) : .truncated }
                 let tag = UInt32(littleEndian: raw.load(as: UInt32.self))
-                if tag == endTag {
+                if tag == Self.endTag, magic == Self.magic {
                     guard reader.read(into: base + 4, count: 20) else { return .truncated }
                     let count = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
                     let checksum = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 16, as: UInt64.self))
                     guard checksum == XXHash64.hash(UnsafeRawBufferPointer(rebasing: raw[0..<16])) else { return .damaged("its end record fails its checksum") }
                     return .end(count: Int(count))
                 }
-                guard tag == entryTag else { return .damaged("entry \(entries + 1) has no entry tag") }
-                guard reader.read(into: base + 4, count: entryBytes + 4) else { return .truncated }
-                let checksum = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: entryBytes, as: UInt64.self))
-                guard checksum == XXHash64.hash(UnsafeRawBufferPointer(rebasing: raw[0..<entryBytes])) else { return .corruptEntry }
+                guard tag == Self.entryTag else { return .damaged("entry \(entries + 1) has no entry tag") }
+                guard reader.read(into: base + 4, count: entryBytes - 4) else { return .truncated }
+                let checksum = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: payloadBytes, as: UInt64.self))
+                guard checksum == XXHash64.hash(UnsafeRawBufferPointer(rebasing: raw[0..<payloadBytes])) else { return .corruptEntry }
                 let key = BlockKey(
                     prefixHash: PrefixHash(
                         high: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
@@ -111,7 +160,7 @@ enum KeySummaryFile {
                 let sequence = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 32, as: UInt64.self))
                 guard sequences[key] == sequence else { return .stale }
                 let tokens = Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
-                guard (try? table.restoreRecord(key, tokenCount: tokens, from: base + entryHeaderBytes)) != nil else { return .corruptEntry }
+                guard (try? table.restoreRecord(key, tokenCount: tokens, from: base + Self.entryHeaderBytes)) != nil else { return .corruptEntry }
                 return .restored
             }
             switch outcome {
@@ -119,18 +168,15 @@ enum KeySummaryFile {
             case .stale: result.stale += 1
             case .corruptEntry: result.corrupt += 1
             case .truncated:
-                result.problem = "\(fileName) ends after \(entries) entries, before its end record"
-                return result
+                return magic == Self.journalMagic
+                    ? "\(name) ends inside entry \(entries + 1) (a write cut short; the entries before it were read)"
+                    : "\(name) ends after \(entries) entries, before its end record"
             case .damaged(let what):
-                result.problem = "\(fileName) is damaged: \(what); entries after it are not read"
-                return result
+                return "\(name) is damaged: \(what); entries after it are not read"
             case .end(let count):
-                if count != entries {
-                    result.problem = "\(fileName) ends with an entry count of \(count) but holds \(entries)"
-                } else if !reader.isAtEnd {
-                    result.problem = "\(fileName) has bytes after its end record"
-                }
-                return result
+                if count != entries { return "\(name) ends with an entry count of \(count) but holds \(entries)" }
+                if magic == Self.magic, !reader.isAtEnd { return "\(name) has bytes after its end record" }
+                return nil
             }
             entries += 1
         }
@@ -142,7 +188,105 @@ enum KeySummaryFile {
         case end(count: Int)
     }
 
-    static func header(_ shape: KeySummaryShape, recordBytes: Int) -> [UInt8] {
+    // MARK: Writing
+
+    /// Appends the entries of blocks whose cold writes just completed. Once the journal holds
+    /// twice the entries a snapshot would, writes a snapshot instead and starts it again.
+    func journalWrites(_ keys: [BlockKey]) {
+        guard !keys.isEmpty else { return }
+        let sequences = store.sequences(of: keys)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(keys.count * entryBytes)
+        var appended = 0
+        for (key, sequence) in zip(keys, sequences) {
+            guard let sequence, appendEntry(key, sequence: sequence, to: &bytes) else { continue }
+            appended += 1
+        }
+        let compact = journal.withLock { state -> Bool in
+            guard state.descriptor >= 0, appended > 0 else { return false }
+            if Self.writeAll(state.descriptor, bytes) {
+                state.entries += appended
+            } else {
+                state.failures += 1
+            }
+            return state.entries > 2 * max(1024, store.statistics.blocks)
+        }
+        if compact { _ = try? save(force: true) }
+    }
+
+    /// Writes the snapshot (unless nothing changed since the last one and the journal is empty)
+    /// and empties the journal.
+    func save(force: Bool = false) throws(TierKVError) {
+        try journal.withLock { (state) throws(TierKVError) in
+            let cold = store.statistics
+            let version = [cold.writes, cold.blocks, cold.corruptions, table.count]
+            guard force || state.snapshotVersion != version || state.entries > 0 || state.failures > 0 else { return }
+            try writeSnapshot()
+            state.snapshotVersion = version
+            if state.descriptor >= 0 { close(state.descriptor) }
+            state.descriptor = openJournal()
+            state.entries = 0
+            state.failures = 0
+        }
+    }
+
+    private func writeSnapshot() throws(TierKVError) {
+        let writer = try AtomicFileWriter(path: snapshotPath)
+        try writer.append(Self.header(table.shape, recordBytes: table.recordByteCount, magic: Self.magic))
+        var written = 0
+        var entry: [UInt8] = []
+        entry.reserveCapacity(entryBytes)
+        for (key, sequence) in store.sequences.sorted(by: { $0.key < $1.key }) {
+            entry.removeAll(keepingCapacity: true)
+            guard appendEntry(key, sequence: sequence, to: &entry) else { continue }
+            try writer.append(entry)
+            written += 1
+        }
+        var end: [UInt8] = []
+        func append<T: FixedWidthInteger>(_ value: T) { withUnsafeBytes(of: value.littleEndian) { end += $0 } }
+        append(Self.endTag)
+        append(UInt32(0))
+        append(UInt64(written))
+        append(end.withUnsafeBytes { XXHash64.hash($0) })
+        try writer.append(end)
+        try writer.commit()
+    }
+
+    /// Appends `key`'s entry to `bytes`; false when the table has no summary of it.
+    private func appendEntry(_ key: BlockKey, sequence: UInt64, to bytes: inout [UInt8]) -> Bool {
+        let start = bytes.count
+        bytes.append(contentsOf: repeatElement(0, count: entryBytes))
+        let filled = bytes.withUnsafeMutableBytes { whole -> Bool in
+            let raw = UnsafeMutableRawBufferPointer(rebasing: whole[start...])
+            guard let tokens = table.copyRecord(of: key, into: raw.baseAddress! + Self.entryHeaderBytes) else { return false }
+            raw.storeBytes(of: Self.entryTag.littleEndian, toByteOffset: 0, as: UInt32.self)
+            raw.storeBytes(of: UInt32(tokens).littleEndian, toByteOffset: 4, as: UInt32.self)
+            raw.storeBytes(of: key.prefixHash.high.littleEndian, toByteOffset: 8, as: UInt64.self)
+            raw.storeBytes(of: key.prefixHash.low.littleEndian, toByteOffset: 16, as: UInt64.self)
+            raw.storeBytes(of: key.layer.littleEndian, toByteOffset: 24, as: UInt32.self)
+            raw.storeBytes(of: sequence.littleEndian, toByteOffset: 32, as: UInt64.self)
+            let checksum = XXHash64.hash(UnsafeRawBufferPointer(rebasing: raw[0..<(entryBytes - 8)]))
+            raw.storeBytes(of: checksum.littleEndian, toByteOffset: entryBytes - 8, as: UInt64.self)
+            return true
+        }
+        if !filled { bytes.removeSubrange(start...) }
+        return filled
+    }
+
+    private static func writeAll(_ descriptor: Int32, _ bytes: [UInt8]) -> Bool {
+        bytes.withUnsafeBytes { raw in
+            var written = 0
+            while written < raw.count {
+                let result = Glibc.write(descriptor, raw.baseAddress! + written, raw.count - written)
+                if result < 0, errno == EINTR { continue }
+                guard result > 0 else { return false }
+                written += result
+            }
+            return true
+        }
+    }
+
+    static func header(_ shape: KeySummaryShape, recordBytes: Int, magic: UInt64) -> [UInt8] {
         var bytes: [UInt8] = []
         func append<T: FixedWidthInteger>(_ value: T) { withUnsafeBytes(of: value.littleEndian) { bytes += $0 } }
         append(magic)
@@ -158,18 +302,18 @@ enum KeySummaryFile {
     }
 
     /// Why a header is not the one this hierarchy would write, in words.
-    static func describeHeaderMismatch(found: [UInt8], expected: [UInt8]) -> String {
+    static func describeHeaderMismatch(_ name: String, found: [UInt8], expected: [UInt8]) -> String {
         func field(_ bytes: [UInt8], _ offset: Int) -> UInt32 {
             bytes.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: offset, as: UInt32.self)) }
         }
-        let magicFound = found.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
-        guard magicFound == magic else { return "\(fileName) is not a TierKV summary file" }
-        guard field(found, 8) == version else { return "\(fileName) has format version \(field(found, 8)); this library reads \(version)" }
+        func magic(_ bytes: [UInt8]) -> UInt64 { bytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) } }
+        guard magic(found) == magic(expected) else { return "\(name) is not a TierKV summary file of its kind" }
+        guard field(found, 8) == version else { return "\(name) has format version \(field(found, 8)); this library reads \(version)" }
         let names = ["KV heads", "head dim", "group size", "key sketch bits", "tokens per block", "record bytes"]
-        for (index, name) in names.enumerated() where field(found, 16 + 4 * index) != field(expected, 16 + 4 * index) {
-            return "\(fileName) holds summaries for \(name) \(field(found, 16 + 4 * index)); this hierarchy uses \(field(expected, 16 + 4 * index))"
+        for (index, label) in names.enumerated() where field(found, 16 + 4 * index) != field(expected, 16 + 4 * index) {
+            return "\(name) holds summaries for \(label) \(field(found, 16 + 4 * index)); this hierarchy uses \(field(expected, 16 + 4 * index))"
         }
-        return "\(fileName)'s header fails its checksum"
+        return "\(name)'s header fails its checksum"
     }
 }
 
@@ -182,8 +326,14 @@ extension Hierarchy {
         public var stale = 0
         /// Entries that failed their checksum (their blocks are rebuilt, not trusted).
         public var corrupt = 0
-        /// Why the file was not (or not wholly) read; nil when it was read to its end record.
+        /// Of `restored`, the blocks whose newest entry came from the journal (cold writes since
+        /// the last snapshot).
+        public var fromJournal = 0
+        /// Why a file was not (or not wholly) read; nil when both were read to their ends.
         public var problem: String?
+        /// Set when the open could not write the new snapshot that folds the journal in (the
+        /// summaries are restored all the same; the next flush or close tries again).
+        public var saveError: String?
 
         public init() {}
     }
