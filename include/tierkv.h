@@ -247,9 +247,9 @@ tierkv_status tierkv_report_attention(
 /* Ends a sequence: its blocks lose its reference (they stay cached for prefix hits). */
 tierkv_status tierkv_drop_sequence(tierkv_hierarchy *hierarchy, uint64_t sequence);
 /* Makes every block durable in the cold tier and checkpoints its index; with key summaries, also
- * saves the cold blocks' summaries to the cache's summaries.tkv (as tierkv_close does), so a
- * restart can rank them without reading them back. An error after the blocks are durable says
- * so. Outputs may be NULL. */
+ * writes the snapshot of the cold blocks' summaries (summaries.tkv, as tierkv_close does; cold
+ * writes between snapshots are journaled in summaries.log), so a restart can rank them without
+ * reading them back. An error after the blocks are durable says so. Outputs may be NULL. */
 tierkv_status tierkv_flush(tierkv_hierarchy *hierarchy, uint64_t *written_out, uint64_t *failed_out);
 
 /* ---- CPU attention over warm blocks ---- */
@@ -299,8 +299,9 @@ tierkv_status tierkv_merge_partials(
  *     candidate it does not hold (never stored, or dropped) then gets mass 0 and flag 0; with
  *     known_out NULL it is an error (NOT_FOUND naming the key), never a silent zero; a resident
  *     block it does not hold is then an error too, and with known_out it is left out. After a
- *     restart, the cold blocks get their summaries back from summaries.tkv (saved by the last
- *     close or flush); those it does not cover (a crash, blocks written since) have none until
+ *     restart, the cold blocks get their summaries back from the cache directory (summaries.tkv
+ *     and its journal summaries.log, kept up to date by every cold write, a crash included);
+ *     those they do not cover (a damaged or lost file) have none until
  *     tierkv_rebuild_key_summaries (stats: summarized_blocks, summaries_restored).
  * Thread-safe; the hierarchy's summaries are read under a lock. */
 tierkv_status tierkv_predict_mass(
@@ -309,8 +310,8 @@ tierkv_status tierkv_predict_mass(
     const float *query, size_t query_count, float scale, int32_t scoring, float *mass_out, int32_t *known_out);
 
 /* Computes the key summaries (and sketches) of every block the hierarchy holds without one. After
- * a restart, cold blocks that summaries.tkv did not cover (the last run crashed, or the file was
- * lost) have none until they come back to warm, so tierkv_predict_mass could not rank them; call
+ * a restart, cold blocks that summaries.tkv and summaries.log did not cover (a damaged or lost
+ * file) have none until they come back to warm, so tierkv_predict_mass could not rank them; call
  * this once after tierkv_open (it may run on a background thread; it reads nothing when every
  * block has its summary). Each block is brought to warm at prefetch priority, summarised and
  * released, `batch_blocks` at a time (0: a quarter of warm_blocks). Outputs (each may be NULL):
