@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Dispatch
 import Testing
 import TierKV
 import TierKVTestSupport
@@ -128,17 +129,22 @@ import TierKVTestSupport
     /// since the last flush, so every cold block found at the reopen has its summary.
     @Test func theJournalCoversWritesSinceTheLastSnapshot() throws {
         let later = (20..<30).map { testKey($0) }
-        var saved: [[UInt8]?] = []
-        do {
-            let first = try Hierarchy(configuration())
-            for (position, key) in keys.enumerated() { try first.storeTestBlock(key, position: position, sequence: SequenceID(1)) }
-            try first.flush()
-            for (position, key) in later.enumerated() { try first.storeTestBlock(key, position: position, sequence: SequenceID(2)) }
-            first.waitUntilIdle()
-            saved = records(first, keys + later)
-            // No close: the process "dies" here, and the directory lock goes with the last reference.
+        let first = try Hierarchy(configuration())
+        for (position, key) in keys.enumerated() { try first.storeTestBlock(key, position: position, sequence: SequenceID(1)) }
+        try first.flush()
+        for (position, key) in later.enumerated() { try first.storeTestBlock(key, position: position, sequence: SequenceID(2)) }
+        first.waitUntilIdle()
+        let saved = records(first, keys + later)
+        // The process "dies" here: what a restart finds is the cache directory as it is now.
+        let crashed = directory.path + "/crashed"
+        #expect(mkdir(crashed, 0o700) == 0)
+        for name in ["blocks.tkv", "index.tkv", "summaries.tkv", "summaries.log"] {
+            try BinaryFile.write(try BinaryFile.read(directory.path + "/cache/" + name), to: crashed + "/" + name)
         }
-        let second = try Hierarchy(configuration())
+        try first.close()
+        var reopened = configuration()
+        reopened.cacheDirectory = crashed
+        let second = try Hierarchy(reopened)
         defer { try? second.close() }
         let restore = try #require(second.keySummaryRestore)
         let cold = second.statistics.cold.residentBlocks
@@ -150,7 +156,7 @@ import TierKVTestSupport
         let now = records(second, keys + later)
         #expect(inCold.allSatisfy { now[$0] == saved[$0] }, "journaled records differ from those computed at store")
         // The open folded the journal into a new snapshot and emptied it.
-        #expect(try BinaryFile.read(directory.path + "/cache/summaries.log").count == 64)
+        #expect(try BinaryFile.read(crashed + "/summaries.log").count == 64)
     }
 
     /// A journal cut inside an entry (the crash came mid-append) gives back the entries before it.
@@ -171,6 +177,29 @@ import TierKVTestSupport
         #expect(second.keySummaryRestore?.fromJournal == journaled - 1)
         #expect(second.keySummaryRestore?.problem?.contains("summaries.log ends inside entry \(journaled)") ?? false, "\(String(describing: second.keySummaryRestore))")
         #expect(try second.rebuildKeySummaries().rebuilt >= 1)
+    }
+
+    /// Journal appends (on the cold-write queue) race snapshots (flush, compaction): after
+    /// stores from 3 threads with flushes between them, every cold block's summary comes back.
+    @Test func concurrentStoresAndFlushesLoseNoSummary() throws {
+        var configuration = configuration()
+        configuration.coldCapacityBlocks = 128
+        let hierarchy = try Hierarchy(configuration)
+        DispatchQueue.concurrentPerform(iterations: 3) { thread in
+            for index in 0..<30 {
+                let key = testKey(1000 * (thread + 1) + index)
+                _ = try? hierarchy.storeTestBlock(key, position: index, sequence: SequenceID(UInt64(thread + 1)))
+                if index % 10 == 9 { _ = try? hierarchy.flush() }
+            }
+        }
+        hierarchy.waitUntilIdle()
+        try hierarchy.close()
+        let second = try Hierarchy(configuration)
+        defer { try? second.close() }
+        let cold = second.statistics.cold.residentBlocks
+        #expect(cold >= 80)
+        #expect(second.keySummaryRestore?.restored == cold, "\(String(describing: second.keySummaryRestore)), \(cold) in cold")
+        #expect(try second.rebuildKeySummaries().missing == 0)
     }
 
     /// A new cold file removes an earlier run's summaries.tkv.

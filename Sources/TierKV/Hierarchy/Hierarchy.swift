@@ -465,14 +465,12 @@ public final class Hierarchy: @unchecked Sendable {
             }
             return .done(())
         }
-        do throws(TierKVError) {
-            try coldStore?.checkpoint()
-            try persistKeySummaries()
-        } catch {
+        defer {
+            keySummaryFile?.closeJournal()
             coldStore?.file.releaseDirectoryLock()
-            throw error
         }
-        coldStore?.file.releaseDirectoryLock()
+        try coldStore?.checkpoint()
+        try persistKeySummaries()
     }
 
     /// Waits until no movement is in flight or ready to start: every store has landed where it

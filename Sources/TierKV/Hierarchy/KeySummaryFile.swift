@@ -100,10 +100,23 @@ final class KeySummaryFile: @unchecked Sendable {
                 result.saveError = (try? save(force: true)) == nil ? "the new snapshot could not be written" : nil
             }
         }
-        journal.withLock { state in
+        let journaling = journal.withLock { state -> Bool in
             if state.descriptor < 0 { state.descriptor = openJournal() }
+            return state.descriptor >= 0
+        }
+        if !journaling {
+            let reason = "cannot create \(journalPath): \(TierKVError.errnoName(errno)); cold writes are not journaled, so a crash before the next flush or close loses their summaries (the blocks are safe)"
+            result.problem = [result.problem, reason].compactMap { $0 }.joined(separator: "; ")
         }
         return result
+    }
+
+    /// Closes the journal (the hierarchy is closing; nothing more is written to cold).
+    func closeJournal() {
+        journal.withLock { state in
+            if state.descriptor >= 0 { close(state.descriptor) }
+            state.descriptor = -1
+        }
     }
 
     /// A new journal holding only its header; -1 when it cannot be made (then nothing is
