@@ -72,6 +72,7 @@ typedef int32_t tierkv_status;
 typedef struct tierkv_hierarchy tierkv_hierarchy;
 /* Blocks being made resident in one tier, pinned until tierkv_request_release. */
 typedef struct tierkv_request tierkv_request;
+typedef struct tierkv_prefetch_ticket tierkv_prefetch_ticket;
 
 /* A block's identity: the 128-bit hash of its token prefix (salted by the namespace) and its layer. */
 typedef struct tierkv_block_key {
@@ -144,7 +145,7 @@ typedef struct tierkv_stats {
     uint64_t live_sequences;
     int32_t cold_is_buffered;     /* 1 when the cold file fell back to buffered I/O (reported, never silent) */
     int32_t accelerator_is_emulated; /* 1 when the hot tier is host memory standing in for a GPU */
-    /* Added in 0.6 (a caller with an older header does not see them): */
+    /* Added after the first header (a caller built against it does not see them): */
     uint64_t summarized_blocks;   /* blocks with a key summary (key_summaries "from-keys") */
     uint64_t summaries_restored;  /* of those, restored at open from the cache's summaries.tkv */
 } tierkv_stats;
@@ -319,6 +320,67 @@ tierkv_status tierkv_predict_mass(
  * (corrupt or unreadable copies, or dropped meanwhile). */
 tierkv_status tierkv_rebuild_key_summaries(
     tierkv_hierarchy *hierarchy, size_t batch_blocks, uint64_t *missing_out, uint64_t *rebuilt_out, uint64_t *failed_out);
+
+/* ---- Prefetch ----
+ * tierkv_predict_mass plus the moves: the best-predicted blocks of a coming layer are made
+ * resident in hot (and, below them, cold ones staged into warm) at prefetch priority, under a
+ * budget, a coverage cut and the time left before the layer runs. When the layer has run, settle
+ * the ticket with the attention it computed: the library then knows what the prediction was
+ * worth (tierkv_get_prefetch_stats: precision, recall, timeliness, wasted bytes). */
+typedef struct tierkv_prefetch_options {
+    uint64_t struct_size;              /* sizeof(tierkv_prefetch_options) */
+    uint32_t budget_blocks;            /* best-predicted blocks made resident in hot (pinned until settled) */
+    uint32_t staging_blocks;           /* best-predicted blocks, counting those, staged cold->warm; 0: none */
+    double seconds_until_needed;       /* time before the layer runs; <= 0 or INFINITY: no deadline */
+    double host_to_device_bytes_per_s; /* the link rates a deadline is planned with (needed with one) */
+    double cold_read_bytes_per_s;
+    float coverage;                    /* stop once the chosen blocks hold this share of the predicted mass; 0: 1 */
+    float scale;                       /* softmax scale; <= 0: 1/sqrt(head_dim) */
+    int32_t scoring;                   /* TIERKV_SCORING_* */
+    int32_t reserved;                  /* 0 */
+} tierkv_prefetch_options;
+
+typedef struct tierkv_prefetch_stats {
+    uint64_t struct_size;             /* sizeof(tierkv_prefetch_stats) */
+    uint64_t predictions;             /* tierkv_prefetch calls */
+    uint64_t settled;
+    uint64_t abandoned;
+    uint64_t fetched_blocks;          /* moved (or moving) to hot when settled */
+    uint64_t staged_blocks;           /* read (or being read) cold->warm when settled */
+    uint64_t withdrawn_blocks;        /* issued but withdrawn before their move started */
+    uint64_t wasted_blocks;           /* moved but not needed by the layer */
+    uint64_t top_k_blocks;            /* the layers' true top-k blocks, summed */
+    uint64_t top_k_resident_in_time;  /* of those, in hot when settled */
+    double wasted_bytes;              /* link bytes spent on blocks not needed */
+    double precision;                 /* moved blocks that were in the true top-k */
+    double recall;                    /* true top-k blocks in hot in time */
+    double timeliness;                /* moved blocks that had arrived when settled */
+} tierkv_prefetch_stats;
+
+/* Predicts the candidates `keys` (as tierkv_predict_mass, the same arguments up to `query_count`)
+ * and moves the best of them under `options` (required; struct_size set, reserved 0).
+ * Blocks already in hot are pinned, the others fetched best first while each is expected to
+ * arrive in time; those the hierarchy does not hold are skipped and counted. *out is a ticket
+ * owned by the caller: settle or abandon it (tierkv_close abandons what is left). Outputs may be
+ * NULL: blocks sent to hot, blocks staged to warm, candidates the hierarchy does not hold. */
+tierkv_status tierkv_prefetch(
+    tierkv_hierarchy *hierarchy, const tierkv_block_key *keys, size_t key_count, const int32_t *token_counts,
+    const tierkv_block_key *resident_keys, size_t resident_count, const float *tail_keys, size_t tail_tokens,
+    const float *query, size_t query_count, const tierkv_prefetch_options *options, tierkv_prefetch_ticket **out,
+    uint64_t *fetched_out, uint64_t *staged_out, uint64_t *unknown_out);
+/* Waits until the ticket's moves have landed (or failed); timeout < 0 waits for ever. TIMEOUT
+ * when they have not. An engine need not wait: its own demand request for the layer does. */
+tierkv_status tierkv_prefetch_wait(tierkv_prefetch_ticket *ticket, double timeout_seconds);
+/* Settles and frees a ticket when its layer has run, before the layer's own demand request:
+ * `actual_mass` is the attention each candidate received (key_count floats, in the order given
+ * to tierkv_prefetch), `needed` (may be NULL) flags the candidates the layer used (NULL: its
+ * top_k blocks), `top_k` the k of the recall (0: the ticket's budget_blocks). The pins are
+ * released and moves not yet started are withdrawn. */
+tierkv_status tierkv_prefetch_settle(
+    tierkv_prefetch_ticket *ticket, const float *actual_mass, const int32_t *needed, size_t top_k);
+/* Frees a ticket whose layer will not run; its queued moves are withdrawn. */
+tierkv_status tierkv_prefetch_abandon(tierkv_prefetch_ticket *ticket);
+tierkv_status tierkv_get_prefetch_stats(tierkv_hierarchy *hierarchy, tierkv_prefetch_stats *out);
 
 #ifdef __cplusplus
 }

@@ -129,13 +129,33 @@ final class HierarchyHandle: @unchecked Sendable {
     let cpuThreads: Int?
     let cpuSpinMicroseconds: Int
     let openRequests = Locked<[UInt: RequestHandle]>([:])
+    let openTickets = Locked<[UInt: PrefetchTicketHandle]>([:])
     let attention = Locked<CPUAttention?>(nil)
+    /// The prefetcher behind `tierkv_prefetch`, made on first use; budgets come with each call,
+    /// and its statistics accumulate over the handle's life.
+    private let prefetcherState = Locked<Prefetcher?>(nil)
 
     init(hierarchy: Hierarchy, cpuThreads: Int?, cpuSpinMicroseconds: Int) {
         self.hierarchy = hierarchy
         self.cpuThreads = cpuThreads
         self.cpuSpinMicroseconds = cpuSpinMicroseconds
     }
+
+    /// The prefetcher, made on first use with `predictor` (every call passes its own masses;
+    /// the predictor is what the Swift API's `prefetch(_:hint:)` would use).
+    func prefetcher(_ predictor: (any BlockPredictor)?) throws(TierKVError) -> Prefetcher {
+        try prefetcherState.withLock { (state) throws(TierKVError) -> Prefetcher in
+            if let state { return state }
+            guard let predictor else { throw .invalid("no prefetch has been made on this hierarchy") }
+            let made = try Prefetcher(
+                hierarchy: hierarchy, predictor: predictor,
+                configuration: .init(budgetBlocks: 0, hostToDeviceBytesPerSecond: 1, coldReadBytesPerSecond: 1))
+            state = made
+            return made
+        }
+    }
+
+    var prefetchStatistics: PrefetchStatistics { prefetcherState.withLock { $0?.statistics ?? PrefetchStatistics() } }
 
     /// The CPU attention pool, made on first use: a worker thread per CPU by default, on the
     /// CPUs of the warm arena's NUMA node when the hierarchy is bound to one.

@@ -53,6 +53,16 @@ import TierKV
             else { continue }
             owner.hierarchy.release(request.request)
         }
+        let tickets = owner.openTickets.withLock { tickets in
+            defer { tickets.removeAll() }
+            return Array(tickets)
+        }
+        for (address, ticket) in tickets {
+            guard let pointer = OpaquePointer(bitPattern: address),
+                (try? HandleRegistry.remove(pointer, as: PrefetchTicketHandle.self, "prefetch ticket")) != nil
+            else { continue }
+            try? owner.prefetcher(nil).abandon(ticket.ticket)
+        }
         try owner.hierarchy.close(flushing: flush != 0)
     }
 }

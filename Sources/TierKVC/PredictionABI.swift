@@ -12,6 +12,35 @@ import TierKV
 ) -> tierkv_status {
     abiCall("tierkv_predict_mass") { () throws(TierKVError) in
         let owner = try HandleRegistry.lookup(handle, as: HierarchyHandle.self, "hierarchy")
+        let mass = try mutableBuffer(massOut, count: keyCount, "mass_out")
+        let known = try mutableBuffer(knownOut, count: knownOut == nil ? 0 : keyCount, "known_out")
+        let prediction = try PredictionInputs(
+            owner, keys, keyCount, tokenCounts, residentKeys, residentCount, tailKeys, tailTokens, query, queryCount, scale, scoring,
+            missingIsError: knownOut == nil)
+        let predicted = try prediction.predict()
+        for index in 0..<keyCount {
+            mass[index] = predicted[index]
+            if !known.isEmpty { known[index] = prediction.held[index] ? 1 : 0 }
+        }
+    }
+}
+
+/// The arguments `tierkv_predict_mass` and `tierkv_prefetch` share, checked, as the predictor's
+/// candidates.
+struct PredictionInputs {
+    let candidates: PredictionCandidates
+    /// Whether the hierarchy holds each candidate's summary.
+    let held: [Bool]
+    let predictor: QuestBoundPredictor
+    let query: QueryHint
+
+    /// - Parameter missingIsError: a candidate or resident block without a summary is
+    ///   `NOT_FOUND` naming it; otherwise such a candidate gets mass 0 and a resident one is left out.
+    init(
+        _ owner: HierarchyHandle, _ keys: UnsafePointer<tierkv_block_key>?, _ keyCount: Int, _ tokenCounts: UnsafePointer<Int32>?,
+        _ residentKeys: UnsafePointer<tierkv_block_key>?, _ residentCount: Int, _ tailKeys: UnsafePointer<Float>?, _ tailTokens: Int,
+        _ query: UnsafePointer<Float>?, _ queryCount: Int, _ scale: Float, _ scoring: Int32, missingIsError: Bool
+    ) throws(TierKVError) {
         guard let summaries = owner.hierarchy.summaries else {
             throw .invalid("this hierarchy keeps no key summaries; open it with \"key_summaries\": \"from-keys\" to predict")
         }
@@ -41,12 +70,9 @@ import TierKV
         guard tailTokens >= 0, tailTokens <= Int.max / rowValues else { throw .invalid("tail_tokens \(UInt(bitPattern: tailTokens)) is too large") }
         let tail = try buffer(tailKeys, count: tailTokens * rowValues, "tail_keys")
         if let bad = tail.firstIndex(where: { !$0.isFinite }) { throw .invalid("tail_keys[\(bad)] is \(tail[bad]); keys must be finite") }
-        let mass = try mutableBuffer(massOut, count: keyCount, "mass_out")
-        let known = try mutableBuffer(knownOut, count: knownOut == nil ? 0 : keyCount, "known_out")
 
-        // A block without a summary: an error unless the caller asked to be told per block.
-        let held = candidates.map { summaries.contains($0) }
-        if knownOut == nil {
+        held = candidates.map { summaries.contains($0) }
+        if missingIsError {
             if let index = held.firstIndex(of: false) {
                 throw TierKVError(.notFound, "block \(candidates[index]) (keys[\(index)]) has no key summary: the hierarchy does not hold it (pass known_out to get mass 0 and a flag instead)")
             }
@@ -54,17 +80,19 @@ import TierKV
                 throw TierKVError(.notFound, "block \(resident[index]) (resident_keys[\(index)]) has no key summary: the hierarchy does not hold it")
             }
         }
-        let predictor = QuestBoundPredictor(
+        predictor = QuestBoundPredictor(
             summaries: summaries, tokensPerBlock: layout.tokensPerBlock, scale: scale > 0 ? scale : nil, scoring: scoring)
-        let prediction = PredictionCandidates(
+        self.candidates = PredictionCandidates(
             layer: Int(candidates.first?.layer ?? 0), keys: candidates, positions: Array(candidates.indices),
             tokenCounts: counts.map { $0.map(Int.init) }, newestPosition: max(0, candidates.count - 1),
             alwaysResidentKeys: resident, tailKeys: Array(tail))
-        let predicted = try predictor.predictMass(prediction, hint: QueryHint(Array(query))) ?? []
-        for index in 0..<keyCount {
-            mass[index] = held[index] && index < predicted.count ? predicted[index] : 0
-            if !known.isEmpty { known[index] = held[index] ? 1 : 0 }
-        }
+        self.query = QueryHint(Array(query))
+    }
+
+    /// The predicted mass per candidate, 0 for those without a summary.
+    func predict() throws(TierKVError) -> [Float] {
+        let predicted = try predictor.predictMass(candidates, hint: query) ?? []
+        return held.indices.map { held[$0] && $0 < predicted.count ? predicted[$0] : 0 }
     }
 }
 

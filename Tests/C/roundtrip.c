@@ -263,6 +263,39 @@ int main(int argc, char **argv) {
     CHECK(predicted_error < 0.6 * uniform_error, "prediction error %g against %g for a uniform guess", predicted_error,
           uniform_error);
 
+    /* Prefetch: the 3 best-predicted blocks go to hot, pinned until the ticket is settled against
+     * the exact attention; the prefetch statistics then say what the prediction was worth. */
+    tierkv_prefetch_options options;
+    memset(&options, 0, sizeof options);
+    options.budget_blocks = 3;
+    tierkv_prefetch_ticket *ticket = NULL;
+    CHECK_ERROR(tierkv_prefetch(hierarchy, keys, BLOCKS, NULL, NULL, 0, NULL, 0, query, QUERY_HEADS * HEAD_DIM, &options,
+                                &ticket, NULL, NULL, NULL),
+                TIERKV_ERROR_INVALID_ARGUMENT, "struct_size");
+    options.struct_size = sizeof options;
+    uint64_t fetched = 0, staged = 0, unknown = 0;
+    CHECK_OK(tierkv_prefetch(hierarchy, keys, BLOCKS, NULL, NULL, 0, NULL, 0, query, QUERY_HEADS * HEAD_DIM, &options, &ticket,
+                             &fetched, &staged, &unknown));
+    CHECK(fetched + staged <= 3 && unknown == 0, "fetched %llu, staged %llu, unknown %llu", (unsigned long long)fetched,
+          (unsigned long long)staged, (unsigned long long)unknown);
+    CHECK_OK(tierkv_prefetch_wait(ticket, 10));
+    float actual[BLOCKS];
+    for (int block = 0; block < BLOCKS; block++) actual[block] = (float)exact_mass[block];
+    CHECK_OK(tierkv_prefetch_settle(ticket, actual, NULL, 0));
+    CHECK_ERROR(tierkv_prefetch_settle(ticket, actual, NULL, 0), TIERKV_ERROR_INVALID_HANDLE, "prefetch ticket");
+    tierkv_prefetch_stats prefetch_stats;
+    memset(&prefetch_stats, 0, sizeof prefetch_stats);
+    prefetch_stats.struct_size = sizeof prefetch_stats;
+    CHECK_OK(tierkv_get_prefetch_stats(hierarchy, &prefetch_stats));
+    CHECK(prefetch_stats.predictions == 1 && prefetch_stats.settled == 1 && prefetch_stats.top_k_blocks == 3,
+          "predictions %llu, settled %llu, top-k blocks %llu", (unsigned long long)prefetch_stats.predictions,
+          (unsigned long long)prefetch_stats.settled, (unsigned long long)prefetch_stats.top_k_blocks);
+    printf("prefetch of 3 of %d blocks: %llu fetched, %llu staged; recall %.2f, precision %.2f\n", BLOCKS,
+           (unsigned long long)fetched, (unsigned long long)staged, prefetch_stats.recall, prefetch_stats.precision);
+    /* A ticket left open is abandoned by tierkv_close. */
+    CHECK_OK(tierkv_prefetch(hierarchy, keys, BLOCKS, NULL, NULL, 0, NULL, 0, query, QUERY_HEADS * HEAD_DIM, &options, &ticket,
+                             NULL, NULL, NULL));
+
     /* Bad input: an error code and a message naming the problem, never a crash. */
     CHECK_ERROR(tierkv_store(NULL, &keys[0], 0, data[0], sizeof data[0], 7, NULL), TIERKV_ERROR_INVALID_HANDLE, "NULL");
     CHECK_ERROR(tierkv_store(hierarchy, &keys[0], 0, data[0], 100, 7, NULL), TIERKV_ERROR_INVALID_ARGUMENT, "has 100 bytes");

@@ -193,3 +193,70 @@ def test_summaries_survive_a_restart(setup, tmp_path):
     with open_cache(key_summaries="off") as cache:
         with pytest.raises(tierkv.InvalidArgument, match="keeps no key summaries"):
             cache.rebuild_key_summaries()
+
+
+def test_prefetch_moves_the_predicted_blocks_and_is_judged_on_settle(setup):
+    _, query, blocks, tokens = setup
+    exact = exact_mass(blocks.astype(np.float32), query)
+    top3 = set(np.argsort(-exact)[:3])
+    assert top3 == set(PLANTED)
+    with open_cache(key_sketch_bits=4, admit_to_hot=False) as cache:
+        keys = stored(cache, blocks, tokens)
+        assert all(cache.fastest_tier(key) == "warm" for key in keys)
+        stranger = cache.block_keys(np.arange(16, dtype=np.uint32) + 100000, layer=1)[0]
+        ticket = cache.prefetch(keys + [stranger], query, budget_blocks=3)
+        assert (ticket.fetched, ticket.staged, ticket.unknown) == (3, 0, 1)
+        ticket.wait(timeout=10)
+        assert {i for i, key in enumerate(keys) if cache.fastest_tier(key) == "hot"} == set(PLANTED)
+        assert cache.stats()["hot"]["pinned_blocks"] == 3, "the ticket pins what it fetched until settled"
+        ticket.settle(np.append(exact, 0.0))
+        assert cache.stats()["hot"]["pinned_blocks"] == 0
+        stats = cache.prefetch_stats()
+        assert stats["predictions"] == 1 and stats["settled"] == 1 and stats["fetched_blocks"] == 3
+        assert stats["precision"] == 1.0 and stats["recall"] == 1.0 and stats["timeliness"] == 1.0
+        assert stats["wasted_blocks"] == 0 and stats["wasted_bytes"] == 0.0
+        with pytest.raises(tierkv.InvalidHandle, match="settled or abandoned"):
+            ticket.settle(np.append(exact, 0.0))
+
+        # A wrong guess is judged as such: a query that prefers other blocks wastes its fetches.
+        other = -query
+        ticket = cache.prefetch(keys, other, budget_blocks=3)
+        ticket.wait(timeout=10)
+        ticket.settle(exact, needed=exact >= np.sort(exact)[-3])
+        stats = cache.prefetch_stats()
+        assert stats["settled"] == 2 and stats["top_k_blocks"] == 6
+        assert stats["wasted_blocks"] >= 2 and stats["precision"] < 0.75, stats
+
+
+def test_prefetch_budgets_deadline_and_errors(setup):
+    _, query, blocks, tokens = setup
+    with open_cache(key_sketch_bits=2, admit_to_hot=False) as cache:
+        keys = stored(cache, blocks, tokens)
+        # Coverage: the planted blocks hold most of the predicted mass; a 0.3 cut stops early.
+        ticket = cache.prefetch(keys, query, budget_blocks=4, coverage=0.3)
+        assert 1 <= ticket.fetched < 4
+        ticket.abandon()
+        assert cache.stats()["hot"]["pinned_blocks"] == 0 and cache.prefetch_stats()["abandoned"] == 1
+        # A deadline no block can meet moves nothing.
+        ticket = cache.prefetch(keys, query, budget_blocks=3, seconds_until_needed=1e-9,
+                                host_to_device_bytes_per_s=25e9, cold_read_bytes_per_s=6e9)
+        assert ticket.fetched == 0
+        ticket.abandon()
+        with pytest.raises(tierkv.InvalidArgument, match="host_to_device_bytes_per_s is 0"):
+            cache.prefetch(keys, query, budget_blocks=3, seconds_until_needed=0.001)
+        with pytest.raises(tierkv.InvalidArgument, match="coverage is 1.5"):
+            cache.prefetch(keys, query, budget_blocks=3, coverage=1.5)
+        with pytest.raises(tierkv.InvalidArgument, match="budget_blocks is -1"):
+            cache.prefetch(keys, query, budget_blocks=-1)
+        ticket = cache.prefetch(keys, query, budget_blocks=2)
+        with pytest.raises(tierkv.InvalidArgument, match=r"actual_mass\[3\] is nan"):
+            mass = np.zeros(len(keys), dtype=np.float32)
+            mass[3] = np.nan
+            ticket.settle(mass)
+        with pytest.raises(tierkv.InvalidArgument, match=r"actual_mass has shape \(2,\)"):
+            ticket.settle([0.5, 0.5])
+        # The ticket survived the bad calls; closing the hierarchy abandons it.
+    with open_cache(key_summaries="off") as cache:
+        keys = stored(cache, blocks[:1], tokens[:16])
+        with pytest.raises(tierkv.InvalidArgument, match='"key_summaries": "from-keys"'):
+            cache.prefetch(keys, query, budget_blocks=1)

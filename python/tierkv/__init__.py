@@ -429,6 +429,21 @@ class Hierarchy:
         `scoring`: "default" (sketch when the hierarchy keeps sketches), "bound", "bound+moment" or
         "sketch". `missing`: "raise" (NotFound for a block the hierarchy does not hold) or "nan" (its
         mass is NaN). Nothing is moved: pass the best blocks to `make_resident`."""
+        if missing not in ("raise", "nan"):
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, f"missing is {missing!r}; expected 'raise' or 'nan'")
+        arguments, count = self._prediction_arguments(keys, query, resident, tail_keys, token_counts, scoring)
+        mass = np.empty(count, dtype=np.float32)
+        known = np.empty(count, dtype=np.int32) if missing == "nan" else None
+        _check(lib.tierkv_predict_mass(
+            *arguments, float(scale or 0), self._SCORINGS[scoring], _float_pointer(mass),
+            known.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)) if known is not None else None))
+        if known is not None:
+            mass[known == 0] = np.nan
+        return mass
+
+    def _prediction_arguments(self, keys, query, resident, tail_keys, token_counts, scoring):
+        """The C arguments predict_mass and prefetch share, up to query_count, checked, and the
+        candidate count. The pointers keep their arrays alive."""
         layout = self.layout
         query = np.ascontiguousarray(query, dtype=np.float32)
         if query.shape != (layout.query_heads, layout.head_dim):
@@ -437,8 +452,6 @@ class Hierarchy:
         if scoring not in self._SCORINGS:
             raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
                                   f"scoring is {scoring!r}; expected one of {', '.join(self._SCORINGS)}")
-        if missing not in ("raise", "nan"):
-            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, f"missing is {missing!r}; expected 'raise' or 'nan'")
         array, count = _key_array(keys)
         resident_array, resident_count = _key_array(resident)
         counts_pointer = None
@@ -455,16 +468,46 @@ class Hierarchy:
                 raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
                                       f"tail_keys has shape {tail.shape}; expected (tokens, {layout.kv_heads}, "
                                       f"{layout.head_dim})")
-        mass = np.empty(count, dtype=np.float32)
-        known = np.empty(count, dtype=np.int32) if missing == "nan" else None
-        _check(lib.tierkv_predict_mass(
-            self._h(), array, count, counts_pointer, resident_array, resident_count,
-            _float_pointer(tail) if tail.shape[0] else None, tail.shape[0], _float_pointer(query), query.size,
-            float(scale or 0), self._SCORINGS[scoring], _float_pointer(mass),
-            known.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)) if known is not None else None))
-        if known is not None:
-            mass[known == 0] = np.nan
-        return mass
+        return (self._h(), array, count, counts_pointer, resident_array, resident_count,
+                _float_pointer(tail) if tail.shape[0] else None, tail.shape[0], _float_pointer(query), query.size), count
+
+    def prefetch(self, keys, query, *, budget_blocks, staging_blocks=0, seconds_until_needed=None,
+                 host_to_device_bytes_per_s=0.0, cold_read_bytes_per_s=0.0, coverage=1.0, resident=(),
+                 tail_keys=None, token_counts=None, scale=None, scoring="default"):
+        """Predicts `keys` as predict_mass does and moves the best of them: up to `budget_blocks`
+        made resident in hot (pinned until the ticket is settled), and below them up to
+        `staging_blocks` (counting those) staged from cold into warm, at prefetch priority, best first,
+        stopping once the chosen blocks hold `coverage` of the predicted mass. With
+        `seconds_until_needed`, only blocks expected to arrive in time (planned with the two link
+        rates, then required) move. Blocks the hierarchy does not hold are skipped and counted.
+        Returns a PrefetchTicket: `settle()` it with the attention the layer computed, or `abandon()` it."""
+        for name, value in (("budget_blocks", budget_blocks), ("staging_blocks", staging_blocks)):
+            if not isinstance(value, (int, np.integer)) or not 0 <= value < 2**32:
+                raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, f"{name} is {value!r}; expected an integer ≥ 0")
+        arguments, count = self._prediction_arguments(keys, query, resident, tail_keys, token_counts, scoring)
+        options = _native.PrefetchOptionsStruct()
+        options.struct_size = ctypes.sizeof(_native.PrefetchOptionsStruct)
+        options.budget_blocks = int(budget_blocks)
+        options.staging_blocks = int(staging_blocks)
+        options.seconds_until_needed = -1.0 if seconds_until_needed is None else float(seconds_until_needed)
+        options.host_to_device_bytes_per_s = float(host_to_device_bytes_per_s)
+        options.cold_read_bytes_per_s = float(cold_read_bytes_per_s)
+        options.coverage = float(coverage)
+        options.scale = float(scale or 0)
+        options.scoring = self._SCORINGS[scoring]
+        handle = ctypes.c_void_p()
+        moved = [ctypes.c_uint64() for _ in range(3)]
+        _check(lib.tierkv_prefetch(*arguments, ctypes.byref(options), ctypes.byref(handle),
+                                   *(ctypes.byref(value) for value in moved)))
+        return PrefetchTicket(self, handle, count, *(value.value for value in moved))
+
+    def prefetch_stats(self):
+        """What prefetch did and how good it was, over settled tickets: a dict with counts,
+        wasted_bytes, precision, recall and timeliness."""
+        stats = _native.PrefetchStatsStruct()
+        stats.struct_size = ctypes.sizeof(_native.PrefetchStatsStruct)
+        _check(lib.tierkv_get_prefetch_stats(self._h(), ctypes.byref(stats)))
+        return {name: getattr(stats, name) for name, _ in _native.PrefetchStatsStruct._fields_ if name != "struct_size"}
 
     def rebuild_key_summaries(self, batch_blocks=None):
         """Computes the key summaries of every block held without one (after a restart, the blocks
@@ -484,6 +527,57 @@ def _sequence(sequence):
         raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
                               f"sequence must be an integer in [0, 2**64 - 1), got {sequence!r}")
     return int(sequence)
+
+
+class PrefetchTicket:
+    """The moves `Hierarchy.prefetch` started for one coming layer: `fetched` blocks sent to hot,
+    `staged` read into warm, `unknown` candidates the hierarchy does not hold. Settle it when the
+    layer has run (before its own demand request), or abandon it."""
+
+    def __init__(self, hierarchy, handle, count, fetched, staged, unknown):
+        self._hierarchy = hierarchy
+        self._handle = handle
+        self._count = count
+        self.fetched = fetched
+        self.staged = staged
+        self.unknown = unknown
+
+    def _h(self):
+        if self._handle is None:
+            raise InvalidHandle(_native.ERROR_INVALID_HANDLE, "the prefetch ticket was settled or abandoned")
+        return self._handle
+
+    def wait(self, timeout=None):
+        """Blocks until the ticket's moves have landed (or failed); raises Timeout."""
+        _check(lib.tierkv_prefetch_wait(self._h(), -1.0 if timeout is None else float(timeout)))
+
+    def settle(self, actual_mass, needed=None, top_k=0):
+        """Records what the prediction was worth against `actual_mass` (the attention each candidate
+        received, in the order given to prefetch) and releases the pins. `needed`: booleans, the
+        candidates the layer used (default: its top_k blocks); `top_k`: the k of the recall (0: the
+        ticket's budget_blocks)."""
+        mass = np.ascontiguousarray(actual_mass, dtype=np.float32)
+        if mass.shape != (self._count,):
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                  f"actual_mass has shape {mass.shape}; expected ({self._count},)")
+        flags = None
+        if needed is not None:
+            flags = np.ascontiguousarray(needed, dtype=np.int32)
+            if flags.shape != (self._count,):
+                raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                      f"needed has shape {flags.shape}; expected ({self._count},)")
+        if not isinstance(top_k, (int, np.integer)) or top_k < 0:
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, f"top_k is {top_k!r}; expected an integer ≥ 0")
+        _check(lib.tierkv_prefetch_settle(
+            self._h(), _float_pointer(mass),
+            flags.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)) if flags is not None else None, int(top_k)))
+        self._handle = None
+
+    def abandon(self):
+        """Releases a ticket whose layer will not run; its queued moves are withdrawn."""
+        if self._handle is not None:
+            _check(lib.tierkv_prefetch_abandon(self._handle))
+            self._handle = None
 
 
 class Request:

@@ -54,6 +54,21 @@ class TierStatsStruct(ctypes.Structure):
                 ("capacity_blocks", "resident_blocks", "pinned_blocks", "hits", "misses")]
 
 
+class PrefetchOptionsStruct(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint64), ("budget_blocks", ctypes.c_uint32), ("staging_blocks", ctypes.c_uint32),
+                ("seconds_until_needed", ctypes.c_double), ("host_to_device_bytes_per_s", ctypes.c_double),
+                ("cold_read_bytes_per_s", ctypes.c_double), ("coverage", ctypes.c_float), ("scale", ctypes.c_float),
+                ("scoring", ctypes.c_int32), ("reserved", ctypes.c_int32)]
+
+
+class PrefetchStatsStruct(ctypes.Structure):
+    _fields_ = ([("struct_size", ctypes.c_uint64)]
+                + [(name, ctypes.c_uint64) for name in
+                   ("predictions", "settled", "abandoned", "fetched_blocks", "staged_blocks", "withdrawn_blocks",
+                    "wasted_blocks", "top_k_blocks", "top_k_resident_in_time")]
+                + [(name, ctypes.c_double) for name in ("wasted_bytes", "precision", "recall", "timeliness")])
+
+
 class StatsStruct(ctypes.Structure):
     _fields_ = ([("struct_size", ctypes.c_uint64), ("hot", TierStatsStruct), ("warm", TierStatsStruct),
                  ("cold", TierStatsStruct)]
@@ -134,6 +149,13 @@ def load():
                                          ctypes.c_int32, float_p, P(ctypes.c_int32)]),
         "tierkv_rebuild_key_summaries": (status, [handle, ctypes.c_size_t, P(ctypes.c_uint64), P(ctypes.c_uint64),
                                                   P(ctypes.c_uint64)]),
+        "tierkv_prefetch": (status, [handle, key_p, ctypes.c_size_t, P(ctypes.c_int32), key_p, ctypes.c_size_t,
+                                     float_p, ctypes.c_size_t, float_p, ctypes.c_size_t, P(PrefetchOptionsStruct),
+                                     P(handle), P(ctypes.c_uint64), P(ctypes.c_uint64), P(ctypes.c_uint64)]),
+        "tierkv_prefetch_wait": (status, [handle, ctypes.c_double]),
+        "tierkv_prefetch_settle": (status, [handle, float_p, P(ctypes.c_int32), ctypes.c_size_t]),
+        "tierkv_prefetch_abandon": (status, [handle]),
+        "tierkv_get_prefetch_stats": (status, [handle, P(PrefetchStatsStruct)]),
         "tierkv_merge_partials": (status, [ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t, float_p, float_p,
                                            float_p, float_p, float_p, float_p]),
     }

@@ -36,6 +36,20 @@ public final class Prefetcher: @unchecked Sendable {
             self.coldReadBytesPerSecond = coldReadBytesPerSecond
             self.coverage = coverage
         }
+
+        /// - Throws: `.invalidArgument` for a negative budget, a coverage outside (0, 1] or
+        ///   non-positive rates.
+        public func validate() throws(TierKVError) {
+            guard budgetBlocks >= 0, stagingBudgetBlocks >= 0 else {
+                throw .invalid("prefetch budgets are \(budgetBlocks) (hot) and \(stagingBudgetBlocks) (staging) blocks; expected ≥ 0")
+            }
+            guard coverage > 0, coverage <= 1 else {
+                throw .invalid("prefetch coverage is \(coverage); expected a share in (0, 1]")
+            }
+            guard hostToDeviceBytesPerSecond > 0, coldReadBytesPerSecond > 0 else {
+                throw .invalid("prefetch link rates must be positive (host→device \(hostToDeviceBytesPerSecond) B/s, cold read \(coldReadBytesPerSecond) B/s)")
+            }
+        }
     }
 
     public let hierarchy: Hierarchy
@@ -45,15 +59,7 @@ public final class Prefetcher: @unchecked Sendable {
 
     /// - Throws: `.invalidArgument` for a negative budget or non-positive rates.
     public init(hierarchy: Hierarchy, predictor: any BlockPredictor, configuration: Configuration) throws(TierKVError) {
-        guard configuration.budgetBlocks >= 0, configuration.stagingBudgetBlocks >= 0 else {
-            throw .invalid("prefetch budgets are \(configuration.budgetBlocks) (hot) and \(configuration.stagingBudgetBlocks) (staging) blocks; expected ≥ 0")
-        }
-        guard configuration.coverage > 0, configuration.coverage <= 1 else {
-            throw .invalid("prefetch coverage is \(configuration.coverage); expected a share in (0, 1]")
-        }
-        guard configuration.hostToDeviceBytesPerSecond > 0, configuration.coldReadBytesPerSecond > 0 else {
-            throw .invalid("prefetch link rates must be positive (host→device \(configuration.hostToDeviceBytesPerSecond) B/s, cold read \(configuration.coldReadBytesPerSecond) B/s)")
-        }
+        try configuration.validate()
         self.hierarchy = hierarchy
         self.predictor = predictor
         self.configuration = configuration
@@ -77,9 +83,28 @@ public final class Prefetcher: @unchecked Sendable {
         _ candidates: PredictionCandidates, hint: QueryHint?, secondsUntilNeeded: Double, hotBlockLimit: Int? = nil,
         stagedBlockLimit: Int? = nil
     ) throws(TierKVError) -> PrefetchTicket {
+        try prefetch(
+            candidates, predicted: try predictor.predictMass(candidates, hint: hint), secondsUntilNeeded: secondsUntilNeeded,
+            hotBlockLimit: hotBlockLimit, stagedBlockLimit: stagedBlockLimit)
+    }
+
+    /// `prefetch(_:hint:...)` from masses the caller predicted (one per candidate, nil when it
+    /// had nothing to go on), under `budget` instead of the prefetcher's configuration when given:
+    /// how an engine that predicts per call, with budgets it sets per layer, uses the prefetcher
+    /// (the C ABI's `tierkv_prefetch`). Statistics accumulate here all the same.
+    /// - Throws: `.invalidArgument` when `predicted` does not hold one mass per candidate, or
+    ///   `budget` is invalid; the errors of `makeResident`.
+    public func prefetch(
+        _ candidates: PredictionCandidates, predicted: [Float]?, secondsUntilNeeded: Double, hotBlockLimit: Int? = nil,
+        stagedBlockLimit: Int? = nil, budget: Configuration? = nil
+    ) throws(TierKVError) -> PrefetchTicket {
+        if let predicted, predicted.count != candidates.keys.count {
+            throw .invalid("prefetch got \(predicted.count) predicted masses for \(candidates.keys.count) candidates")
+        }
+        try budget?.validate()
+        let configuration = budget ?? self.configuration
         let stagingLimit = max(0, stagedBlockLimit ?? Int.max)
         let hotBudget = max(0, min(configuration.budgetBlocks, hotBlockLimit ?? configuration.budgetBlocks))
-        let predicted = try predictor.predictMass(candidates, hint: hint)
         var chosen: [BlockKey] = [], fromCold: [Bool] = [], resident: [BlockKey] = [], staged: [BlockKey] = []
         if let predicted {
             let bytes = Double(hierarchy.blockByteCount)
@@ -202,6 +227,23 @@ public final class PrefetchTicket: @unchecked Sendable {
     public let pinnedInHot: Int
     let request: ResidencyRequest?
     let staging: ResidencyRequest?
+
+    /// Waits until the ticket's moves have landed (or failed, or were withdrawn).
+    public func wait() {
+        request?.wait()
+        staging?.wait()
+    }
+
+    /// `wait()` with a limit; false when something is still moving after `seconds`.
+    public func wait(seconds: Double) -> Bool {
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        for request in [request, staging].compactMap({ $0 }) {
+            let left = deadline - ContinuousClock.now
+            let remaining = Double(left.components.seconds) + Double(left.components.attoseconds) * 1e-18
+            if !request.wait(seconds: max(0, remaining)) { return false }
+        }
+        return true
+    }
 
     init(
         candidates: PredictionCandidates, predicted: [Float]?, fetched: [BlockKey], fetchedFromCold: [Bool], staged: [BlockKey],
