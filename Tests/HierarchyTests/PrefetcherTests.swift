@@ -144,6 +144,33 @@ import TierKVTestSupport
         try hierarchy.close()
     }
 
+    /// The engine's own masses and per-call budget (the C ABI's path) override the predictor and
+    /// the configuration, and statistics accumulate as for any prefetch.
+    @Test func massesAndBudgetGivenPerCallOverrideTheConfiguration() throws {
+        let keys = (0..<8).map { testKey($0) }
+        let candidates = PredictionCandidates(layer: 0, keys: keys, positions: Array(0..<8), newestPosition: 7)
+        let directory = try TemporaryDirectory()
+        let tiers = try hierarchy(directory)
+        defer { try? tiers.close() }
+        for (position, key) in keys.enumerated() { try tiers.storeTestBlock(key, position: position, sequence: SequenceID(1)) }
+        tiers.waitUntilIdle()
+        let prefetcher = try Prefetcher(hierarchy: tiers, predictor: FixedPredictor([Float](repeating: 0.125, count: 8)),
+            configuration: Prefetcher.Configuration(budgetBlocks: 6, hostToDeviceBytesPerSecond: 1e12, coldReadBytesPerSecond: 1e12))
+        let masses: [Float] = [0, 0.1, 0, 0.6, 0, 0, 0.3, 0]
+        let budget = Prefetcher.Configuration(budgetBlocks: 2, hostToDeviceBytesPerSecond: 1e12, coldReadBytesPerSecond: 1e12)
+        let ticket = try prefetcher.prefetch(candidates, predicted: masses, secondsUntilNeeded: 1, budget: budget)
+        #expect(ticket.fetched == [keys[3], keys[6]])
+        #expect(ticket.wait(seconds: 10))
+        try prefetcher.settle(ticket, actualMass: masses, needed: [keys[3], keys[6]], topK: 2)
+        #expect(prefetcher.statistics.precision == 1 && prefetcher.statistics.recall == 1)
+        #expect(tierKVError { _ = try prefetcher.prefetch(candidates, predicted: [0.5], secondsUntilNeeded: 1) }?
+            .message.contains("1 predicted masses for 8 candidates") ?? false)
+        var bad = budget
+        bad.coverage = 2
+        #expect(tierKVError { _ = try prefetcher.prefetch(candidates, predicted: masses, secondsUntilNeeded: 1, budget: bad) }?
+            .message.contains("coverage is 2.0") ?? false)
+    }
+
     /// A prefetch never pins more hot slots than the engine leaves it: the budget's blocks
     /// beyond the limit are not fetched (a demand would find every slot pinned).
     @Test func aPrefetchPinsNoMoreHotSlotsThanItIsLeft() throws {
