@@ -202,6 +202,39 @@ import TierKVTestSupport
         #expect(try second.rebuildKeySummaries().missing == 0)
     }
 
+    /// A real full disk (a loop-mounted ext4 image): the cold blocks, in their preallocated file,
+    /// are written and kept; the journal's appends and the flush's index and summary files cannot
+    /// be, and the flush says so. Once there is room again the next flush saves them, and a
+    /// restart finds every block and every summary.
+    @Test(.enabled(if: LoopFilesystem.isPossible, "needs root and /dev/loop-control for a loop-mounted ext4 image"))
+    func aFullDiskCostsTheSummaryFilesNotTheBlocks() throws {
+        let filesystem = try LoopFilesystem(megabytes: 16)
+        var configuration = tinyConfiguration(directory: filesystem.mountPoint + "/cache", hot: 2, warm: 4, cold: 64)
+        configuration.keySummaries = .fromStoredKeys
+        configuration.keySketchBits = 2
+        let hierarchy = try Hierarchy(configuration)
+        // dd stops at the first write that does not fit: 64 KiB pieces, then 1 KiB ones.
+        for (name, size) in [("filler", "64k"), ("filler-small", "1k")] {
+            try LoopFilesystem.shell("dd if=/dev/zero of=\(filesystem.mountPoint)/\(name) bs=\(size) 2>/dev/null || true")
+        }
+        let blocks = (0..<20).map { testKey(200 + $0) }
+        for (position, key) in blocks.enumerated() { try hierarchy.storeTestBlock(key, position: position, sequence: SequenceID(1)) }
+        hierarchy.waitUntilIdle()
+        #expect(hierarchy.statistics.coldWriteFailures == 0, "the preallocated block file should take the writes")
+        let error = tierKVError { try hierarchy.flush() }
+        #expect(error?.code == .capacityExceeded && error?.errno == ENOSPC, "\(String(describing: error))")
+        #expect(try blocks.allSatisfy { try hierarchy.holdsTestPattern($0) })
+        unlink(filesystem.mountPoint + "/filler")
+        unlink(filesystem.mountPoint + "/filler-small")
+        try hierarchy.flush()
+        let cold = hierarchy.statistics.cold.residentBlocks
+        try hierarchy.close()
+        let second = try Hierarchy(configuration)
+        defer { try? second.close() }
+        #expect(second.keySummaryRestore?.restored == cold && cold >= 16, "\(String(describing: second.keySummaryRestore)), \(cold) in cold")
+        #expect(try blocks.allSatisfy { try second.holdsTestPattern($0) })
+    }
+
     /// A new cold file removes an earlier run's summaries.tkv.
     @Test func aNewColdFileForgetsOldSummaries() throws {
         _ = try firstRun()

@@ -96,16 +96,18 @@ final class KeySummaryFile: @unchecked Sendable {
                 result.problem = [result.problem, journalProblem].compactMap { $0 }.joined(separator: "; ")
             }
             result.restored = table.count
-            if journalResult.restored + journalResult.stale + journalResult.corrupt > 0 || journalProblem != nil {
+            let journalAbsent = journalProblem == Self.absent(Self.journalName)
+            if journalResult.restored + journalResult.stale + journalResult.corrupt > 0 || (journalProblem != nil && !journalAbsent) {
                 result.saveError = (try? save(force: true)) == nil ? "the new snapshot could not be written" : nil
             }
         }
-        let journaling = journal.withLock { state -> Bool in
-            if state.descriptor < 0 { state.descriptor = openJournal() }
-            return state.descriptor >= 0
+        let failure = journal.withLock { state -> Int32? in
+            guard state.descriptor < 0 else { return nil }
+            state.descriptor = openJournal()
+            return state.descriptor < 0 ? errno : nil
         }
-        if !journaling {
-            let reason = "cannot create \(journalPath): \(TierKVError.errnoName(errno)); cold writes are not journaled, so a crash before the next flush or close loses their summaries (the blocks are safe)"
+        if let failure {
+            let reason = "cannot create \(journalPath): \(TierKVError.errnoName(failure)); cold writes are not journaled, so a crash before the next flush or close loses their summaries (the blocks are safe)"
             result.problem = [result.problem, reason].compactMap { $0 }.joined(separator: "; ")
         }
         return result
@@ -119,20 +121,22 @@ final class KeySummaryFile: @unchecked Sendable {
         }
     }
 
-    /// A new journal holding only its header; -1 when it cannot be made (then nothing is
-    /// journaled and the next snapshot covers the writes).
+    /// A new journal holding only its header; -1 with `errno` set when it cannot be made (then
+    /// nothing is journaled and the next snapshot covers the writes).
     private func openJournal() -> Int32 {
         let descriptor = Glibc.open(journalPath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard descriptor >= 0 else { return -1 }
         let header = Self.header(table.shape, recordBytes: table.recordByteCount, magic: Self.journalMagic)
         guard Self.writeAll(descriptor, header) else {
+            let code = errno
             close(descriptor)
+            errno = code
             return -1
         }
         return descriptor
     }
 
-    static func absent(_ name: String) -> String { "no \(name) (first open, or the last run did not close or flush)" }
+    static func absent(_ name: String) -> String { "no \(name) (a new cache, or its files were removed)" }
 
     /// Reads one file's entries into the table; returns why it stopped early (nil: read whole).
     private func read(
@@ -220,7 +224,12 @@ final class KeySummaryFile: @unchecked Sendable {
             if Self.writeAll(state.descriptor, bytes) {
                 state.entries += appended
             } else {
+                // A short write leaves a torn entry that would hide every later one: stop
+                // journaling until the next snapshot, which covers these writes and starts anew.
                 state.failures += 1
+                close(state.descriptor)
+                state.descriptor = -1
+                return true  // one snapshot attempt now; if it fails too, the next flush or close retries
             }
             return state.entries > 2 * max(1024, store.statistics.blocks)
         }
