@@ -65,7 +65,7 @@ public final class BlockFile: @unchecked Sendable {
         }
         let lockPath = directory + "/" + Self.lockFileName
         let lock = try SystemCall.retrying("open", path: lockPath) { open(lockPath, O_RDWR | O_CREAT | ctierkv_o_nofollow_cloexec(), 0o600) }
-        if flock(lock, LOCK_EX | LOCK_NB) != 0 {
+        if !Self.lockExclusively(lock, path: lockPath) {
             let holder = TextFile.readTrimmed(lockPath) ?? "another process"
             close(lock)
             throw TierKVError(
@@ -158,6 +158,20 @@ public final class BlockFile: @unchecked Sendable {
     deinit {
         close(descriptor)
         releaseDirectoryLock()
+    }
+
+    /// Takes the directory's flock. When the last holder was this process (a hierarchy closed a
+    /// moment ago), its lock can outlive the close for a moment: a process another thread is
+    /// spawning holds a copy of every descriptor until its exec closes them (O_CLOEXEC). Such
+    /// a lock is retried for up to 0.5 s; another process's lock fails at once.
+    private static func lockExclusively(_ descriptor: Int32, path: String) -> Bool {
+        if flock(descriptor, LOCK_EX | LOCK_NB) == 0 { return true }
+        guard TextFile.readTrimmed(path) == "\(getpid())" else { return false }
+        for _ in 0..<250 {
+            usleep(2000)
+            if flock(descriptor, LOCK_EX | LOCK_NB) == 0 { return true }
+        }
+        return false
     }
 
     /// Gives up the directory lock now (on close), so another opener can take the directory even
