@@ -59,6 +59,13 @@ typedef int32_t tierkv_status;
 #define TIERKV_PRIORITY_DEMAND 0   /* the engine waits for these blocks now */
 #define TIERKV_PRIORITY_PREFETCH 1 /* speculative: after demand fetches */
 
+/* Where tierkv_plan_layer puts a needed block's attention. */
+#define TIERKV_PLACE_IN_HOT 0  /* already in hot: the GPU attends it */
+#define TIERKV_PLACE_FETCH 1   /* fetch it to hot (a cold block through warm) for the GPU */
+#define TIERKV_PLACE_CPU 2     /* attend it on CPU where it sits in warm (tierkv_attend_warm; a cold block is read to warm first) */
+#define TIERKV_PLACE_SKIP 3    /* below skip_below_mass: left out (approximate mode only) */
+#define TIERKV_PLACE_MISSING 4 /* the hierarchy does not hold it */
+
 /* How tierkv_predict_mass scores a block against the query. */
 #define TIERKV_SCORING_DEFAULT 0      /* SKETCH when the hierarchy keeps key sketches, else BOUND_MOMENT */
 #define TIERKV_SCORING_BOUND 1        /* Quest's upper bound from the block's per-channel key min/max */
@@ -320,6 +327,30 @@ tierkv_status tierkv_predict_mass(
  * (corrupt or unreadable copies, or dropped meanwhile). */
 tierkv_status tierkv_rebuild_key_summaries(
     tierkv_hierarchy *hierarchy, size_t batch_blocks, uint64_t *missing_out, uint64_t *rebuilt_out, uint64_t *failed_out);
+
+/* ---- Placement ----
+ * For one layer, where each block it needs gets its attention computed: a cost model from the
+ * link rates and the CPU attention rate (measure them with `tierkv bench transfer`, `tierkv bench
+ * storage` and `tierkv bench attention`), greedy in arrival order, each block going where the
+ * layer finishes sooner (the layer finishes at max(last fetch + gpu_seconds, last CPU block)). */
+typedef struct tierkv_placement_options {
+    uint64_t struct_size;               /* sizeof(tierkv_placement_options) */
+    double host_to_device_bytes_per_s;  /* > 0 */
+    double cold_read_bytes_per_s;       /* > 0 */
+    double cpu_attention_bytes_per_s;   /* K/V bytes per second CPU attention reads; 0: CPU attention off */
+    double gpu_seconds;                 /* the layer's GPU time once its blocks are in hot, >= 0 */
+    float skip_below_mass;              /* approximate mode: skip blocks below this mass; 0: exact, never skip */
+    int32_t reserved;                   /* 0 */
+} tierkv_placement_options;
+
+/* Plans one layer: `keys` are the blocks it needs, `mass` (may be NULL unless skipping) their
+ * predicted or reported shares of its attention. decisions_out: key_count TIERKV_PLACE_* values;
+ * estimated_seconds_out (may be NULL): the model's estimate of when the layer finishes. Nothing
+ * moves: make the FETCH blocks resident in hot, attend the CPU ones with tierkv_attend_warm and
+ * merge the partials (tierkv_merge_partials). */
+tierkv_status tierkv_plan_layer(
+    tierkv_hierarchy *hierarchy, const tierkv_block_key *keys, size_t key_count, const float *mass,
+    const tierkv_placement_options *options, int32_t *decisions_out, double *estimated_seconds_out);
 
 /* ---- Prefetch ----
  * tierkv_predict_mass plus the moves: the best-predicted blocks of a coming layer are made

@@ -10,7 +10,8 @@ HEADER = Path(__file__).resolve().parents[2] / "include" / "tierkv.h"
 
 def test_every_constant_matches_the_header():
     defines = dict(re.findall(r"^#define TIERKV_([A-Z_]+) (\d+)\b", HEADER.read_text(), flags=re.M))
-    assert len(defines) == 27, sorted(defines)  # 13 statuses, 3 tiers, 2 priorities, 4 scorings, 4 block states, the ABI
+    # 13 statuses, 3 tiers, 2 priorities, 4 scorings, 5 placements, 4 block states, the ABI
+    assert len(defines) == 32, sorted(defines)
     for name, value in defines.items():
         assert getattr(_native, name) == int(value), name
     assert _native.NO_SEQUENCE == 2**64 - 1

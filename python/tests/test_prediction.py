@@ -260,3 +260,36 @@ def test_prefetch_budgets_deadline_and_errors(setup):
         keys = stored(cache, blocks[:1], tokens[:16])
         with pytest.raises(tierkv.InvalidArgument, match='"key_summaries": "from-keys"'):
             cache.prefetch(keys, query, budget_blocks=1)
+
+
+def test_plan_layer_places_each_block_by_the_cost_model(setup):
+    _, query, blocks, tokens = setup
+    with open_cache(key_sketch_bits=2, admit_to_hot=False) as cache:
+        keys = stored(cache, blocks[:8], tokens[:8 * 16])
+        with cache.make_resident(keys[:2], tier="hot") as request:
+            request.wait()
+        stranger = cache.block_keys(np.arange(16, dtype=np.uint32) + 100000, layer=1)[0]
+        block_bytes = cache.layout.block_bytes
+        # One block per millisecond over the link; the CPU off: every warm block is fetched.
+        rates = dict(host_to_device_bytes_per_s=block_bytes * 1000.0, cold_read_bytes_per_s=block_bytes * 1000.0)
+        decisions, seconds = cache.plan_layer(keys + [stranger], **rates)
+        assert decisions == ["hot", "hot"] + ["fetch"] * 6 + ["missing"]
+        assert seconds == pytest.approx(0.006)
+        # A CPU as fast as the link: the 6 warm blocks split between them, the layer done in half the time.
+        decisions, seconds = cache.plan_layer(keys, cpu_attention_bytes_per_s=block_bytes * 1000.0, **rates)
+        assert decisions[2:].count("fetch") == 3 and decisions[2:].count("cpu") == 3
+        assert seconds == pytest.approx(0.003)
+        # The GPU's own time after the last fetch moves blocks to the CPU; a CPU 10x faster takes them all.
+        decisions, _ = cache.plan_layer(keys, cpu_attention_bytes_per_s=block_bytes * 10000.0, **rates)
+        assert decisions[2:] == ["cpu"] * 6
+        # Approximate mode skips blocks below the threshold, and needs their masses.
+        mass = np.array([0.3, 0.3, 0.2, 0.001, 0.1, 0.002, 0.05, 0.047], dtype=np.float32)
+        decisions, _ = cache.plan_layer(keys, mass=mass, skip_below_mass=0.01, **rates)
+        assert [d for d, m in zip(decisions, mass) if m < 0.01] == ["skip", "skip"]
+        assert "skip" not in [d for d, m in zip(decisions, mass) if m >= 0.01]
+        with pytest.raises(tierkv.InvalidArgument, match="needs each block's mass"):
+            cache.plan_layer(keys, skip_below_mass=0.01, **rates)
+        with pytest.raises(tierkv.InvalidArgument, match="host_to_device_bytes_per_s is 0"):
+            cache.plan_layer(keys, host_to_device_bytes_per_s=0, cold_read_bytes_per_s=1e9)
+        with pytest.raises(tierkv.InvalidArgument, match="skip_below_mass is 1.5"):
+            cache.plan_layer(keys, mass=mass, skip_below_mass=1.5, **rates)

@@ -501,6 +501,35 @@ class Hierarchy:
                                    *(ctypes.byref(value) for value in moved)))
         return PrefetchTicket(self, handle, count, *(value.value for value in moved))
 
+    _PLACES = ("hot", "fetch", "cpu", "skip", "missing")
+
+    def plan_layer(self, keys, *, host_to_device_bytes_per_s, cold_read_bytes_per_s, cpu_attention_bytes_per_s=0.0,
+                   gpu_seconds=0.0, mass=None, skip_below_mass=0.0):
+        """Where each block one layer needs gets its attention computed, from a cost model of the link
+        rates and the CPU attention rate (0: CPU attention off): "hot" (already there), "fetch" (to
+        hot for the GPU), "cpu" (attend it where it sits in warm: attend_warm), "skip" (below
+        `skip_below_mass` of the layer's mass, approximate mode only, which needs `mass`) or
+        "missing". Returns (decisions, estimated_seconds). Nothing moves."""
+        array, count = _key_array(keys)
+        mass_pointer = None
+        if mass is not None:
+            masses = np.ascontiguousarray(mass, dtype=np.float32)
+            if masses.shape != (count,):
+                raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, f"mass has shape {masses.shape}; expected ({count},)")
+            mass_pointer = _float_pointer(masses)
+        options = _native.PlacementOptionsStruct()
+        options.struct_size = ctypes.sizeof(_native.PlacementOptionsStruct)
+        options.host_to_device_bytes_per_s = float(host_to_device_bytes_per_s)
+        options.cold_read_bytes_per_s = float(cold_read_bytes_per_s)
+        options.cpu_attention_bytes_per_s = float(cpu_attention_bytes_per_s)
+        options.gpu_seconds = float(gpu_seconds)
+        options.skip_below_mass = float(skip_below_mass)
+        decisions = np.empty(count, dtype=np.int32)
+        estimated = ctypes.c_double()
+        _check(lib.tierkv_plan_layer(self._h(), array, count, mass_pointer, ctypes.byref(options),
+                                     decisions.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)), ctypes.byref(estimated)))
+        return [self._PLACES[value] for value in decisions], estimated.value
+
     def prefetch_stats(self):
         """What prefetch did and how good it was, over settled tickets: a dict with counts,
         wasted_bytes, precision, recall and timeliness."""

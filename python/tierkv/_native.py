@@ -26,6 +26,7 @@ PRIORITY_DEMAND, PRIORITY_PREFETCH = 0, 1
 NO_SEQUENCE = 2**64 - 1
 BLOCK_PENDING, BLOCK_READY, BLOCK_MISSING, BLOCK_FAILED = 0, 1, 2, 3
 SCORING_DEFAULT, SCORING_BOUND, SCORING_BOUND_MOMENT, SCORING_SKETCH = 0, 1, 2, 3
+PLACE_IN_HOT, PLACE_FETCH, PLACE_CPU, PLACE_SKIP, PLACE_MISSING = 0, 1, 2, 3, 4
 
 
 class BlockKeyStruct(ctypes.Structure):
@@ -59,6 +60,12 @@ class PrefetchOptionsStruct(ctypes.Structure):
                 ("seconds_until_needed", ctypes.c_double), ("host_to_device_bytes_per_s", ctypes.c_double),
                 ("cold_read_bytes_per_s", ctypes.c_double), ("coverage", ctypes.c_float), ("scale", ctypes.c_float),
                 ("scoring", ctypes.c_int32), ("reserved", ctypes.c_int32)]
+
+
+class PlacementOptionsStruct(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint64), ("host_to_device_bytes_per_s", ctypes.c_double),
+                ("cold_read_bytes_per_s", ctypes.c_double), ("cpu_attention_bytes_per_s", ctypes.c_double),
+                ("gpu_seconds", ctypes.c_double), ("skip_below_mass", ctypes.c_float), ("reserved", ctypes.c_int32)]
 
 
 class PrefetchStatsStruct(ctypes.Structure):
@@ -153,6 +160,8 @@ def load():
                                      float_p, ctypes.c_size_t, float_p, ctypes.c_size_t, P(PrefetchOptionsStruct),
                                      P(handle), P(ctypes.c_uint64), P(ctypes.c_uint64), P(ctypes.c_uint64)]),
         "tierkv_prefetch_wait": (status, [handle, ctypes.c_double]),
+        "tierkv_plan_layer": (status, [handle, key_p, ctypes.c_size_t, float_p, P(PlacementOptionsStruct),
+                                       P(ctypes.c_int32), P(ctypes.c_double)]),
         "tierkv_prefetch_settle": (status, [handle, float_p, P(ctypes.c_int32), ctypes.c_size_t]),
         "tierkv_prefetch_abandon": (status, [handle]),
         "tierkv_get_prefetch_stats": (status, [handle, P(PrefetchStatsStruct)]),
