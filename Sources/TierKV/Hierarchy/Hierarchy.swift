@@ -69,8 +69,9 @@ public final class Hierarchy: @unchecked Sendable {
     let metrics: HierarchyMetrics
     /// Key summaries of every block held (nil when `configuration.keySummaries` is `.off`).
     public let summaries: BlockSummaryTable?
-    /// What the open found in the cache directory's `summaries.tkv` (nil without summaries or
-    /// without a cold tier). Blocks it did not cover get theirs from `rebuildKeySummaries`.
+    /// What the open found in the cache directory's summary files, `summaries.tkv` and its
+    /// journal `summaries.log` (nil without summaries or without a cold tier). Blocks they did
+    /// not cover get theirs from `rebuildKeySummaries`.
     public let keySummaryRestore: KeySummaryRestore?
     /// The cold blocks' summaries on disk (nil without summaries or without a cold tier).
     let keySummaryFile: KeySummaryFile?
@@ -446,7 +447,7 @@ public final class Hierarchy: @unchecked Sendable {
             try keySummaryFile.save()
         } catch {
             throw TierKVError(
-                error.code, "the blocks are durable, but their key summaries could not be saved (a restart will rebuild them from the blocks): \(error.message)",
+                error.code, "the blocks are durable, but their key summaries could not be saved (a restart restores what the journal holds; rebuildKeySummaries reads the rest from the blocks): \(error.message)",
                 operation: error.operation, path: error.path, errno: error.errno)
         }
     }
