@@ -186,8 +186,10 @@ const char *tierkv_status_name(tierkv_status status);
  * accelerator ("cuda:N", or "emulated" for host memory standing in for a GPU: tests only);
  * admit_to_hot (true); inclusive_warm (true); allow_dropping (false); numa_node; lock_memory
  * (false); buffered_fallback (false); key_summaries ("off" or "from-keys": a summary of every stored
- * block's keys, for tierkv_predict_mass); key_sketch_bits (0, 1, 2 or 4 bits per key element kept
- * with each summary; 2 when key_summaries is "from-keys", 4 KiB per Llama-3-8B block); cpu_threads (CPU
+ * block's keys, for tierkv_predict_mass, in host memory: 6 KiB per Llama-3-8B block plus its sketch;
+ * an open whose full tiers' summaries could not fit in this machine's memory is refused, CAPACITY);
+ * key_sketch_bits (0, 1, 2 or 4 bits per key element kept with each summary; 2 when key_summaries
+ * is "from-keys", 4 KiB per Llama-3-8B block); cpu_threads (CPU
  * attention workers, the calling thread included; default: every CPU, or every CPU of numa_node);
  * cpu_spin_us (50: how long idle workers poll for the next call before sleeping; 0 frees the CPUs
  * at once). An unknown field is an error naming it. On success *out is a new handle owned by the caller: close it. */

@@ -235,6 +235,18 @@ import TierKVTestSupport
         #expect(try blocks.allSatisfy { try second.holdsTestPattern($0) })
     }
 
+    /// Summaries are host memory, one per block of capacity at most: a cold tier whose summaries
+    /// could never fit is refused at open, before anything is created, naming the sizes.
+    @Test func summariesThatCouldNotFitInMemoryAreRefusedAtOpen() throws {
+        var configuration = configuration()
+        configuration.coldCapacityBlocks = 2_000_000_000
+        let error = tierKVError { _ = try Hierarchy(configuration) }
+        #expect(error?.code == .capacityExceeded, "\(String(describing: error))")
+        #expect(error?.message.contains("key summaries for 2000000006 blocks") ?? false, "\(String(describing: error))")
+        #expect(error?.message.contains("lower key_sketch_bits, the cold capacity, or turn key_summaries off") ?? false)
+        #expect(access(directory.path + "/cache", F_OK) != 0, "the open created the cache directory before refusing")
+    }
+
     /// A new cold file removes an earlier run's summaries.tkv.
     @Test func aNewColdFileForgetsOldSummaries() throws {
         _ = try firstRun()

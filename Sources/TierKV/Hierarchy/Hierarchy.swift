@@ -112,6 +112,7 @@ public final class Hierarchy: @unchecked Sendable {
             summaries = try BlockSummaryTable(shape: KeySummaryShape(layout: layout, sketchBits: configuration.keySketchBits))
         case .provided(let shape): summaries = try BlockSummaryTable(shape: shape)
         }
+        if let summaries { try Self.checkSummaryMemory(summaries, configuration, warmBytes: warmArena.slotStride * configuration.warmCapacityBlocks) }
         if configuration.coldCapacityBlocks > 0, let directory = configuration.cacheDirectory {
             let store = try BlockStore(
                 directory: directory, geometry: BlockFile.Geometry(slotByteCount: slotByteCount, slotCount: configuration.coldCapacityBlocks),
@@ -160,6 +161,20 @@ public final class Hierarchy: @unchecked Sendable {
 
     deinit {
         try? accelerator.unregisterHostMemory(warmArena.region)
+    }
+
+    /// Summaries grow with the blocks held, in host memory, up to one per block of capacity. A
+    /// configuration whose full tiers' summaries and warm arena cannot fit in this machine's
+    /// memory is refused at open, not left to fail hours later when the cold tier fills.
+    static func checkSummaryMemory(_ summaries: BlockSummaryTable, _ configuration: HierarchyConfiguration, warmBytes: Int) throws(TierKVError) {
+        let blocks = configuration.hotCapacityBlocks + configuration.warmCapacityBlocks + configuration.coldCapacityBlocks
+        let (summaryBytes, overflow) = blocks.multipliedReportingOverflow(by: summaries.recordByteCount)
+        let physical = Int(sysconf(Int32(_SC_PHYS_PAGES))) * Int(sysconf(Int32(_SC_PAGESIZE)))
+        guard physical > 0, overflow || summaryBytes > physical - min(physical, warmBytes) else { return }
+        let gib = { (bytes: Int) in "\((Double(bytes) / Double(1 << 30) * 10).rounded() / 10) GiB" }
+        throw TierKVError(
+            .capacityExceeded,
+            "key summaries for \(blocks) blocks (hot + warm + cold capacity) at \(summaries.recordByteCount) bytes each need up to \(overflow ? "more than" : gib(summaryBytes)) of host memory, which with the warm tier's \(gib(warmBytes)) is more than this machine's \(gib(physical)); lower key_sketch_bits, the cold capacity, or turn key_summaries off")
     }
 
     // MARK: Keys
