@@ -346,7 +346,10 @@ typedef struct tierkv_placement_options {
 } tierkv_placement_options;
 
 /* Plans one layer: `keys` are the blocks it needs, `mass` (may be NULL unless skipping) their
- * predicted or reported shares of its attention. decisions_out: key_count TIERKV_PLACE_* values;
+ * predicted or reported shares of its attention. Fetches are capped at the hot slots neither
+ * pinned nor holding the layer's blocks; with CPU attention on the rest go to the CPU, without
+ * it they stay FETCH and the engine attends the layer in rounds (hot holds fewer blocks than it
+ * needs). decisions_out: key_count TIERKV_PLACE_* values;
  * estimated_seconds_out (may be NULL): the model's estimate of when the layer finishes. Nothing
  * moves: make the FETCH blocks resident in hot, attend the CPU ones with tierkv_attend_warm and
  * merge the partials (tierkv_merge_partials). */

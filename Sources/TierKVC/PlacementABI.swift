@@ -52,9 +52,12 @@ import TierKV
             case nil: decisions[index] = TIERKV_PLACE_MISSING
             }
         }
+        // Hot can take what is neither pinned nor already holding this layer's blocks.
+        let hot = owner.hierarchy.statistics.hot
+        let inHot = decisions.count { $0 == TIERKV_PLACE_IN_HOT }
         let plan = planner.plan(
             blocks: planned.map(\.block), blockByteCount: owner.hierarchy.configuration.layout.blockByteCount,
-            gpuSeconds: options.gpu_seconds)
+            gpuSeconds: options.gpu_seconds, fetchLimit: max(0, hot.capacityBlocks - hot.pinnedBlocks - inHot))
         for (entry, decision) in zip(planned, plan.decisions) {
             switch decision {
             case .fetch: decisions[entry.index] = TIERKV_PLACE_FETCH

@@ -50,7 +50,9 @@ public struct AttentionPlacementPlanner: Sendable {
     /// - Parameters:
     ///   - blocks: the needed blocks not in hot, with their predicted (or reported) mass.
     ///   - gpuSeconds: the layer's GPU time once its blocks are in hot.
-    public func plan(blocks: [(source: Source, mass: Float)], blockByteCount: Int, gpuSeconds: Double) -> Plan {
+    ///   - fetchLimit: the most blocks hot can take for this layer (its free and evictable
+    ///     slots); once it is reached the rest go to the CPU when CPU attention is on. Nil: no limit.
+    public func plan(blocks: [(source: Source, mass: Float)], blockByteCount: Int, gpuSeconds: Double, fetchLimit: Int? = nil) -> Plan {
         let bytes = Double(blockByteCount)
         let fetchSeconds = bytes / hostToDeviceBytesPerSecond
         let readSeconds = bytes / coldReadBytesPerSecond
@@ -73,6 +75,7 @@ public struct AttentionPlacementPlanner: Sendable {
         }
         order.sort { ready[$0] < ready[$1] }
         var linkFree = 0.0, cpuFree = 0.0
+        var fetches = 0
         for index in order {
             let fetchDone = max(ready[index], linkFree) + fetchSeconds
             guard let cpuSeconds else {
@@ -82,11 +85,12 @@ public struct AttentionPlacementPlanner: Sendable {
             let cpuDone = max(ready[index], cpuFree) + cpuSeconds
             let finishIfFetched = max(fetchDone + gpuSeconds, cpuFree)
             let finishIfCPU = max(linkFree + gpuSeconds, cpuDone)
-            if finishIfCPU < finishIfFetched {
+            if finishIfCPU < finishIfFetched || fetches >= (fetchLimit ?? .max) {
                 decisions[index] = .attendOnCPU
                 cpuFree = cpuDone
             } else {
                 linkFree = fetchDone
+                fetches += 1
             }
         }
         return Plan(decisions: decisions, estimatedSeconds: max(linkFree + gpuSeconds, cpuFree))

@@ -462,6 +462,19 @@ private func directSummary(_ keys: [[Float]], kvHeads: Int, headDim: Int) -> [Fl
         #expect(plan.attendedOnCPU == 3 && plan.fetched == 1)
     }
 
+    @Test func fetchesStopAtTheHotRoomAndTheRestGoToTheCPU() throws {
+        // A fast link (0.1 s per block) and a slow CPU (1 s): every block would be fetched, but
+        // hot has room for 2; without CPU attention the limit cannot apply.
+        let planner = try AttentionPlacementPlanner(hostToDeviceBytesPerSecond: 1000, coldReadBytesPerSecond: 1000, cpuAttentionBytesPerSecond: 100)
+        let blocks: [(source: AttentionPlacementPlanner.Source, mass: Float)] = Array(repeating: (.warm, 0.1), count: 4)
+        #expect(planner.plan(blocks: blocks, blockByteCount: 100, gpuSeconds: 0).fetched == 4)
+        let limited = planner.plan(blocks: blocks, blockByteCount: 100, gpuSeconds: 0, fetchLimit: 2)
+        #expect(limited.decisions == [.fetch, .fetch, .attendOnCPU, .attendOnCPU])
+        #expect(abs(limited.estimatedSeconds - 2) < 1e-9)  // the CPU's two blocks, 1 s each
+        let noCPU = try AttentionPlacementPlanner(hostToDeviceBytesPerSecond: 1000, coldReadBytesPerSecond: 1000)
+        #expect(noCPU.plan(blocks: blocks, blockByteCount: 100, gpuSeconds: 0, fetchLimit: 2).fetched == 4)
+    }
+
     @Test func approximateModeSkipsOnlyBelowItsThreshold() throws {
         let exact = try AttentionPlacementPlanner(hostToDeviceBytesPerSecond: 100, coldReadBytesPerSecond: 100)
         #expect(exact.plan(blocks: [(.warm, 0.0001)], blockByteCount: 100, gpuSeconds: 0).decisions == [.fetch])

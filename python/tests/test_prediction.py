@@ -264,7 +264,7 @@ def test_prefetch_budgets_deadline_and_errors(setup):
 
 def test_plan_layer_places_each_block_by_the_cost_model(setup):
     _, query, blocks, tokens = setup
-    with open_cache(key_sketch_bits=2, admit_to_hot=False) as cache:
+    with open_cache(key_sketch_bits=2, admit_to_hot=False, hot_blocks=16) as cache:
         keys = stored(cache, blocks[:8], tokens[:8 * 16])
         with cache.make_resident(keys[:2], tier="hot") as request:
             request.wait()
@@ -293,3 +293,15 @@ def test_plan_layer_places_each_block_by_the_cost_model(setup):
             cache.plan_layer(keys, host_to_device_bytes_per_s=0, cold_read_bytes_per_s=1e9)
         with pytest.raises(tierkv.InvalidArgument, match="skip_below_mass is 1.5"):
             cache.plan_layer(keys, mass=mass, skip_below_mass=1.5, **rates)
+    # Fetches stop at the hot slots the layer can have (4 slots, 2 holding its blocks, 1 pinned by
+    # someone else): the rest go to the CPU even where fetching would be faster.
+    with open_cache(key_sketch_bits=2, admit_to_hot=False, hot_blocks=4) as cache:
+        keys = stored(cache, blocks[:9], tokens[:9 * 16])
+        with cache.make_resident(keys[:2], tier="hot") as request:
+            request.wait()
+        block_bytes = cache.layout.block_bytes
+        rates = dict(host_to_device_bytes_per_s=block_bytes * 1000.0, cold_read_bytes_per_s=block_bytes * 1000.0)
+        with cache.make_resident([keys[8]], tier="hot") as other:
+            other.wait()
+            decisions, _ = cache.plan_layer(keys[:8], cpu_attention_bytes_per_s=block_bytes * 100.0, **rates)
+        assert decisions[:2] == ["hot", "hot"] and decisions[2:].count("fetch") == 1 and decisions[2:].count("cpu") == 5
