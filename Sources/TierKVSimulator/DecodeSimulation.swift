@@ -221,6 +221,7 @@ public enum DecodeSimulation {
                     sketchBits: sketchBits,
                     tokensPerBlock: parameters.tokensPerBlock))
         }
+        hierarchyConfiguration.persistsKeySummaries = false  // the cache directory is temporary
         let hierarchy = try Hierarchy(hierarchyConfiguration)
 
         // Token ids per sequence: random, distinct per sequence, fixed by the seed.

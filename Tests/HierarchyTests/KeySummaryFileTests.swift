@@ -247,6 +247,17 @@ import TierKVTestSupport
         #expect(access(directory.path + "/cache", F_OK) != 0, "the open created the cache directory before refusing")
     }
 
+    /// A cache that will not be reopened (the simulator's) can leave the files out.
+    @Test func persistenceCanBeTurnedOff() throws {
+        var configuration = configuration()
+        configuration.persistsKeySummaries = false
+        let hierarchy = try Hierarchy(configuration)
+        for (position, key) in keys.enumerated() { try hierarchy.storeTestBlock(key, position: position, sequence: SequenceID(1)) }
+        try hierarchy.close(flushing: true)
+        #expect(hierarchy.keySummaryRestore == nil)
+        #expect(access(path, F_OK) != 0 && access(directory.path + "/cache/summaries.log", F_OK) != 0)
+    }
+
     /// A new cold file removes an earlier run's summaries.tkv.
     @Test func aNewColdFileForgetsOldSummaries() throws {
         _ = try firstRun()

@@ -118,7 +118,7 @@ public final class Hierarchy: @unchecked Sendable {
                 directory: directory, geometry: BlockFile.Geometry(slotByteCount: slotByteCount, slotCount: configuration.coldCapacityBlocks),
                 allowBufferedFallback: configuration.coldAllowsBufferedFallback, faultInjector: configuration.coldFaultInjector)
             coldStore = store
-            let summaryFile = summaries.map { KeySummaryFile(table: $0, store: store) }
+            let summaryFile = configuration.persistsKeySummaries ? summaries.map { KeySummaryFile(table: $0, store: store) } : nil
             keySummaryFile = summaryFile
             coldReads = TransferScheduler(link: ColdStoreLink(store: store, isWrite: false),
                 maximumBytesInFlight: configuration.maximumBytesInFlightPerLink, clock: configuration.clock)

@@ -89,6 +89,10 @@ public struct HierarchyConfiguration: Sendable {
     /// Bits per key element of the key sketch kept with each summary computed from stored keys
     /// (`.fromStoredKeys`): 0 (none), 1, 2 or 4. `.provided` shapes carry their own.
     public var keySketchBits: Int = 0
+    /// Whether the cold blocks' summaries are kept on disk beside them (`summaries.tkv` and its
+    /// journal, so a restart need not read the blocks back). Off for a cache directory that will
+    /// not be reopened (the simulator's), where the journal's writes would be wasted.
+    public var persistsKeySummaries = true
 
     public init(
         layout: KVLayout, namespace: String = "default", hotCapacityBlocks: Int, warmCapacityBlocks: Int,
