@@ -292,6 +292,53 @@ int main(int argc, char **argv) {
           (unsigned long long)prefetch_stats.settled, (unsigned long long)prefetch_stats.top_k_blocks);
     printf("prefetch of 3 of %d blocks: %llu fetched, %llu staged; recall %.2f, precision %.2f\n", BLOCKS,
            (unsigned long long)fetched, (unsigned long long)staged, prefetch_stats.recall, prefetch_stats.precision);
+
+    /* Placement of one layer: the blocks already in hot stay there; without CPU attention the rest
+     * are fetched; with a CPU far faster than the link they are attended on CPU, since hot has no
+     * room left for them (2 slots); a key that is not cached is MISSING. */
+    tierkv_block_key plan_keys[BLOCKS + 1];
+    memcpy(plan_keys, keys, sizeof(tierkv_block_key) * BLOCKS);
+    plan_keys[BLOCKS] = keys[0];
+    plan_keys[BLOCKS].prefix_low ^= 1;
+    int in_hot = 0;
+    int is_hot[BLOCKS];
+    for (int block = 0; block < BLOCKS; block++) {
+        CHECK_OK(tierkv_fastest_tier(hierarchy, &keys[block], &tier));
+        is_hot[block] = tier == TIERKV_TIER_HOT;
+        in_hot += is_hot[block];
+    }
+    tierkv_placement_options placement;
+    memset(&placement, 0, sizeof placement);
+    placement.host_to_device_bytes_per_s = 1e9;
+    placement.cold_read_bytes_per_s = 1e8;
+    int32_t decisions[BLOCKS + 1];
+    double finish = -1;
+    CHECK_ERROR(tierkv_plan_layer(hierarchy, plan_keys, BLOCKS + 1, NULL, &placement, decisions, &finish),
+                TIERKV_ERROR_INVALID_ARGUMENT, "struct_size");
+    placement.struct_size = sizeof placement;
+    placement.host_to_device_bytes_per_s = 0;
+    CHECK_ERROR(tierkv_plan_layer(hierarchy, plan_keys, BLOCKS + 1, NULL, &placement, decisions, &finish),
+                TIERKV_ERROR_INVALID_ARGUMENT, "host_to_device_bytes_per_s");
+    placement.host_to_device_bytes_per_s = 1e9;
+    CHECK_OK(tierkv_plan_layer(hierarchy, plan_keys, BLOCKS + 1, NULL, &placement, decisions, &finish));
+    for (int block = 0; block < BLOCKS; block++) {
+        int32_t expected_decision = is_hot[block] ? TIERKV_PLACE_IN_HOT : TIERKV_PLACE_FETCH;
+        CHECK(decisions[block] == expected_decision, "CPU attention off: block %d placed %d, expected %d", block,
+              decisions[block], expected_decision);
+    }
+    CHECK(decisions[BLOCKS] == TIERKV_PLACE_MISSING, "an uncached key placed %d", decisions[BLOCKS]);
+    CHECK(in_hot == BLOCKS || finish > 0, "fetches planned, yet the layer finishes at %g s", finish);
+    placement.cpu_attention_bytes_per_s = 1e15;
+    CHECK_OK(tierkv_plan_layer(hierarchy, plan_keys, BLOCKS + 1, NULL, &placement, decisions, NULL));
+    int on_cpu = 0;
+    for (int block = 0; block < BLOCKS; block++) {
+        if (is_hot[block]) CHECK(decisions[block] == TIERKV_PLACE_IN_HOT, "block %d is in hot, placed %d", block, decisions[block]);
+        on_cpu += decisions[block] == TIERKV_PLACE_CPU;
+    }
+    CHECK(on_cpu == BLOCKS - in_hot, "a CPU 10^6 times faster than the link attends %d of the %d blocks outside hot", on_cpu,
+          BLOCKS - in_hot);
+    printf("plan_layer: %d in hot, %d on CPU\n", in_hot, on_cpu);
+
     /* A ticket left open is abandoned by tierkv_close. */
     CHECK_OK(tierkv_prefetch(hierarchy, keys, BLOCKS, NULL, NULL, 0, NULL, 0, query, QUERY_HEADS * HEAD_DIM, &options, &ticket,
                              NULL, NULL, NULL));
