@@ -21,6 +21,9 @@ public struct BlockFileCheck: Sendable {
         public var quarantined = 0
         /// Slot numbers and reasons of the first corrupt slots (at most 100).
         public var corruptSlots: [(slot: Int, reason: String)] = []
+        /// The write sequence of each recovered block's newest valid copy (what a reopen
+        /// serves); not part of `json`.
+        public var newestCopies: [BlockKey: UInt64] = [:]
 
         public static func == (lhs: Report, rhs: Report) -> Bool {
             [lhs.slots, lhs.valid, lhs.corrupt, lhs.empty, lhs.recovered, lhs.superseded, lhs.quarantined]
@@ -74,6 +77,7 @@ public struct BlockFileCheck: Sendable {
             throw TierKVError(.systemCall, "flush after repair failed: \(TierKVError.errnoName(errno))", operation: "fdatasync", path: file.path, errno: errno)
         }
         report.recovered = newest.count
+        report.newestCopies = newest
         report.superseded = validCopies - newest.count
         return report
     }

@@ -10,7 +10,14 @@ struct FsckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fsck",
         abstract: "Verify every slot of a cold-tier directory (checksums, headers); --repair quarantines corrupt slots.",
-        discussion: "Exits 0 when no slot is corrupt (or all corrupt ones were quarantined), 1 otherwise."
+        discussion: """
+            Also checks the key-summary files (summaries.tkv, summaries.log) against the blocks: \
+            how many cold blocks a reopen would find summarised, and any stale, corrupt or \
+            damaged entries. Summaries are derived data (a block without one is summarised again \
+            at the next open or rebuild), so they never change the exit status.
+
+            Exits 0 when no slot is corrupt (or all corrupt ones were quarantined), 1 otherwise.
+            """
     )
 
     @Argument(help: "The cache directory.")
@@ -27,8 +34,11 @@ struct FsckCommand: ParsableCommand {
                 if total > 65536 { Output.printError("fsck: \(done)/\(total) slots") }
             }
         } catch { throw CommandFailure(error) }
+        let summaries = KeySummaryFileCheck.run(directory: directory, copies: report.newestCopies)
         if json {
-            Output.printJSON(report.json)
+            guard case .object(var members) = report.json else { preconditionFailure("the report is an object") }
+            members.append(("key_summaries", summaries.json))
+            Output.printJSON(.object(members))
         } else {
             Output.printTable("fsck \(directory)", [
                 ("slots", "\(report.slots)"), ("valid", "\(report.valid)"), ("corrupt", "\(report.corrupt)"),
@@ -36,6 +46,14 @@ struct FsckCommand: ParsableCommand {
                 ("superseded copies", "\(report.superseded)"), ("quarantined", "\(report.quarantined)"),
             ])
             for (slot, reason) in report.corruptSlots { Output.printError("corrupt slot \(slot): \(reason)") }
+            Output.printTable("key summaries", [
+                ("cold blocks summarised", "\(summaries.covered) of \(summaries.coldBlocks)"),
+            ] + [summaries.snapshot, summaries.journal].map { file in
+                (file.name, file.present ? "\(file.current) current, \(file.stale) stale, \(file.corrupt) corrupt" : "absent")
+            })
+            for file in [summaries.snapshot, summaries.journal] {
+                if let problem = file.problem { Output.printError(problem) }
+            }
         }
         if report.corrupt > report.quarantined { throw ExitCode(1) }
     }

@@ -108,6 +108,41 @@ import TierKVTestSupport
 
     /// Entries name the cold copy (key and write sequence): the same keys written again into a
     /// new cold file get other sequences, and an old file's entries do not apply to them.
+    /// fsck reads the files alone and counts what a reopen would restore: an entry whose block
+    /// copy is corrupt is stale, a flipped entry is corrupt, a cut end record is named.
+    @Test func fsckCountsWhatAReopenWouldRestore() throws {
+        let saved = try firstRun()
+        let cache = directory.path + "/cache"
+        var blocks = try BlockFileCheck.run(directory: cache, repair: false)
+        var report = KeySummaryFileCheck.run(directory: cache, copies: blocks.newestCopies)
+        #expect(report.coldBlocks == 10 && report.covered == 10)
+        #expect(report.snapshot == .init(name: "summaries.tkv", present: true, current: 10))
+        #expect(report.journal == .init(name: "summaries.log", present: true))
+
+        // Break one block's slot (its entry turns stale) and another block's entry.
+        var file = try BinaryFile.read(cache + "/" + BlockFile.fileName)
+        file[BlockFile.fileHeaderByteCount + 1000] ^= 0xFF  // slot 0's payload
+        try BinaryFile.write(file, to: cache + "/" + BlockFile.fileName)
+        blocks = try BlockFileCheck.run(directory: cache, repair: false)
+        #expect(blocks.corrupt == 1 && blocks.newestCopies.count == 9)
+        let lost = try #require(Set(keys).subtracting(blocks.newestCopies.keys).first)
+        let sorted = keys.sorted()
+        let flipped = try #require(sorted.firstIndex { $0 != lost })
+        var bytes = try fileBytes()
+        let entryBytes = 40 + saved[0]!.count + 8
+        bytes[64 + flipped * entryBytes + 40 + 100] ^= 0x10
+        try BinaryFile.write(bytes, to: path)
+        report = KeySummaryFileCheck.run(directory: cache, copies: blocks.newestCopies)
+        #expect(report.coldBlocks == 9 && report.covered == 8)
+        #expect(report.snapshot == .init(name: "summaries.tkv", present: true, current: 8, stale: 1, corrupt: 1))
+
+        try BinaryFile.write(Array(bytes.dropLast(10)), to: path)
+        unlink(directory.path + "/cache/summaries.log")
+        report = KeySummaryFileCheck.run(directory: cache, copies: blocks.newestCopies)
+        #expect(report.snapshot.problem == "summaries.tkv ends after 10 entries, before its end record")
+        #expect(report.journal == .init(name: "summaries.log", present: false))
+    }
+
     @Test func entriesForOtherCopiesAreStale() throws {
         _ = try firstRun()
         let old = try fileBytes()

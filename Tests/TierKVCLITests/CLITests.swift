@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TierKV
 import TierKVCore
 import TierKVTestSupport
 
@@ -156,5 +157,47 @@ enum NumpyFile {
         data.append(contentsOf: Array(header.utf8))
         values.withUnsafeBytes { data.append(contentsOf: $0) }
         try data.write(to: URL(fileURLWithPath: path))
+    }
+}
+
+@Suite struct StoreFsckCLITests {
+    /// `tierkv store fsck` checks the blocks and, beside them, the key-summary files a reopen
+    /// would restore from; a summary problem is reported without failing the check.
+    @Test func fsckReportsBlocksAndKeySummaries() throws {
+        let directory = try TemporaryDirectory()
+        let cache = directory.path + "/cache"
+        let layout = try KVLayout(layers: 1, kvHeads: 1, queryHeads: 2, headDim: 64, tokensPerBlock: 16, dtype: .fp16)
+        var configuration = HierarchyConfiguration(
+            layout: layout, hotCapacityBlocks: 2, warmCapacityBlocks: 3, coldCapacityBlocks: 16, cacheDirectory: cache,
+            accelerator: .emulated(.instant))
+        configuration.coldAdmission = .always
+        configuration.keySummaries = .fromStoredKeys
+        let hierarchy = try Hierarchy(configuration)
+        var generator = SeededGenerator(seed: 7)
+        for index in 0..<6 {
+            let key = BlockKey(prefixHash: PrefixHash(high: 0, low: UInt64(index) + 1), layer: 0)
+            let bytes = (0..<layout.blockByteCount / 2).flatMap { _ -> [UInt8] in
+                let bits = Float16(generator.normal()).bitPattern
+                return [UInt8(truncatingIfNeeded: bits), UInt8(bits >> 8)]
+            }
+            _ = try bytes.withUnsafeBytes { try hierarchy.store(key, position: index, bytes: $0, sequence: nil) }
+        }
+        try hierarchy.close(flushing: true)
+
+        let report = try CLI.json(["store", "fsck", cache, "--json"])
+        #expect(report["recovered"] as? Int == 6 && report["corrupt"] as? Int == 0)
+        let summaries = try #require(report["key_summaries"] as? [String: Any])
+        #expect(summaries["cold_blocks"] as? Int == 6 && summaries["covered"] as? Int == 6 && summaries["not_covered"] as? Int == 0)
+        let snapshot = try #require(summaries["snapshot"] as? [String: Any])
+        #expect(snapshot["current"] as? Int == 6 && snapshot["present"] as? Bool == true && snapshot["problem"] is NSNull)
+
+        // A snapshot cut short: named, the blocks still check clean, the exit status stays 0.
+        let path = cache + "/summaries.tkv"
+        let bytes = try BinaryFile.read(path)
+        try BinaryFile.write(Array(bytes.dropLast(8)), to: path)
+        let human = try CLI.run(["store", "fsck", cache])
+        #expect(human.status == 0, "\(human.stderr)")
+        #expect(human.stdout.contains("cold blocks summarised") && human.stdout.contains("6 of 6"))
+        #expect(human.stderr.contains("summaries.tkv ends after 6 entries, before its end record"))
     }
 }

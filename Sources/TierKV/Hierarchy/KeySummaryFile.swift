@@ -142,30 +142,60 @@ final class KeySummaryFile: @unchecked Sendable {
     private func read(
         _ path: String, magic: UInt64, sequences: [BlockKey: UInt64], into result: inout Hierarchy.KeySummaryRestore
     ) -> String? {
+        let expected = Self.header(table.shape, recordBytes: table.recordByteCount, magic: magic)
+        return Self.readEntries(path, magic: magic, expected: expected, into: &result) { entry in
+            guard sequences[entry.key] == entry.sequence else { return .stale }
+            guard (try? table.restoreRecord(entry.key, tokenCount: entry.tokenCount, from: entry.record)) != nil else { return .corruptEntry }
+            return .restored
+        }
+    }
+
+    /// One entry that passed its checksum; `record` is valid only during the visit.
+    struct Entry {
+        let key: BlockKey
+        let sequence: UInt64
+        let tokenCount: Int
+        let record: UnsafeRawPointer
+    }
+
+    /// Reads `path`'s entries in order, handing each one whose checksum verifies to `visit`
+    /// (which says whether it was used, stale, or unusable) and counting them into `result`.
+    /// `expected` is the header the reader's shape would write; nil (fsck, which knows no shape)
+    /// takes the file's own header when its magic, version and checksum verify. Returns why the
+    /// read stopped early; nil when the file was read whole.
+    static func readEntries(
+        _ path: String, magic: UInt64, expected: [UInt8]?, into result: inout Hierarchy.KeySummaryRestore,
+        visit: (Entry) -> EntryOutcome
+    ) -> String? {
         let name = String(path.split(separator: "/").last ?? "")
-        guard let reader = SequentialFileReader(path: path) else { return Self.absent(name) }
-        var header = [UInt8](repeating: 0, count: Self.headerBytes)
-        guard header.withUnsafeMutableBytes({ reader.read(into: $0.baseAddress!, count: Self.headerBytes) }) else {
+        guard let reader = SequentialFileReader(path: path) else { return absent(name) }
+        var header = [UInt8](repeating: 0, count: headerBytes)
+        guard header.withUnsafeMutableBytes({ reader.read(into: $0.baseAddress!, count: headerBytes) }) else {
             return "\(name) is shorter than its header"
         }
-        let expected = Self.header(table.shape, recordBytes: table.recordByteCount, magic: magic)
-        guard header == expected else { return Self.describeHeaderMismatch(name, found: header, expected: expected) }
+        if let expected {
+            guard header == expected else { return describeHeaderMismatch(name, found: header, expected: expected) }
+        } else if let problem = verifyHeader(name, header, magic: magic) {
+            return problem
+        }
+        let recordBytes = Int(header.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 36, as: UInt32.self)) })
+        let entryBytes = entryHeaderBytes + recordBytes + 8
         let payloadBytes = entryBytes - 8
         var entry = [UInt8](repeating: 0, count: entryBytes)
         var entries = 0
         while true {
             let outcome = entry.withUnsafeMutableBytes { raw -> EntryOutcome in
                 let base = raw.baseAddress!
-                guard reader.read(into: base, count: 4) else { return magic == Self.journalMagic ? .end(count: entries) : .truncated }
+                guard reader.read(into: base, count: 4) else { return magic == journalMagic ? .end(count: entries) : .truncated }
                 let tag = UInt32(littleEndian: raw.load(as: UInt32.self))
-                if tag == Self.endTag, magic == Self.magic {
+                if tag == endTag, magic == Self.magic {
                     guard reader.read(into: base + 4, count: 20) else { return .truncated }
                     let count = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
                     let checksum = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 16, as: UInt64.self))
                     guard checksum == XXHash64.hash(UnsafeRawBufferPointer(rebasing: raw[0..<16])) else { return .damaged("its end record fails its checksum") }
                     return .end(count: Int(count))
                 }
-                guard tag == Self.entryTag else { return .damaged("entry \(entries + 1) has no entry tag") }
+                guard tag == entryTag else { return .damaged("entry \(entries + 1) has no entry tag") }
                 guard reader.read(into: base + 4, count: entryBytes - 4) else { return .truncated }
                 let checksum = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: payloadBytes, as: UInt64.self))
                 guard checksum == XXHash64.hash(UnsafeRawBufferPointer(rebasing: raw[0..<payloadBytes])) else { return .corruptEntry }
@@ -174,18 +204,17 @@ final class KeySummaryFile: @unchecked Sendable {
                         high: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
                         low: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 16, as: UInt64.self))),
                     layer: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 24, as: UInt32.self)))
-                let sequence = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 32, as: UInt64.self))
-                guard sequences[key] == sequence else { return .stale }
-                let tokens = Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
-                guard (try? table.restoreRecord(key, tokenCount: tokens, from: base + Self.entryHeaderBytes)) != nil else { return .corruptEntry }
-                return .restored
+                return visit(Entry(
+                    key: key, sequence: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 32, as: UInt64.self)),
+                    tokenCount: Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4, as: UInt32.self))),
+                    record: base + entryHeaderBytes))
             }
             switch outcome {
             case .restored: result.restored += 1
             case .stale: result.stale += 1
             case .corruptEntry: result.corrupt += 1
             case .truncated:
-                return magic == Self.journalMagic
+                return magic == journalMagic
                     ? "\(name) ends inside entry \(entries + 1) (a write cut short; the entries before it were read)"
                     : "\(name) ends after \(entries) entries, before its end record"
             case .damaged(let what):
@@ -199,7 +228,23 @@ final class KeySummaryFile: @unchecked Sendable {
         }
     }
 
-    private enum EntryOutcome {
+    /// Why a header read without a shape to compare with is not usable; nil when it is.
+    static func verifyHeader(_ name: String, _ header: [UInt8], magic expectedMagic: UInt64) -> String? {
+        header.withUnsafeBytes { raw -> String? in
+            guard UInt64(littleEndian: raw.loadUnaligned(as: UInt64.self)) == expectedMagic else {
+                return "\(name) is not a TierKV summary file of its kind"
+            }
+            let found = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+            guard found == version else { return "\(name) has format version \(found); this library reads \(version)" }
+            let checksum = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: headerBytes - 8, as: UInt64.self))
+            guard checksum == XXHash64.hash(UnsafeRawBufferPointer(rebasing: raw[0..<(headerBytes - 8)])) else {
+                return "\(name)'s header fails its checksum"
+            }
+            return nil
+        }
+    }
+
+    enum EntryOutcome {
         case restored, stale, corruptEntry, truncated
         case damaged(String)
         case end(count: Int)
@@ -358,5 +403,77 @@ extension Hierarchy {
         public var saveError: String?
 
         public init() {}
+    }
+}
+
+/// `fsck` for the key-summary files of a cache directory: reads `summaries.tkv` and
+/// `summaries.log` without opening the cache, verifies every header and entry checksum, and
+/// matches each entry against the copies the block file holds (`BlockFileCheck.Report`'s
+/// `newestCopies`). Summaries are derived data: a damaged, stale or missing entry costs its
+/// block a rebuild at the next open or `rebuildKeySummaries`, never a wrong summary, so what this
+/// finds is reported, not failed.
+public enum KeySummaryFileCheck {
+    public struct FileReport: Sendable, Equatable {
+        public var name: String
+        public var present = false
+        /// Entries that describe a copy the block file holds now.
+        public var current = 0
+        /// Entries for a copy the block file no longer holds (rewritten, removed or quarantined).
+        public var stale = 0
+        /// Entries that fail their checksum.
+        public var corrupt = 0
+        /// Why the file was not read to its end; nil when it was (or is absent).
+        public var problem: String?
+
+        public init(name: String, present: Bool = false, current: Int = 0, stale: Int = 0, corrupt: Int = 0, problem: String? = nil) {
+            (self.name, self.present, self.current, self.stale, self.corrupt, self.problem) = (name, present, current, stale, corrupt, problem)
+        }
+
+        public var json: JSONValue {
+            .object([
+                ("name", .string(name)), ("present", .bool(present)), ("current", .int(current)), ("stale", .int(stale)),
+                ("corrupt", .int(corrupt)), ("problem", .optional(problem)),
+            ])
+        }
+    }
+
+    public struct Report: Sendable, Equatable {
+        public var snapshot: FileReport
+        public var journal: FileReport
+        /// Blocks the block file holds.
+        public var coldBlocks = 0
+        /// Of those, the ones a current entry in either file covers (a reopen restores them).
+        public var covered = 0
+
+        public var json: JSONValue {
+            .object([
+                ("cold_blocks", .int(coldBlocks)), ("covered", .int(covered)), ("not_covered", .int(coldBlocks - covered)),
+                ("snapshot", snapshot.json), ("journal", journal.json),
+            ])
+        }
+    }
+
+    /// Checks the summary files in `directory` against `copies` (each cold block's key and the
+    /// write sequence of its newest valid copy).
+    public static func run(directory: String, copies: [BlockKey: UInt64]) -> Report {
+        var covered = Set<BlockKey>()
+        func check(_ name: String, magic: UInt64) -> FileReport {
+            var report = FileReport(name: name)
+            var counts = Hierarchy.KeySummaryRestore()
+            let problem = KeySummaryFile.readEntries(directory + "/" + name, magic: magic, expected: nil, into: &counts) { entry in
+                guard copies[entry.key] == entry.sequence else { return .stale }
+                covered.insert(entry.key)
+                return .restored
+            }
+            report.present = problem != KeySummaryFile.absent(name)
+            report.problem = report.present ? problem : nil
+            report.current = counts.restored
+            report.stale = counts.stale
+            report.corrupt = counts.corrupt
+            return report
+        }
+        let snapshot = check(KeySummaryFile.fileName, magic: KeySummaryFile.magic)
+        let journal = check(KeySummaryFile.journalName, magic: KeySummaryFile.journalMagic)
+        return Report(snapshot: snapshot, journal: journal, coldBlocks: copies.count, covered: covered.count)
     }
 }
