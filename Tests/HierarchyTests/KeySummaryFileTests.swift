@@ -194,6 +194,71 @@ import TierKVTestSupport
         #expect(try BinaryFile.read(crashed + "/summaries.log").count == 64)
     }
 
+    /// A crash in the middle of a snapshot: the journal it covered (`summaries.log.1`) and the
+    /// one started beside it are both read, so the blocks of either have their summaries.
+    @Test func aCrashMidSnapshotLosesNeitherJournal() throws {
+        let later = (20..<30).map { testKey($0) }
+        let first = try Hierarchy(configuration())
+        for (position, key) in keys.enumerated() { try first.storeTestBlock(key, position: position, sequence: SequenceID(1)) }
+        try first.flush()
+        for (position, key) in later.enumerated() { try first.storeTestBlock(key, position: position, sequence: SequenceID(2)) }
+        first.waitUntilIdle()
+        let saved = records(first, keys + later)
+        let crashed = directory.path + "/crashed"
+        #expect(mkdir(crashed, 0o700) == 0)
+        for name in ["blocks.tkv", "index.tkv", "summaries.tkv"] {
+            try BinaryFile.write(try BinaryFile.read(directory.path + "/cache/" + name), to: crashed + "/" + name)
+        }
+        // The journal's entries split between the rotated journal and the new one.
+        let journal = try BinaryFile.read(directory.path + "/cache/summaries.log")
+        let entryBytes = 40 + first.summaries!.recordByteCount + 8
+        let entries = (journal.count - 64) / entryBytes
+        #expect(entries >= 4, "only \(entries) journal entries")
+        let cut = 64 + entries / 2 * entryBytes
+        try BinaryFile.write(Array(journal[0..<cut]), to: crashed + "/summaries.log.1")
+        try BinaryFile.write(Array(journal[0..<64] + journal[cut...]), to: crashed + "/summaries.log")
+        try first.close()
+        var reopened = configuration()
+        reopened.cacheDirectory = crashed
+        let second = try Hierarchy(reopened)
+        defer { try? second.close() }
+        let restore = try #require(second.keySummaryRestore)
+        let cold = second.statistics.cold.residentBlocks
+        #expect(restore.restored == cold && restore.fromJournal == entries, "\(restore), \(cold) blocks in cold, \(entries) entries")
+        #expect(restore.problem == nil && restore.saveError == nil, "\(restore)")
+        #expect(try second.rebuildKeySummaries().missing == 0)
+        let inCold = (keys + later).indices.filter { second.fastestTier(of: (keys + later)[$0]) == .cold }
+        let now = records(second, keys + later)
+        #expect(inCold.allSatisfy { now[$0] == saved[$0] }, "journaled records differ from those computed at store")
+        #expect(access(crashed + "/summaries.log.1", F_OK) != 0, "the open's snapshot covers the rotated journal, which should be gone")
+    }
+
+    /// A journal twice the size of a snapshot is compacted on a background thread, without a
+    /// flush; stores go on meanwhile and nothing is lost.
+    @Test func aLongJournalIsCompactedInTheBackground() throws {
+        var small = configuration()
+        small.warmCapacityBlocks = 2
+        let first = try Hierarchy(small)
+        let entryBytes = 40 + first.summaries!.recordByteCount + 8
+        // 32 cold slots: 2,200 distinct blocks make more than 2 × 1,024 journal entries.
+        for index in 0..<2200 { try first.storeTestBlock(testKey(1000 + index), position: index, sequence: nil) }
+        first.waitUntilIdle()
+        var waited = 0
+        while access(path, F_OK) != 0, waited < 1000 {  // the compaction is not tied to any call: poll
+            usleep(10_000)
+            waited += 1
+        }
+        #expect(access(path, F_OK) == 0, "no snapshot was written without a flush")
+        let journal = try BinaryFile.read(directory.path + "/cache/summaries.log")
+        #expect(journal.count < 64 + 2200 * entryBytes, "the journal was not started again (\(journal.count) bytes)")
+        try first.close()
+        let second = try Hierarchy(configuration())
+        defer { try? second.close() }
+        let cold = second.statistics.cold.residentBlocks
+        #expect(second.keySummaryRestore?.restored == cold && cold > 0, "\(String(describing: second.keySummaryRestore)), \(cold) in cold")
+        #expect(access(directory.path + "/cache/summaries.log.1", F_OK) != 0)
+    }
+
     /// A journal cut inside an entry (the crash came mid-append) gives back the entries before it.
     @Test func aTornJournalTailCostsOnlyThatEntry() throws {
         let first = try Hierarchy(configuration())

@@ -1,3 +1,4 @@
+import Dispatch
 import TierKVCore
 import TierKVPrediction
 import TierKVStorage
@@ -13,6 +14,12 @@ import Glibc
 ///   fsync, rename) by `flush`, `close`, and when the journal has grown to twice its size;
 /// - `summaries.log`, a journal: each cold write, once durable, appends its blocks' entries (not
 ///   synced: summaries are derived data), so a crash between snapshots loses at most the tail.
+///
+/// A snapshot first renames the journal to `summaries.log.1` and starts a new one, then writes
+/// without holding up the appends, then removes `summaries.log.1`. The compaction a long
+/// journal calls for runs on a background thread, not on the cold-write queue that appends:
+/// at a million blocks a snapshot is 10 GiB. A crash at any point leaves the snapshot before
+/// it plus both journals, which the open reads in that order.
 ///
 /// Summaries are derived data: each entry names the cold copy it describes by key and write
 /// sequence, and is used only when the reopened cold tier holds that very copy; each entry has
@@ -32,6 +39,8 @@ final class KeySummaryFile: @unchecked Sendable {
     // @unchecked: the journal's descriptor and counters are behind `journal`'s lock; the rest is immutable.
     static let fileName = "summaries.tkv"
     static let journalName = "summaries.log"
+    /// The journal a snapshot in progress covers; removed once the snapshot is in place.
+    static let rotatedJournalName = "summaries.log.1"
     static let magic: UInt64 = 0x3153_4D55_5356_4B54  // "TKVSUMS1"
     static let journalMagic: UInt64 = 0x3147_4F4C_5356_4B54  // "TKVSLOG1"
     static let version: UInt32 = 1
@@ -44,9 +53,14 @@ final class KeySummaryFile: @unchecked Sendable {
     let store: BlockStore
     let snapshotPath: String
     let journalPath: String
+    let rotatedJournalPath: String
     /// Bytes of one entry, checksum included.
     let entryBytes: Int
     private let journal = Locked(Journal())
+    /// Serialises snapshot writers (flush, close, background compaction).
+    private let snapshotWriter = Locked(())
+    /// The background compaction, if one is scheduled or running (`closeJournal` waits for it).
+    private let background = DispatchGroup()
 
     private struct Journal {
         var descriptor: Int32 = -1
@@ -57,6 +71,10 @@ final class KeySummaryFile: @unchecked Sendable {
         var snapshotVersion: [Int]?
         /// Appends that failed since the last snapshot (the snapshot covers them).
         var failures = 0
+        /// A background compaction is scheduled or running.
+        var compacting = false
+        /// The hierarchy closed: nothing more is written.
+        var closed = false
     }
 
     init(table: BlockSummaryTable, store: BlockStore) {
@@ -64,6 +82,7 @@ final class KeySummaryFile: @unchecked Sendable {
         self.store = store
         snapshotPath = store.file.directory + "/" + Self.fileName
         journalPath = store.file.directory + "/" + Self.journalName
+        rotatedJournalPath = store.file.directory + "/" + Self.rotatedJournalName
         entryBytes = Self.entryHeaderBytes + table.recordByteCount + 8
     }
 
@@ -82,22 +101,26 @@ final class KeySummaryFile: @unchecked Sendable {
             // Summaries of an earlier file's blocks must not meet this file's sequences.
             unlink(snapshotPath)
             unlink(journalPath)
+            unlink(rotatedJournalPath)
         } else {
             let sequences = store.sequences
             if let problem = read(snapshotPath, magic: Self.magic, sequences: sequences, into: &result) {
                 result.problem = problem
             }
+            // A snapshot interrupted by a crash leaves the journal it was covering beside the new one.
             var journalResult = Hierarchy.KeySummaryRestore()
-            let journalProblem = read(journalPath, magic: Self.journalMagic, sequences: sequences, into: &journalResult)
+            var journalDamaged = false
+            for (path, name) in [(rotatedJournalPath, Self.rotatedJournalName), (journalPath, Self.journalName)] {
+                if let problem = read(path, magic: Self.journalMagic, sequences: sequences, into: &journalResult), problem != Self.absent(name) {
+                    journalDamaged = true
+                    result.problem = [result.problem, problem].compactMap { $0 }.joined(separator: "; ")
+                }
+            }
             result.stale += journalResult.stale
             result.corrupt += journalResult.corrupt
             result.fromJournal = journalResult.restored
-            if let journalProblem, journalProblem != Self.absent(Self.journalName) {
-                result.problem = [result.problem, journalProblem].compactMap { $0 }.joined(separator: "; ")
-            }
             result.restored = table.count
-            let journalAbsent = journalProblem == Self.absent(Self.journalName)
-            if journalResult.restored + journalResult.stale + journalResult.corrupt > 0 || (journalProblem != nil && !journalAbsent) {
+            if journalResult.restored + journalResult.stale + journalResult.corrupt > 0 || journalDamaged {
                 result.saveError = (try? save(force: true)) == nil ? "the new snapshot could not be written" : nil
             }
         }
@@ -113,12 +136,15 @@ final class KeySummaryFile: @unchecked Sendable {
         return result
     }
 
-    /// Closes the journal (the hierarchy is closing; nothing more is written to cold).
+    /// Closes the journal (the hierarchy is closing; nothing more is written to cold) and waits
+    /// for a background compaction, so nothing is written after the directory's lock is released.
     func closeJournal() {
         journal.withLock { state in
             if state.descriptor >= 0 { close(state.descriptor) }
             state.descriptor = -1
+            state.closed = true
         }
+        background.wait()
     }
 
     /// A new journal holding only its header; -1 with `errno` set when it cannot be made (then
@@ -274,26 +300,48 @@ final class KeySummaryFile: @unchecked Sendable {
                 state.failures += 1
                 close(state.descriptor)
                 state.descriptor = -1
-                return true  // one snapshot attempt now; if it fails too, the next flush or close retries
             }
-            return state.entries > 2 * max(1024, store.statistics.blocks)
+            guard state.failures > 0 || state.entries > 2 * max(1024, store.statistics.blocks), !state.compacting, !state.closed else { return false }
+            state.compacting = true
+            return true
         }
-        if compact { _ = try? save(force: true) }
+        // Off the cold-write queue: the snapshot is as large as the cold tier's summaries. One
+        // attempt; if it fails, the next flush or close retries.
+        if compact {
+            background.enter()
+            DispatchQueue.global(qos: .utility).async { [self] in
+                _ = try? save(force: true)
+                journal.withLock { $0.compacting = false }
+                background.leave()
+            }
+        }
     }
 
     /// Writes the snapshot (unless nothing changed since the last one and the journal is empty)
-    /// and empties the journal.
+    /// and starts the journal again: the journal is renamed to `summaries.log.1` and a new one
+    /// opened, so appends go on while the snapshot is written; `summaries.log.1` is removed once
+    /// the snapshot is in place. (If a failed snapshot left `summaries.log.1`, the journal is
+    /// kept as it is instead, and both are covered once this snapshot lands.)
     func save(force: Bool = false) throws(TierKVError) {
-        try journal.withLock { (state) throws(TierKVError) in
+        try snapshotWriter.withLock { (_) throws(TierKVError) in
             let cold = store.statistics
             let version = [cold.writes, cold.blocks, cold.corruptions, table.count]
-            guard force || state.snapshotVersion != version || state.entries > 0 || state.failures > 0 else { return }
+            let proceed = journal.withLock { state -> Bool in
+                guard !state.closed else { return false }
+                guard force || state.snapshotVersion != version || state.entries > 0 || state.failures > 0 else { return false }
+                state.snapshotVersion = nil  // until this snapshot lands
+                guard access(rotatedJournalPath, F_OK) != 0 else { return true }
+                if state.descriptor >= 0 { close(state.descriptor) }
+                rename(journalPath, rotatedJournalPath)
+                state.descriptor = openJournal()
+                state.entries = 0
+                state.failures = 0
+                return true
+            }
+            guard proceed else { return }
             try writeSnapshot()
-            state.snapshotVersion = version
-            if state.descriptor >= 0 { close(state.descriptor) }
-            state.descriptor = openJournal()
-            state.entries = 0
-            state.failures = 0
+            unlink(rotatedJournalPath)
+            journal.withLock { $0.snapshotVersion = version }
         }
     }
 
