@@ -46,12 +46,14 @@ struct FsckCommand: ParsableCommand {
                 ("superseded copies", "\(report.superseded)"), ("quarantined", "\(report.quarantined)"),
             ])
             for (slot, reason) in report.corruptSlots { Output.printError("corrupt slot \(slot): \(reason)") }
+            // The rotated journal exists only mid-snapshot or after a crash: listed when present.
+            let files = [summaries.snapshot, summaries.journal] + (summaries.rotatedJournal.present ? [summaries.rotatedJournal] : [])
             Output.printTable("key summaries", [
                 ("cold blocks summarised", "\(summaries.covered) of \(summaries.coldBlocks)"),
-            ] + [summaries.snapshot, summaries.journal].map { file in
+            ] + files.map { file in
                 (file.name, file.present ? "\(file.current) current, \(file.stale) stale, \(file.corrupt) corrupt" : "absent")
             })
-            for file in [summaries.snapshot, summaries.journal] {
+            for file in files {
                 if let problem = file.problem { Output.printError(problem) }
             }
         }

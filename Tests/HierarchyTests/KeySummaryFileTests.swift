@@ -118,6 +118,7 @@ import TierKVTestSupport
         #expect(report.coldBlocks == 10 && report.covered == 10)
         #expect(report.snapshot == .init(name: "summaries.tkv", present: true, current: 10))
         #expect(report.journal == .init(name: "summaries.log", present: true))
+        #expect(report.rotatedJournal == .init(name: "summaries.log.1", present: false))
 
         // Break one block's slot (its entry turns stale) and another block's entry.
         var file = try BinaryFile.read(cache + "/" + BlockFile.fileName)

@@ -454,8 +454,8 @@ extension Hierarchy {
     }
 }
 
-/// `fsck` for the key-summary files of a cache directory: reads `summaries.tkv` and
-/// `summaries.log` without opening the cache, verifies every header and entry checksum, and
+/// `fsck` for the key-summary files of a cache directory: reads `summaries.tkv`,
+/// `summaries.log` and `summaries.log.1` without opening the cache, verifies every header and entry checksum, and
 /// matches each entry against the copies the block file holds (`BlockFileCheck.Report`'s
 /// `newestCopies`). Summaries are derived data: a damaged, stale or missing entry costs its
 /// block a rebuild at the next open or `rebuildKeySummaries`, never a wrong summary, so what this
@@ -488,6 +488,9 @@ public enum KeySummaryFileCheck {
     public struct Report: Sendable, Equatable {
         public var snapshot: FileReport
         public var journal: FileReport
+        /// `summaries.log.1`: present only while a snapshot is written, or after a crash or a
+        /// failed snapshot (the next open reads it).
+        public var rotatedJournal: FileReport
         /// Blocks the block file holds.
         public var coldBlocks = 0
         /// Of those, the ones a current entry in either file covers (a reopen restores them).
@@ -496,7 +499,7 @@ public enum KeySummaryFileCheck {
         public var json: JSONValue {
             .object([
                 ("cold_blocks", .int(coldBlocks)), ("covered", .int(covered)), ("not_covered", .int(coldBlocks - covered)),
-                ("snapshot", snapshot.json), ("journal", journal.json),
+                ("snapshot", snapshot.json), ("journal", journal.json), ("rotated_journal", rotatedJournal.json),
             ])
         }
     }
@@ -521,7 +524,8 @@ public enum KeySummaryFileCheck {
             return report
         }
         let snapshot = check(KeySummaryFile.fileName, magic: KeySummaryFile.magic)
+        let rotated = check(KeySummaryFile.rotatedJournalName, magic: KeySummaryFile.journalMagic)
         let journal = check(KeySummaryFile.journalName, magic: KeySummaryFile.journalMagic)
-        return Report(snapshot: snapshot, journal: journal, coldBlocks: copies.count, covered: covered.count)
+        return Report(snapshot: snapshot, journal: journal, rotatedJournal: rotated, coldBlocks: copies.count, covered: covered.count)
     }
 }
