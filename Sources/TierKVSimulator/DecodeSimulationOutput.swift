@@ -79,6 +79,10 @@ extension DecodeSimulationResult {
                 ("bound", .number((Double(prefetch.settings.combinedWeights.bound) * 1e6).rounded() / 1e6)),
                 ("history", .number((Double(prefetch.settings.combinedWeights.history) * 1e6).rounded() / 1e6)),
             ])),
+            ("adaptation_rate", prefetch.settings.adaptationRate.map { .number(Double($0)) } ?? .null),
+            ("combined_weights_used", .object(zip(["speculative", "bound", "history"], prefetch.combinedWeightsUsed).map {
+                ($0, .number(($1 * 1e4).rounded() / 1e4))
+            })),
             ("budget_blocks", .integer(Int64(prefetch.budgetBlocks))),
             ("staging_budget_blocks", .integer(Int64(prefetch.stagingBudgetBlocks))),
             ("coverage", .number(prefetch.settings.coverage)),
@@ -148,6 +152,11 @@ extension DecodeSimulationResult {
             }
             if !quality.isEmpty {
                 rows.append(("predictors", "top-\(prefetch.topK) recall / needed-block recall / mass coverage: " + quality.joined(separator: ", ")))
+            }
+            if prefetch.settings.kind == .combined, prefetch.combinedWeightsUsed.count == 3 {
+                let used = prefetch.combinedWeightsUsed
+                rows.append(("combined weights", String(format: "speculative %.2f, bound %.2f, history %.2f (%@)", used[0], used[1], used[2],
+                    prefetch.settings.adaptationRate.map { String(format: "learned per layer, rate %g; mean over layers", Double($0)) } ?? "fixed")))
             }
         }
         if cpuAttention || skippedBlocks > 0 {

@@ -38,6 +38,13 @@ public struct PrefetchSettings: Sendable, Equatable {
     /// the weakest part (0.60 against 0.86–0.88). With summary scoring the trace favoured history
     /// (0.3, 0.2, 0.5; docs/measurements.md).
     public var combinedWeights: (speculative: Float, bound: Float, history: Float) = (0.5, 0.3, 0.2)
+    /// `combined` learns its weights per layer from the attention each layer then had
+    /// (`CombinedPredictor.Adaptation`, k = the hot budget per layer), starting from
+    /// `combinedWeights`; nil keeps them fixed (`--prefetch-adapt`). Rate 100 was the best of
+    /// 10 / 30 / 100 on the generator (combined recall 0.80 → 0.86, stall 0.171 → 0.157 s) and on
+    /// two traces of a trained 12-layer model (0.71 → 0.80 at hot 10%), and equal to fixed
+    /// weights on the 4-layer model's trace (docs/measurements.md, session 13).
+    public var adaptationRate: Float? = 100
     /// The generator's speculated query for L+d is the true query plus Gaussian noise of this
     /// relative norm per layer of distance: a model of InfiniGen's approximation error (its paper
     /// reports speculated and true attention inputs highly similar, not identical). Recorded
@@ -75,7 +82,7 @@ public struct PrefetchSettings: Sendable, Equatable {
     public static func == (a: PrefetchSettings, b: PrefetchSettings) -> Bool {
         a.kind == b.kind && a.lookaheadLayers == b.lookaheadLayers && a.budgetBlocks == b.budgetBlocks
             && a.stagingBudgetBlocks == b.stagingBudgetBlocks
-            && a.combinedWeights == b.combinedWeights && a.speculationError == b.speculationError
+            && a.combinedWeights == b.combinedWeights && a.adaptationRate == b.adaptationRate && a.speculationError == b.speculationError
             && a.historyDecay == b.historyDecay && a.historyRecencyWeight == b.historyRecencyWeight && a.scoring == b.scoring
             && a.sketchBits == b.sketchBits && a.sketchShortlist == b.sketchShortlist && a.coverage == b.coverage && a.stageAheadLayers == b.stageAheadLayers
     }
@@ -109,6 +116,9 @@ public struct PrefetchReport: Sendable {
     /// By predictor: `bound_exact` (Quest with the layer's own query, lookahead 0), `bound` (the
     /// previous token's query for the layer), `speculative`, `history`, `combined`.
     public var quality: [String: PredictorQuality]
+    /// `combined`'s weights at the end (speculative, bound, history), averaged over layers and
+    /// normalised: the given ones, or the learned ones with `settings.adaptationRate`.
+    public var combinedWeightsUsed: [Double] = []
 }
 
 /// The engine's side of prediction in a simulation: keeps the queries the engine would have, makes
@@ -171,7 +181,9 @@ final class SimulatedPrefetch {
             summaries: summaries, tokensPerBlock: tokensPerBlock, scoring: settings.scoring, sketchShortlist: settings.sketchShortlist)
         history = try AttentionHistoryPredictor(decay: settings.historyDecay, recencyWeight: settings.historyRecencyWeight)
         let weights = settings.combinedWeights
-        combined = try CombinedPredictor([(speculative, weights.speculative), (bound, weights.bound), (history, weights.history)])
+        combined = try CombinedPredictor(
+            [(speculative, weights.speculative), (bound, weights.bound), (history, weights.history)],
+            adaptation: settings.adaptationRate.map { CombinedPredictor.Adaptation(topK: max(1, topK), rate: $0) })
         let budget = settings.budgetBlocks ?? max(1, topK / 4)
         let staging = settings.stagingBudgetBlocks ?? topK
         budgetBlocks = budget
@@ -287,6 +299,19 @@ final class SimulatedPrefetch {
     func layerFinished(layer: Int, sequence: Int, attention: StepAttention, attended: [BlockKey], mass: [Float]) throws(TierKVError) {
         if let query = attention.queries?[sequence][layer] { lastQueries[sequence][layer] = query }
         try history.observe(layer: layer, keys: attended, mass: mass)
+        try combined.observe(layer: layer, keys: attended, mass: mass)
+    }
+
+    /// `combined`'s weights (speculative, bound, history), each averaged over the layers and
+    /// normalised to sum 1: the given ones, or what adaptation learned.
+    var meanCombinedWeights: [Double] {
+        var sums = [Double](repeating: 0, count: combined.parts.count)
+        for layer in 0..<layers {
+            let weights = combined.weights(layer: layer)
+            let total = weights.reduce(0, +)
+            for (index, weight) in weights.enumerated() where total > 0 { sums[index] += Double(weight / total) / Double(layers) }
+        }
+        return sums
     }
 
     /// While layer `layer` of `step` runs: prefetch for the layer `lookahead` ahead (in this step
@@ -401,6 +426,6 @@ final class SimulatedPrefetch {
         return PrefetchReport(
             settings: settings, budgetBlocks: budgetBlocks, stagingBudgetBlocks: stagingBudgetBlocks, topK: topK, statistics: statistics,
             stageAhead: stager?.statistics, stageAheadWastedBytes: (stager?.statistics.wastedBytes ?? 0) * byteScale,
-            wastedBytes: statistics.wastedBytes * byteScale, quality: quality)
+            wastedBytes: statistics.wastedBytes * byteScale, quality: quality, combinedWeightsUsed: meanCombinedWeights)
     }
 }

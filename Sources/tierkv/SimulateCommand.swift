@@ -76,6 +76,8 @@ struct SimulateCommand: ParsableCommand {
     var prefetchStaging: String?
     @Option(help: "Weights of speculative, bound and history in --prefetch combined (default 0.5,0.3,0.2, tuned with sketch scoring on a recorded trace and the generator).")
     var prefetchWeights: String?
+    @Option(help: "Let --prefetch combined learn its weights per layer from the attention each layer then had, starting from --prefetch-weights: on (the default, rate 100), off (fixed weights), or a rate (a part whose mass coverage at the hot budget is 0.01 lower gets exp(-0.01 × rate) of the weight).")
+    var prefetchAdapt: String = "on"
     @Option(help: "Stop a layer's prefetch at the best-predicted blocks that cover this share of its predicted attention, in (0, 1] (default 1: fill the budgets).")
     var prefetchCoverage: Double = 1
     @Option(help: "How bound and speculative score a block: sketch (default: token by token from a key sketch, every key quantised to --prefetch-sketch-bits per element between the block's per-channel min and max; needs the keys: the generator's, or a trace's keys_fp16), or from the key summary alone: bound (Quest's upper bound), mean (q · the keys' mean), bound+mean (the average of the two), moment (q · mean plus a spread term from the keys' range: a Gaussian estimate of the block's mass), bound+moment (the average of those two).")

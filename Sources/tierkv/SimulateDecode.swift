@@ -224,6 +224,15 @@ extension SimulateCommand {
             }
             configuration.prefetch.combinedWeights = (speculative, bound, history)
         }
+        switch prefetchAdapt.lowercased() {
+        case "off": configuration.prefetch.adaptationRate = nil
+        case "on": configuration.prefetch.adaptationRate = 100
+        default:
+            guard let rate = Float(prefetchAdapt), rate >= 0, rate.isFinite else {
+                throw CommandFailure("--prefetch-adapt \(prefetchAdapt): expected on, off or a rate ≥ 0, e.g. 100")
+            }
+            configuration.prefetch.adaptationRate = rate
+        }
         configuration.cpuAttention = try onOff(cpuAttention, option: "--cpu-attention")
         if let cpuAttentionGbps { configuration.cpuAttentionBytesPerSecond = try gigabytes(cpuAttentionGbps, "--cpu-attention-gbps") }
         if let approximateSkip {

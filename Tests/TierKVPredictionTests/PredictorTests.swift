@@ -23,6 +23,15 @@ private func directSummary(_ keys: [[Float]], kvHeads: Int, headDim: Int) -> [Fl
     return summary
 }
 
+/// A predictor that always returns the same mass (nil: nothing to go on).
+private final class FixedPredictor: BlockPredictor, @unchecked Sendable {
+    // @unchecked: `mass` is set once, before any use.
+    let mass: [Float]?
+    var name: String { "fixed" }
+    init(_ mass: [Float]?) { self.mass = mass }
+    func predictMass(_ candidates: PredictionCandidates, hint: QueryHint?) throws(TierKVError) -> [Float]? { mass }
+}
+
 @Suite struct BlockSummaryTableTests {
     @Test func questBoundMatchesAHandComputedCase() throws {
         // One KV head of dim 8, two query heads in its group. Keys of the block's 2 tokens:
@@ -418,6 +427,46 @@ private func directSummary(_ keys: [[Float]], kvHeads: Int, headDim: Int) -> [Fl
         let boundMass = try #require(try bound.predictMass(candidates, hint: QueryHint(query)))
         #expect(abs(both[1] - (3 * boundMass[1] + 0.25) / 4) < 1e-6)
         #expect(throws: TierKVError.self) { _ = try CombinedPredictor([(bound, -1)]) }
+    }
+
+    @Test func adaptiveCombinedLearnsWeightsFromObservedAttention() throws {
+        let right = FixedPredictor([0.6, 0.3, 0.1]), wrong = FixedPredictor([0.1, 0.2, 0.7]), silent = FixedPredictor(nil)
+        let combined = try CombinedPredictor(
+            [(right, 1), (wrong, 1), (silent, 2)], adaptation: CombinedPredictor.Adaptation(topK: 1, rate: 10, memory: 0.5))
+        let keys = [key(0), key(1), key(2)]
+        let candidates = PredictionCandidates(layer: 2, keys: keys, positions: [1, 2, 3], newestPosition: 5)
+        // Before any observation: the given weights, the silent part left out.
+        #expect(combined.weights(layer: 2) == [1, 1, 2])
+        let first = try #require(try combined.predictMass(candidates, hint: nil))
+        #expect(abs(first[2] - 0.4) < 1e-6)
+        // The layer attends block 0 most (plus an always-resident block the candidates lack).
+        try combined.observe(layer: 2, keys: [key(9)] + keys, mass: [0.3, 0.49, 0.14, 0.07])
+        // k = 1: `right` picks block 0 (coverage 1, loss 0); `wrong` picks block 2 (0.07 of 0.49,
+        // loss 6/7). `silent` was not scored and keeps its weight.
+        let learned = combined.weights(layer: 2)
+        #expect(learned[0] == 1 && learned[2] == 2)
+        #expect(abs(learned[1] - exp(-10 * Float(6) / 7)) < 1e-6)
+        let mass = try #require(try combined.predictMass(candidates, hint: nil))
+        #expect(abs(mass[0] - (0.6 + learned[1] * 0.1) / (1 + learned[1])) < 1e-6)
+        // Other layers keep the given weights.
+        #expect(combined.weights(layer: 3) == [1, 1, 2])
+        // Memory 0.5: a step where `wrong` is right halves its average loss.
+        try combined.observe(layer: 2, keys: keys, mass: [0.1, 0.2, 0.7])
+        let after = combined.weights(layer: 2)
+        // right: 0.5·0 + 0.5·(1 − 0.1/0.7) = 3/7; wrong: 0.5·6/7 + 0 = 3/7: equal again.
+        #expect(abs(after[0] - after[1]) < 1e-6 && after[0] == 1)
+        // An observation with no prediction outstanding (or of other blocks) changes nothing.
+        try combined.observe(layer: 2, keys: keys, mass: [1, 0, 0])
+        #expect(combined.weights(layer: 2) == after)
+        #expect(throws: TierKVError.self) { try combined.observe(layer: 2, keys: keys, mass: [1]) }
+        #expect(throws: TierKVError.self) { _ = try CombinedPredictor([(right, 1)], adaptation: .init(topK: 0)) }
+        #expect(throws: TierKVError.self) { _ = try CombinedPredictor([(right, 1)], adaptation: .init(topK: 1, memory: 1)) }
+        #expect(throws: TierKVError.self) { _ = try CombinedPredictor([(right, 1)], adaptation: .init(topK: 1, rate: -1)) }
+        // Without adaptation, observing changes nothing.
+        let fixed = try CombinedPredictor([(right, 1), (wrong, 1)])
+        _ = try fixed.predictMass(candidates, hint: nil)
+        try fixed.observe(layer: 2, keys: keys, mass: [0.49, 0.14, 0.07])
+        #expect(fixed.weights(layer: 2) == [1, 1])
     }
 
     @Test func qualityMeasuresRecallAndMassCoverage() {
