@@ -292,7 +292,10 @@ tierkv_status tierkv_merge_partials(
 /* Predicts the share of a layer's attention each candidate block will receive from `query`
  * (query_heads * head_dim fp32, post-RoPE: the layer's own query to choose what to attend, fetch
  * or skip now, or the freshest hint for it, such as the previous token's query or one speculated
- * from an earlier layer, to prefetch before the layer runs). Scores come from the key summaries
+ * from an earlier layer, to prefetch before the layer runs). The best hint measured for layer L
+ * is layer L's norm, q_proj and RoPE applied to layer L-1's residual after its attention (top-k
+ * recall 0.87-0.91 at a 10% hot budget on a trained 12-layer model; 0.79-0.81 from layer L-1's
+ * input, InfiniGen's choice; 0.61 from the previous token's query). Scores come from the key summaries
  * (and sketches) the hierarchy keeps for every block it holds in any tier: open it with
  * key_summaries "from-keys". Nothing is moved: make the best-predicted blocks resident with
  * tierkv_make_resident (TIERKV_PRIORITY_PREFETCH for a layer still ahead).
