@@ -48,7 +48,9 @@ public struct PrefetchSettings: Sendable, Equatable {
     /// The generator's speculated query for L+d is the true query plus Gaussian noise of this
     /// relative norm per layer of distance: a model of InfiniGen's approximation error (its paper
     /// reports speculated and true attention inputs highly similar, not identical). Recorded
-    /// traces carry the real speculated query instead.
+    /// traces carry the real speculated query instead. On a trained 12-layer model the recorded
+    /// speculation's relative error was 0.27 mean / 0.18 median from layer L-1's input (so 0.3
+    /// is about InfiniGen's) and 0.11 / 0.09 from its residual after attention.
     public var speculationError: Float = 0.3
     /// H2O history: decay per step and the share given to recency.
     public var historyDecay: Float = 0.9

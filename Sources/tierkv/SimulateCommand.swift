@@ -90,6 +90,8 @@ struct SimulateCommand: ParsableCommand {
     var cpuAttention: String = "off"
     @Option(help: "CPU attention rate, GB/s of K/V (default: the preset's host memory bandwidth × 0.76, the kernel's measured share of it, × 0.5 left to attention; measure yours with tierkv bench attention).")
     var cpuAttentionGbps: Double?
+    @Option(help: "The generator's speculated query for layer L+d: the true query plus Gaussian noise of this norm relative to it, per layer of distance (default 0.3). Measured on a trained 12-layer model: 0.27 mean (0.18 median) when speculating from layer L-1's input (InfiniGen), 0.11 (0.09) from its residual after attention. Not for traces that record spec_query.")
+    var speculationError: Float?
     @Option(help: "Approximate mode: skip needed blocks whose predicted share of a layer's attention is below this (e.g. 0.001). Off by default: attention stays exact.")
     var approximateSkip: Double?
 

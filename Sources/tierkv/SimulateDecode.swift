@@ -13,6 +13,9 @@ extension SimulateCommand {
         guard workload == "long-decode" else {
             throw CommandFailure("--workload \(workload) is not known; use long-decode, or --trace FILE for request traces")
         }
+        if let speculationError, let trace, trace.speculatedQueries.contains(where: { $0.contains { $0 != nil } }) {
+            throw CommandFailure("--speculation-error \(speculationError) models the generator's speculated queries; this trace records its own (spec_query)")
+        }
         let base = try decodeConfiguration()
         var runs: [(label: String, configuration: DecodeSimulationConfiguration)] = [(base.policy.name, base)]
         for (index, dimension) in sweep.enumerated() {
@@ -235,6 +238,12 @@ extension SimulateCommand {
         }
         configuration.cpuAttention = try onOff(cpuAttention, option: "--cpu-attention")
         if let cpuAttentionGbps { configuration.cpuAttentionBytesPerSecond = try gigabytes(cpuAttentionGbps, "--cpu-attention-gbps") }
+        if let speculationError {
+            guard speculationError >= 0, speculationError.isFinite else {
+                throw CommandFailure("--speculation-error \(speculationError): expected a relative error ≥ 0, e.g. 0.3")
+            }
+            configuration.prefetch.speculationError = speculationError
+        }
         if let approximateSkip {
             guard approximateSkip > 0, approximateSkip < 1 else {
                 throw CommandFailure("--approximate-skip \(approximateSkip): expected a share of a layer's attention in (0, 1), e.g. 0.001")

@@ -114,6 +114,9 @@ import TierKVTestSupport
             (["--prefetch-sketch-shortlist", "0"], "--prefetch-sketch-shortlist 0: expected a number of blocks"),
             (["--prefetch-weights", "1,2"], "--prefetch-weights 1,2: expected three weights"),
             (["--prefetch-weights", "0,0,0"], "not all 0"),
+            (["--prefetch-adapt", "sometimes"], "--prefetch-adapt sometimes: expected on, off or a rate"),
+            (["--prefetch-adapt=-3"], "--prefetch-adapt -3"),
+            (["--speculation-error=-1"], "--speculation-error -1.0: expected a relative error"),
             (["--sweep", "scoring=max"], "--sweep scoring: max is not one of"),
             (["--model", "/nonexistent/model"], "cannot read the model config /nonexistent/model"),
             (["--prefetch", "bound", "--lookahead", "99"], "lookahead is 99 layers"),
@@ -128,6 +131,15 @@ import TierKVTestSupport
             let result = try CLI.run(["simulate", "--context", "256", "--steps", "1"] + arguments)
             #expect(result.status != 0 && result.stderr.contains(needle), "\(arguments): \(result.stderr)")
         }
+        // A trace that records its own speculated queries refuses the generator's error model.
+        let spec = [
+            #"{"format": "tierkv-trace", "version": 1, "layers": 2, "kv_heads": 1, "head_dim": 2, "tokens_per_block": 16, "context_tokens": 32, "decode_steps": 1, "sink_tokens": 4}"#,
+            #"{"type": "step", "step": 0, "layer": 0, "position": 32, "mass": [0.5, 0.3, 0.2], "query": [[1, 0]]}"#,
+            #"{"type": "step", "step": 0, "layer": 1, "position": 32, "mass": [0.5, 0.3, 0.2], "query": [[1, 0]], "spec_query": [[0.9, 0.1]]}"#,
+        ].joined(separator: "\n")
+        try spec.write(toFile: directory.path + "/spec.jsonl", atomically: true, encoding: .utf8)
+        let recorded = try CLI.run(["simulate", "--trace", directory.path + "/spec.jsonl", "--trace-format", "tierkv", "--speculation-error", "0.2"])
+        #expect(recorded.status != 0 && recorded.stderr.contains("this trace records its own (spec_query)"), "\(recorded.stderr)")
         try "{\"h2d_gbps\": 10, \"pcie\": 5}".write(toFile: directory.path + "/c.json", atomically: true, encoding: .utf8)
         let config = try CLI.run(["simulate", "--context", "256", "--steps", "1", "--config", directory.path + "/c.json"])
         #expect(config.status != 0 && config.stderr.contains("unknown key 'pcie'"))
