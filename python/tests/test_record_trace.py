@@ -63,3 +63,29 @@ def test_recorded_trace_carries_query_heads_keys_and_tail_keys(tmp_path):
         per_token = weights.reshape(4, -1).mean(axis=0)
         per_block = np.add.reduceat(per_token, np.arange(0, len(per_token), 16))
         assert np.allclose(per_block, np.array(step["mass"]), atol=5e-3), (position, per_block, step["mass"])
+
+
+def test_speculation_from_the_attention_residual(tmp_path):
+    """With layer 0's MLP zeroed, layer 1's input is layer 0's residual after attention, so the
+    query speculated from it (--speculate-from attention) is layer 1's own query; the one from
+    layer 0's input (the default, InfiniGen's) is not."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                                      max_position_embeddings=256)
+    model = transformers.LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.zero_()
+    model.save_pretrained(tmp_path / "model")
+    gaps = {}
+    for source in ("input", "attention"):
+        out = tmp_path / f"{source}.jsonl"
+        subprocess.run([sys.executable, str(RECORDER), "--model", str(tmp_path / "model"), "--device", "cpu",
+                        "--dtype", "float32", "--context-tokens", "20", "--decode-steps", "3",
+                        "--speculate-from", source, "--out", str(out)], check=True, capture_output=True)
+        steps = [json.loads(line) for line in out.read_text().splitlines()[1:]]
+        layer1 = [step for step in steps if step.get("type") == "step" and step["layer"] == 1]
+        assert len(layer1) == 3 and all("spec_query" in step for step in layer1)
+        gaps[source] = max(float(np.abs(np.array(step["spec_query"]) - np.array(step["query"])).max()) for step in layer1)
+    assert gaps["attention"] < 1e-4, gaps
+    assert gaps["input"] > 1e-2, gaps
