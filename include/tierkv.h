@@ -407,6 +407,16 @@ tierkv_status tierkv_prefetch(
     const tierkv_block_key *resident_keys, size_t resident_count, const float *tail_keys, size_t tail_tokens,
     const float *query, size_t query_count, const tierkv_prefetch_options *options, tierkv_prefetch_ticket **out,
     uint64_t *fetched_out, uint64_t *staged_out, uint64_t *unknown_out);
+/* tierkv_prefetch from masses the engine predicted itself (attention history it keeps on the GPU,
+ * its own mix of predictors, ...) instead of a query: mass holds key_count finite floats >= 0, one
+ * per key (higher moves first; they need not sum to 1, and `coverage` is a share of their sum).
+ * The keys are one layer's; no key summaries are needed. options as for tierkv_prefetch, with
+ * scale and scoring 0; the ticket and the outputs (unknown_out: keys the hierarchy does not hold)
+ * are the same, settled or abandoned the same way. */
+tierkv_status tierkv_prefetch_mass(
+    tierkv_hierarchy *hierarchy, const tierkv_block_key *keys, size_t key_count, const float *mass,
+    const tierkv_prefetch_options *options, tierkv_prefetch_ticket **out, uint64_t *fetched_out, uint64_t *staged_out,
+    uint64_t *unknown_out);
 /* Waits until the ticket's moves have landed (or failed); timeout < 0 waits for ever. TIMEOUT
  * when they have not. An engine need not wait: its own demand request for the layer does. */
 tierkv_status tierkv_prefetch_wait(tierkv_prefetch_ticket *ticket, double timeout_seconds);

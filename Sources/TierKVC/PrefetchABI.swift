@@ -15,7 +15,56 @@ import TierKV
         let owner = try HandleRegistry.lookup(handle, as: HierarchyHandle.self, "hierarchy")
         let out = try required(out, "out")
         out.pointee = nil
-        let options = try required(options, "options").pointee
+        let plan = try PrefetchPlan(try required(options, "options").pointee)
+        let prediction = try PredictionInputs(
+            owner, keys, keyCount, tokenCounts, residentKeys, residentCount, tailKeys, tailTokens, query, queryCount, plan.scale,
+            plan.scoring, missingIsError: false)
+        let ticket = try owner.prefetcher(prediction.predictor).prefetch(
+            prediction.candidates, predicted: try prediction.predict(), secondsUntilNeeded: plan.secondsUntilNeeded, budget: plan.budget)
+        plan.hand(ticket, from: owner, to: out, fetchedOut, stagedOut)
+        unknownOut?.pointee = UInt64(prediction.held.count { !$0 })
+    }
+}
+
+@c @implementation public func tierkv_prefetch_mass(
+    _ handle: OpaquePointer?, _ keys: UnsafePointer<tierkv_block_key>?, _ keyCount: Int, _ mass: UnsafePointer<Float>?,
+    _ options: UnsafePointer<tierkv_prefetch_options>?, _ out: UnsafeMutablePointer<OpaquePointer?>?,
+    _ fetchedOut: UnsafeMutablePointer<UInt64>?, _ stagedOut: UnsafeMutablePointer<UInt64>?, _ unknownOut: UnsafeMutablePointer<UInt64>?
+) -> tierkv_status {
+    abiCall("tierkv_prefetch_mass") { () throws(TierKVError) in
+        let owner = try HandleRegistry.lookup(handle, as: HierarchyHandle.self, "hierarchy")
+        let out = try required(out, "out")
+        out.pointee = nil
+        let plan = try PrefetchPlan(try required(options, "options").pointee)
+        guard plan.scale == 0, plan.scoring == 0 else {
+            throw .invalid("options->scale (\(plan.scale)) and options->scoring (\(plan.scoring)) apply to a query; with masses given set both to 0")
+        }
+        let candidates = try blockKeys(keys, count: keyCount, "keys")
+        if let first = candidates.first, let index = candidates.firstIndex(where: { $0.layer != first.layer }) {
+            throw .invalid("keys[\(index)] is at layer \(candidates[index].layer) but keys[0] is at layer \(first.layer); one call prefetches one layer")
+        }
+        let masses = try buffer(mass, count: keyCount, "mass")
+        if let bad = masses.firstIndex(where: { !$0.isFinite || $0 < 0 }) {
+            throw .invalid("mass[\(bad)] is \(masses[bad]); predicted masses are finite and ≥ 0")
+        }
+        let prediction = PredictionCandidates(
+            layer: Int(candidates.first?.layer ?? 0), keys: candidates, positions: Array(candidates.indices),
+            newestPosition: max(0, candidates.count - 1))
+        let ticket = try owner.prefetcher(GivenMassPredictor()).prefetch(
+            prediction, predicted: Array(masses), secondsUntilNeeded: plan.secondsUntilNeeded, budget: plan.budget)
+        plan.hand(ticket, from: owner, to: out, fetchedOut, stagedOut)
+        unknownOut?.pointee = UInt64(candidates.count { owner.hierarchy.fastestTier(of: $0) == nil })
+    }
+}
+
+/// A `tierkv_prefetch_options` checked and turned into the prefetcher's budget.
+private struct PrefetchPlan {
+    let budget: Prefetcher.Configuration
+    let secondsUntilNeeded: Double
+    let scale: Float
+    let scoring: Int32
+
+    init(_ options: tierkv_prefetch_options) throws(TierKVError) {
         guard options.struct_size == UInt64(MemoryLayout<tierkv_prefetch_options>.size) else {
             throw .invalid("options->struct_size is \(options.struct_size); set it to sizeof(tierkv_prefetch_options) = \(MemoryLayout<tierkv_prefetch_options>.size)")
         }
@@ -28,25 +77,34 @@ import TierKV
         guard options.coverage.isFinite, options.coverage >= 0, options.coverage <= 1 else {
             throw .invalid("options->coverage is \(options.coverage); expected a share in (0, 1], or 0 for 1")
         }
-        let prediction = try PredictionInputs(
-            owner, keys, keyCount, tokenCounts, residentKeys, residentCount, tailKeys, tailTokens, query, queryCount, options.scale,
-            options.scoring, missingIsError: false)
-        let budget = Prefetcher.Configuration(
+        budget = Prefetcher.Configuration(
             budgetBlocks: Int(options.budget_blocks), stagingBudgetBlocks: Int(options.staging_blocks),
             hostToDeviceBytesPerSecond: deadline ? options.host_to_device_bytes_per_s : 1,
             coldReadBytesPerSecond: deadline ? options.cold_read_bytes_per_s : 1, coverage: options.coverage == 0 ? 1 : Double(options.coverage))
-        let prefetcher = try owner.prefetcher(prediction.predictor)
-        let ticket = try prefetcher.prefetch(
-            prediction.candidates, predicted: try prediction.predict(),
-            secondsUntilNeeded: deadline ? options.seconds_until_needed : .infinity, budget: budget)
+        secondsUntilNeeded = deadline ? options.seconds_until_needed : .infinity
+        scale = options.scale
+        scoring = options.scoring
+    }
+
+    /// Registers `ticket` as a handle the caller owns and reports what it moved.
+    func hand(
+        _ ticket: PrefetchTicket, from owner: HierarchyHandle, to out: UnsafeMutablePointer<OpaquePointer?>,
+        _ fetchedOut: UnsafeMutablePointer<UInt64>?, _ stagedOut: UnsafeMutablePointer<UInt64>?
+    ) {
         let ticketHandle = PrefetchTicketHandle(ticket: ticket, owner: owner, budgetBlocks: budget.budgetBlocks)
         let pointer = HandleRegistry.register(ticketHandle)
         owner.openTickets.withLock { $0[UInt(bitPattern: pointer)] = ticketHandle }
         out.pointee = pointer
         fetchedOut?.pointee = UInt64(ticket.fetched.count)
         stagedOut?.pointee = UInt64(ticket.staged.count)
-        unknownOut?.pointee = UInt64(prediction.held.count { !$0 })
     }
+}
+
+/// The prefetcher's predictor when the engine passes its own masses (`tierkv_prefetch_mass`):
+/// never asked, since those calls hand the masses in.
+private final class GivenMassPredictor: BlockPredictor {
+    var name: String { "engine" }
+    func predictMass(_ candidates: PredictionCandidates, hint: QueryHint?) throws(TierKVError) -> [Float]? { nil }
 }
 
 @c @implementation public func tierkv_prefetch_wait(_ handle: OpaquePointer?, _ timeoutSeconds: Double) -> tierkv_status {

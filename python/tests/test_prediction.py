@@ -228,6 +228,33 @@ def test_prefetch_moves_the_predicted_blocks_and_is_judged_on_settle(setup):
         assert stats["wasted_blocks"] >= 2 and stats["precision"] < 0.75, stats
 
 
+def test_prefetch_from_the_engines_own_masses(setup):
+    _, _, blocks, tokens = setup
+    exact = exact_mass(blocks.astype(np.float32), setup[1])
+    # No key summaries are needed when the engine brings its own prediction.
+    with open_cache(key_summaries="off", admit_to_hot=False) as cache:
+        keys = stored(cache, blocks, tokens)
+        stranger = cache.block_keys(np.arange(16, dtype=np.uint32) + 100000, layer=1)[0]
+        ticket = cache.prefetch_mass(keys + [stranger], np.append(exact, 1.0), budget_blocks=4)
+        # The stranger ranks first but is not held: skipped and counted; the planted blocks move.
+        assert (ticket.fetched, ticket.staged, ticket.unknown) == (3, 0, 1)
+        ticket.wait(timeout=10)
+        assert {i for i, key in enumerate(keys) if cache.fastest_tier(key) == "hot"} >= set(PLANTED)
+        ticket.settle(np.append(exact, 0.0), top_k=3)
+        stats = cache.prefetch_stats()
+        assert stats["predictions"] == 1 and stats["settled"] == 1, stats
+        assert stats["recall"] == 1.0 and stats["precision"] == 1.0 and stats["wasted_blocks"] == 0, stats
+        with pytest.raises(tierkv.InvalidArgument, match=r"mass\[2\] is -1"):
+            cache.prefetch_mass(keys, np.where(np.arange(len(keys)) == 2, -1.0, exact), budget_blocks=2)
+        with pytest.raises(tierkv.InvalidArgument, match=r"mass has shape \(2,\)"):
+            cache.prefetch_mass(keys, [0.5, 0.5], budget_blocks=2)
+        other_layer = cache.block_keys(tokens[:16], layer=0)[0]
+        with pytest.raises(tierkv.InvalidArgument, match="one call prefetches one layer"):
+            cache.prefetch_mass(keys[:1] + [other_layer], [0.5, 0.5], budget_blocks=2)
+        with pytest.raises(tierkv.InvalidArgument, match="budget_blocks is -1"):
+            cache.prefetch_mass(keys, exact, budget_blocks=-1)
+
+
 def test_prefetch_budgets_deadline_and_errors(setup):
     _, query, blocks, tokens = setup
     with open_cache(key_sketch_bits=2, admit_to_hot=False) as cache:

@@ -481,24 +481,33 @@ class Hierarchy:
         `seconds_until_needed`, only blocks expected to arrive in time (planned with the two link
         rates, then required) move. Blocks the hierarchy does not hold are skipped and counted.
         Returns a PrefetchTicket: `settle()` it with the attention the layer computed, or `abandon()` it."""
-        for name, value in (("budget_blocks", budget_blocks), ("staging_blocks", staging_blocks)):
-            if not isinstance(value, (int, np.integer)) or not 0 <= value < 2**32:
-                raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, f"{name} is {value!r}; expected an integer ≥ 0")
         arguments, count = self._prediction_arguments(keys, query, resident, tail_keys, token_counts, scoring)
-        options = _native.PrefetchOptionsStruct()
-        options.struct_size = ctypes.sizeof(_native.PrefetchOptionsStruct)
-        options.budget_blocks = int(budget_blocks)
-        options.staging_blocks = int(staging_blocks)
-        options.seconds_until_needed = -1.0 if seconds_until_needed is None else float(seconds_until_needed)
-        options.host_to_device_bytes_per_s = float(host_to_device_bytes_per_s)
-        options.cold_read_bytes_per_s = float(cold_read_bytes_per_s)
-        options.coverage = float(coverage)
+        options = _prefetch_options(budget_blocks, staging_blocks, seconds_until_needed, host_to_device_bytes_per_s,
+                                    cold_read_bytes_per_s, coverage)
         options.scale = float(scale or 0)
         options.scoring = self._SCORINGS[scoring]
         handle = ctypes.c_void_p()
         moved = [ctypes.c_uint64() for _ in range(3)]
         _check(lib.tierkv_prefetch(*arguments, ctypes.byref(options), ctypes.byref(handle),
                                    *(ctypes.byref(value) for value in moved)))
+        return PrefetchTicket(self, handle, count, *(value.value for value in moved))
+
+    def prefetch_mass(self, keys, mass, *, budget_blocks, staging_blocks=0, seconds_until_needed=None,
+                      host_to_device_bytes_per_s=0.0, cold_read_bytes_per_s=0.0, coverage=1.0):
+        """prefetch() from masses the engine predicted itself (its own attention history, its own mix
+        of predictors, ...) instead of a query: `mass` holds one finite value ≥ 0 per key, higher
+        moved first; `coverage` is a share of their sum. The keys are one layer's; no key summaries
+        are needed. Returns a PrefetchTicket, settled or abandoned as prefetch()'s."""
+        array, count = _key_array(keys)
+        masses = np.ascontiguousarray(mass, dtype=np.float32)
+        if masses.shape != (count,):
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, f"mass has shape {masses.shape}; expected ({count},)")
+        options = _prefetch_options(budget_blocks, staging_blocks, seconds_until_needed, host_to_device_bytes_per_s,
+                                    cold_read_bytes_per_s, coverage)
+        handle = ctypes.c_void_p()
+        moved = [ctypes.c_uint64() for _ in range(3)]
+        _check(lib.tierkv_prefetch_mass(self._h(), array, count, _float_pointer(masses), ctypes.byref(options),
+                                        ctypes.byref(handle), *(ctypes.byref(value) for value in moved)))
         return PrefetchTicket(self, handle, count, *(value.value for value in moved))
 
     _PLACES = ("hot", "fetch", "cpu", "skip", "missing")
@@ -547,6 +556,23 @@ class Hierarchy:
         counts = [ctypes.c_uint64() for _ in range(3)]
         _check(lib.tierkv_rebuild_key_summaries(self._h(), int(batch_blocks or 0), *(ctypes.byref(c) for c in counts)))
         return dict(zip(("missing", "rebuilt", "failed"), (c.value for c in counts)))
+
+
+def _prefetch_options(budget_blocks, staging_blocks, seconds_until_needed, host_to_device_bytes_per_s,
+                      cold_read_bytes_per_s, coverage):
+    """A tierkv_prefetch_options with scale and scoring 0."""
+    for name, value in (("budget_blocks", budget_blocks), ("staging_blocks", staging_blocks)):
+        if not isinstance(value, (int, np.integer)) or not 0 <= value < 2**32:
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, f"{name} is {value!r}; expected an integer ≥ 0")
+    options = _native.PrefetchOptionsStruct()
+    options.struct_size = ctypes.sizeof(_native.PrefetchOptionsStruct)
+    options.budget_blocks = int(budget_blocks)
+    options.staging_blocks = int(staging_blocks)
+    options.seconds_until_needed = -1.0 if seconds_until_needed is None else float(seconds_until_needed)
+    options.host_to_device_bytes_per_s = float(host_to_device_bytes_per_s)
+    options.cold_read_bytes_per_s = float(cold_read_bytes_per_s)
+    options.coverage = float(coverage)
+    return options
 
 
 def _sequence(sequence):

@@ -159,6 +159,8 @@ def load():
         "tierkv_prefetch": (status, [handle, key_p, ctypes.c_size_t, P(ctypes.c_int32), key_p, ctypes.c_size_t,
                                      float_p, ctypes.c_size_t, float_p, ctypes.c_size_t, P(PrefetchOptionsStruct),
                                      P(handle), P(ctypes.c_uint64), P(ctypes.c_uint64), P(ctypes.c_uint64)]),
+        "tierkv_prefetch_mass": (status, [handle, key_p, ctypes.c_size_t, float_p, P(PrefetchOptionsStruct), P(handle),
+                                          P(ctypes.c_uint64), P(ctypes.c_uint64), P(ctypes.c_uint64)]),
         "tierkv_prefetch_wait": (status, [handle, ctypes.c_double]),
         "tierkv_plan_layer": (status, [handle, key_p, ctypes.c_size_t, float_p, P(PlacementOptionsStruct),
                                        P(ctypes.c_int32), P(ctypes.c_double)]),
