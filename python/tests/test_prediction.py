@@ -17,6 +17,19 @@ def open_cache(**fields):
     return tierkv.Hierarchy(config)
 
 
+def cuda_present():
+    """Whether a hierarchy can put its hot tier on GPU 0 (the CUDA driver loads and sees a device)."""
+    try:
+        open_cache(accelerator="cuda:0").close()
+        return True
+    except tierkv.CUDAError:
+        return False
+
+
+# The prefetch tests also run with the hot tier in real GPU memory where there is a GPU.
+ACCELERATORS = ["emulated", pytest.param("cuda:0", marks=pytest.mark.skipif(not cuda_present(), reason="no CUDA device"))]
+
+
 def make_blocks(rng, query):
     """BLOCKS fp16 blocks [2, tokens, kv_heads, dim]; in the planted blocks a few tokens per KV head
     are pulled towards the mean query of that head's group, so they draw most of the attention."""
@@ -195,12 +208,14 @@ def test_summaries_survive_a_restart(setup, tmp_path):
             cache.rebuild_key_summaries()
 
 
-def test_prefetch_moves_the_predicted_blocks_and_is_judged_on_settle(setup):
+@pytest.mark.parametrize("accelerator", ACCELERATORS)
+def test_prefetch_moves_the_predicted_blocks_and_is_judged_on_settle(setup, accelerator):
     _, query, blocks, tokens = setup
     exact = exact_mass(blocks.astype(np.float32), query)
     top3 = set(np.argsort(-exact)[:3])
     assert top3 == set(PLANTED)
-    with open_cache(key_sketch_bits=4, admit_to_hot=False) as cache:
+    with open_cache(key_sketch_bits=4, admit_to_hot=False, accelerator=accelerator) as cache:
+        assert cache.stats()["accelerator_is_emulated"] == (accelerator == "emulated")
         keys = stored(cache, blocks, tokens)
         assert all(cache.fastest_tier(key) == "warm" for key in keys)
         stranger = cache.block_keys(np.arange(16, dtype=np.uint32) + 100000, layer=1)[0]
@@ -228,11 +243,12 @@ def test_prefetch_moves_the_predicted_blocks_and_is_judged_on_settle(setup):
         assert stats["wasted_blocks"] >= 2 and stats["precision"] < 0.75, stats
 
 
-def test_prefetch_from_the_engines_own_masses(setup):
+@pytest.mark.parametrize("accelerator", ACCELERATORS)
+def test_prefetch_from_the_engines_own_masses(setup, accelerator):
     _, _, blocks, tokens = setup
     exact = exact_mass(blocks.astype(np.float32), setup[1])
     # No key summaries are needed when the engine brings its own prediction.
-    with open_cache(key_summaries="off", admit_to_hot=False) as cache:
+    with open_cache(key_summaries="off", admit_to_hot=False, accelerator=accelerator) as cache:
         keys = stored(cache, blocks, tokens)
         stranger = cache.block_keys(np.arange(16, dtype=np.uint32) + 100000, layer=1)[0]
         ticket = cache.prefetch_mass(keys + [stranger], np.append(exact, 1.0), budget_blocks=4)
