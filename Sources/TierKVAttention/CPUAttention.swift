@@ -76,7 +76,7 @@ public struct AttentionSequence: @unchecked Sendable {
 public final class CPUAttention: @unchecked Sendable {
     // @unchecked: the workspace is only touched while `lock` is held.
     public let pool: WorkerPool
-    private let lock = Locked<Void>(())
+    private let lock = PlainLock()
     private var workspace = Workspace()
 
     /// - Parameters:
@@ -115,7 +115,7 @@ public final class CPUAttention: @unchecked Sendable {
                 throw .invalid("a block has a negative token count (\(block.tokenCount))")
             }
         }
-        lock.withLock { _ in run(shape, batch, splits) }
+        lock.withLock { run(shape, batch, splits) }
     }
 
     /// Attention for one sequence.

@@ -58,7 +58,7 @@ final class KeySummaryFile: @unchecked Sendable {
     let entryBytes: Int
     private let journal = Locked(Journal())
     /// Serialises snapshot writers (flush, close, background compaction).
-    private let snapshotWriter = Locked(())
+    private let snapshotWriter = PlainLock()
     /// The background compaction, if one is scheduled or running (`closeJournal` waits for it).
     private let background = DispatchGroup()
 
@@ -323,7 +323,7 @@ final class KeySummaryFile: @unchecked Sendable {
     /// the snapshot is in place. (If a failed snapshot left `summaries.log.1`, the journal is
     /// kept as it is instead, and both are covered once this snapshot lands.)
     func save(force: Bool = false) throws(TierKVError) {
-        try snapshotWriter.withLock { (_) throws(TierKVError) in
+        try snapshotWriter.withLock { () throws(TierKVError) in
             let cold = store.statistics
             let version = [cold.writes, cold.blocks, cold.corruptions, table.count]
             let proceed = journal.withLock { state -> Bool in
