@@ -92,7 +92,9 @@ public final class CombinedPredictor: BlockPredictor {
 
     /// Scores the parts' last prediction for `layer` against the mass each block then received
     /// (blocks not listed received 0) and updates the layer's weights. Does nothing without
-    /// `adaptation` or without a prediction for the layer.
+    /// `adaptation`, without a prediction for the layer, or when the observed blocks received
+    /// none of the predicted ones' mass (another sequence's blocks: the state is per layer, so
+    /// with several sequences the one predicted last for a layer is the one scored).
     public func observe(layer: Int, keys: [BlockKey], mass: [Float]) throws(TierKVError) {
         guard keys.count == mass.count else { throw .invalid("observe got \(keys.count) keys and \(mass.count) masses") }
         guard let adaptation else { return }
