@@ -40,6 +40,23 @@ let benchmarks: @Sendable () -> Void = {
     Benchmark("bound+moment predicted mass of 1024 blocks") { benchmark in
         for _ in benchmark.scaledIterations { blackHole(try! predictor.predictMass(candidates, hint: hint)) }
     }
+    // Combining predictors, per layer and step: the parts' masses mixed, and with adaptation the
+    // layer's attention scored against each part's top-k (k = 103, Llama-3-8B's hot budget per
+    // layer at 10% of a 32k context) once the layer ran. The fixed mix isolates that cost.
+    let history = try! AttentionHistoryPredictor()
+    let observed = (0..<blockCount).map { Float(($0 &* 7919) % 1000 + 1) / 500_500 }
+    try! history.observe(layer: 0, keys: blockKeys, mass: observed)
+    let fixedMix = try! CombinedPredictor([(predictor, 0.5), (history, 0.5)])
+    let adaptiveMix = try! CombinedPredictor([(predictor, 0.5), (history, 0.5)], adaptation: .init(topK: 103))
+    Benchmark("combined (bound+moment, history) of 1024 blocks, fixed weights: predict") { benchmark in
+        for _ in benchmark.scaledIterations { blackHole(try! fixedMix.predictMass(candidates, hint: hint)) }
+    }
+    Benchmark("combined (bound+moment, history) of 1024 blocks, adaptive: predict and observe") { benchmark in
+        for _ in benchmark.scaledIterations {
+            blackHole(try! adaptiveMix.predictMass(candidates, hint: hint))
+            try! adaptiveMix.observe(layer: 0, keys: blockKeys, mass: observed)
+        }
+    }
     // Key sketches (2 bits): the token-by-token score reads 4 KiB of codes per block where the
     // summaries are 6 KiB, and does headDim FMAs per token and query head.
     Benchmark("2-bit sketch scores of 1024 blocks (32 query heads)") { benchmark in
