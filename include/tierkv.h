@@ -431,6 +431,75 @@ tierkv_status tierkv_prefetch_settle(
 tierkv_status tierkv_prefetch_abandon(tierkv_prefetch_ticket *ticket);
 tierkv_status tierkv_get_prefetch_stats(tierkv_hierarchy *hierarchy, tierkv_prefetch_stats *out);
 
+/* ---- Learned prediction ----
+ * A predictor that mixes three views of a coming layer and learns, per layer, how far to trust
+ * each: a query speculated for the layer from an earlier one (InfiniGen), the freshest query the
+ * engine has for it (the previous token's, or its own once known), both scored as in
+ * tierkv_predict_mass, and the layer's attention history (H2O: the mass each block received,
+ * decayed per step of the layer, blended with recency). Each part's masses are normalised, then
+ * mixed by weight; a part with nothing to go on (its query not passed, no history yet for the
+ * layer) is left out and the others renormalised. With adapt_top_k, every tierkv_predictor_observe
+ * scores each part's last prediction for that layer by its mass coverage at adapt_top_k (the
+ * attention mass of its top-k blocks / that of the true top-k) and a part's weight becomes its
+ * given weight * exp(-adapt_rate * (its average loss - the best part's)), exponential weights as
+ * in Hedge. On a trained 12-layer model's trace this took the mix's top-k recall from 0.71 to
+ * 0.80 at a 10% hot budget (docs/measurements.md). Feed the result to tierkv_prefetch_mass.
+ * A predictor belongs to its hierarchy: tierkv_close releases those still open. Thread-safe:
+ * predictions of one predictor run one at a time; observe and predict may come from any thread. */
+typedef struct tierkv_predictor tierkv_predictor;
+
+typedef struct tierkv_predictor_options {
+    uint64_t struct_size;         /* sizeof(tierkv_predictor_options) */
+    float speculative_weight;     /* the speculated query's part, >= 0 (0.5 in TIERKV_PREDICTOR_OPTIONS_INIT) */
+    float query_weight;           /* the freshest query's part, >= 0 (0.3) */
+    float history_weight;         /* the attention history's part, >= 0 (0.2); the three may not all be 0 */
+    float history_decay;          /* kept share of a block's accumulated mass per step of its layer, in (0, 1] (0.9) */
+    float recency_weight;         /* share of the history part given to recency, in [0, 1] (0.2) */
+    float recency_window_blocks;  /* recency falls as exp(-age / window), age in blocks behind the newest, > 0 (8) */
+    uint32_t adapt_top_k;         /* > 0: learn each layer's weights (set it to the blocks a layer can have in hot); 0: fixed (0) */
+    float adapt_rate;             /* how sharply the weights follow the losses, >= 0 (100) */
+    float adapt_memory;           /* kept share of a part's average loss per observation, in [0, 1) (0.9) */
+    float scale;                  /* softmax scale of the query parts; <= 0: 1/sqrt(head_dim) (0) */
+    int32_t scoring;              /* TIERKV_SCORING_* of the query parts (0) */
+    int32_t reserved;             /* 0 */
+} tierkv_predictor_options;
+
+/* The defaults, the values the simulator measured best (tierkv simulate --prefetch combined). */
+#define TIERKV_PREDICTOR_OPTIONS_INIT \
+    { sizeof(tierkv_predictor_options), 0.5f, 0.3f, 0.2f, 0.9f, 0.2f, 8.0f, 0u, 100.0f, 0.9f, 0.0f, 0, 0 }
+
+/* A predictor for `hierarchy` (options required; start from TIERKV_PREDICTOR_OPTIONS_INIT). The
+ * query parts need key summaries (key_summaries "from-keys"); with none, set speculative_weight
+ * and query_weight to 0 for history alone. *out is owned by the caller: tierkv_predictor_release. */
+tierkv_status tierkv_predictor_create(
+    tierkv_hierarchy *hierarchy, const tierkv_predictor_options *options, tierkv_predictor **out);
+/* Predicts the share of a layer's attention each candidate will receive. Arguments as
+ * tierkv_predict_mass, plus:
+ *   positions (may be NULL: the candidates' order, 0 first): each candidate's block index in its
+ *     sequence; newest_position: the sequence's newest block (< 0: the last candidate's). Recency
+ *     is measured between them.
+ *   speculated_query, query (each may be NULL): query_count floats each, the hints of the two
+ *     query parts; a part whose hint is NULL is left out of this prediction.
+ *   mass_out: key_count floats >= 0 summing to at most 1; all 0 when no part had anything to go on.
+ *   known_out (may be NULL): as tierkv_predict_mass's; a query part in use needs each candidate's
+ *     summary, history needs the hierarchy to hold the block. An unknown candidate gets mass 0. */
+tierkv_status tierkv_predictor_predict(
+    tierkv_predictor *predictor, const tierkv_block_key *keys, size_t key_count, const int32_t *token_counts,
+    const int32_t *positions, int32_t newest_position, const tierkv_block_key *resident_keys, size_t resident_count,
+    const float *tail_keys, size_t tail_tokens, const float *speculated_query, const float *query, size_t query_count,
+    float *mass_out, int32_t *known_out);
+/* After the layer ran: the attention each of `keys` (one layer's blocks, resident ones included)
+ * received; blocks not listed received none. It feeds the history and, with adapt_top_k, scores
+ * the parts' last prediction for the layer. */
+tierkv_status tierkv_predictor_observe(
+    tierkv_predictor *predictor, const tierkv_block_key *keys, size_t key_count, const float *mass);
+/* The weights the next prediction for `layer` uses: weights_out[3] = speculative, query, history. */
+tierkv_status tierkv_predictor_weights(tierkv_predictor *predictor, uint32_t layer, float *weights_out);
+/* Forgets the history of blocks that left the cache (a dropped sequence). Entries whose decayed
+ * mass fell below 1e-6 are forgotten on their own. */
+tierkv_status tierkv_predictor_forget(tierkv_predictor *predictor, const tierkv_block_key *keys, size_t key_count);
+tierkv_status tierkv_predictor_release(tierkv_predictor *predictor);
+
 #ifdef __cplusplus
 }
 #endif

@@ -130,6 +130,7 @@ final class HierarchyHandle: @unchecked Sendable {
     let cpuSpinMicroseconds: Int
     let openRequests = Locked<[UInt: RequestHandle]>([:])
     let openTickets = Locked<[UInt: PrefetchTicketHandle]>([:])
+    let openPredictors = Locked<[UInt: PredictorHandle]>([:])
     let attention = Locked<CPUAttention?>(nil)
     /// The prefetcher behind `tierkv_prefetch`, made on first use; budgets come with each call,
     /// and its statistics accumulate over the handle's life.

@@ -63,6 +63,14 @@ import TierKV
             else { continue }
             try? owner.prefetcher(nil).abandon(ticket.ticket)
         }
+        let predictors = owner.openPredictors.withLock { predictors in
+            defer { predictors.removeAll() }
+            return Array(predictors.keys)
+        }
+        for address in predictors {
+            guard let pointer = OpaquePointer(bitPattern: address) else { continue }
+            _ = try? HandleRegistry.remove(pointer, as: PredictorHandle.self, "predictor")
+        }
         try owner.hierarchy.close(flushing: flush != 0)
     }
 }

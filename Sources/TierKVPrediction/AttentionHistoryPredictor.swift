@@ -21,11 +21,18 @@ public final class AttentionHistoryPredictor: BlockPredictor {
     private struct State {
         var mass: [BlockKey: Entry] = [:]
         var steps: [Int: UInt32] = [:]  // per layer
+        /// Entries at which the next sweep for faded ones runs.
+        var sweepAt = 4096
     }
+
+    /// An accumulated mass that decayed below this is forgotten (a layer's step adds 1 in all).
+    public static let forgottenBelow: Float = 1e-6
 
     private struct Entry {
         var value: Float
         var step: UInt32
+        /// The layer whose steps decay it (the `layer` it was observed at).
+        var layer: Int
     }
 
     public init(decay: Float = 0.9, recencyWeight: Float = 0.2, recencyWindowBlocks: Float = 8) throws(TierKVError) {
@@ -46,10 +53,26 @@ public final class AttentionHistoryPredictor: BlockPredictor {
             state.steps[layer] = step
             for (key, value) in zip(keys, mass) {
                 let old = state.mass[key].map { $0.value * pow(decay, Float(step &- $0.step)) } ?? 0
-                state.mass[key] = Entry(value: old + value, step: step)
+                state.mass[key] = Entry(value: old + value, step: step, layer: layer)
             }
+            if state.mass.count >= state.sweepAt { sweep(&state) }
         }
     }
+
+    /// Drops the entries whose mass faded below `forgottenBelow`, so that a long-running engine's
+    /// history stays the size of what it still remembers (amortised: the next sweep waits until
+    /// the entries have doubled).
+    private func sweep(_ state: inout State) {
+        let steps = state.steps
+        state.mass = state.mass.filter { _, entry in
+            let now = steps[entry.layer] ?? entry.step
+            return entry.value * pow(decay, Float(now &- entry.step)) >= Self.forgottenBelow
+        }
+        state.sweepAt = max(4096, 2 * state.mass.count)
+    }
+
+    /// Blocks with a remembered mass (for tests and metrics).
+    public var rememberedBlocks: Int { state.withLock { $0.mass.count } }
 
     /// Forgets blocks that left every tier.
     public func forget(_ keys: [BlockKey]) { state.withLock { state in for key in keys { state.mass[key] = nil } } }

@@ -321,6 +321,73 @@ int main(int argc, char **argv) {
     printf("prefetch from the engine's own masses: %llu fetched, %llu staged; recall over both tickets %.2f\n",
            (unsigned long long)fetched, (unsigned long long)staged, prefetch_stats.recall);
 
+    /* A learned predictor: with the query alone it predicts what tierkv_predict_mass does; with
+     * no hint and no history it has nothing to go on; once it observed the layer, its history
+     * part is the observed mass blended with recency; with adaptation, a part that keeps
+     * predicting the wrong blocks loses weight to the one that predicts the right ones. */
+    tierkv_predictor_options predictor_options;
+    memset(&predictor_options, 0, sizeof predictor_options);
+    tierkv_predictor *predictor = NULL;
+    CHECK_ERROR(tierkv_predictor_create(hierarchy, &predictor_options, &predictor), TIERKV_ERROR_INVALID_ARGUMENT,
+                "TIERKV_PREDICTOR_OPTIONS_INIT");
+    tierkv_predictor_options defaults = TIERKV_PREDICTOR_OPTIONS_INIT;
+    predictor_options = defaults;
+    predictor_options.history_decay = 0;
+    CHECK_ERROR(tierkv_predictor_create(hierarchy, &predictor_options, &predictor), TIERKV_ERROR_INVALID_ARGUMENT,
+                "history decay is 0");
+    CHECK(predictor == NULL, "no handle on error");
+    predictor_options = defaults;
+    CHECK_OK(tierkv_predictor_create(hierarchy, &predictor_options, &predictor));
+    float mixed[BLOCKS], history_only[BLOCKS];
+    CHECK_OK(tierkv_predictor_predict(predictor, keys, BLOCKS, NULL, NULL, -1, NULL, 0, NULL, 0, NULL, query,
+                                      QUERY_HEADS * HEAD_DIM, mixed, NULL));
+    double largest_difference = 0;
+    for (int block = 0; block < BLOCKS; block++) largest_difference = fmax(largest_difference, fabs(mixed[block] - mass[block]));
+    CHECK(largest_difference < 1e-5, "the query part alone differs from tierkv_predict_mass by %g", largest_difference);
+    CHECK_OK(tierkv_predictor_predict(predictor, keys, BLOCKS, NULL, NULL, -1, NULL, 0, NULL, 0, NULL, NULL,
+                                      QUERY_HEADS * HEAD_DIM, history_only, NULL));
+    double nothing = 0;
+    for (int block = 0; block < BLOCKS; block++) nothing += history_only[block];
+    CHECK(nothing == 0, "with no hint and no history the masses add up to %g, expected 0", nothing);
+    CHECK_ERROR(tierkv_predictor_observe(predictor, keys, BLOCKS, bad_mass), TIERKV_ERROR_INVALID_ARGUMENT, "mass[1]");
+    CHECK_OK(tierkv_predictor_observe(predictor, keys, BLOCKS, actual));
+    CHECK_OK(tierkv_predictor_predict(predictor, keys, BLOCKS, NULL, NULL, -1, NULL, 0, NULL, 0, NULL, NULL,
+                                      QUERY_HEADS * HEAD_DIM, history_only, NULL));
+    double recency[BLOCKS], recency_sum = 0, actual_sum = 0, history_error = 0;
+    for (int block = 0; block < BLOCKS; block++) {
+        recency[block] = exp(-(double)(BLOCKS - 1 - block) / 8.0);
+        recency_sum += recency[block];
+        actual_sum += actual[block];
+    }
+    for (int block = 0; block < BLOCKS; block++) {
+        double expected = 0.8 * actual[block] / actual_sum + 0.2 * recency[block] / recency_sum;
+        history_error = fmax(history_error, fabs(history_only[block] - expected));
+    }
+    CHECK(history_error < 1e-5, "the history part differs from 0.8 x observed + 0.2 x recency by %g", history_error);
+    float weights[3];
+    CHECK_OK(tierkv_predictor_weights(predictor, 0, weights));
+    CHECK(weights[0] == 0.5f && weights[1] == 0.3f && weights[2] == 0.2f, "fixed weights came back as %g %g %g", weights[0],
+          weights[1], weights[2]);
+    CHECK_OK(tierkv_predictor_release(predictor));
+    CHECK_ERROR(tierkv_predictor_release(predictor), TIERKV_ERROR_INVALID_HANDLE, "predictor");
+
+    float wrong_query[QUERY_HEADS * HEAD_DIM];
+    for (int index = 0; index < QUERY_HEADS * HEAD_DIM; index++) wrong_query[index] = -query[index];
+    predictor_options = defaults;
+    predictor_options.history_weight = 0;
+    predictor_options.adapt_top_k = 3;
+    CHECK_OK(tierkv_predictor_create(hierarchy, &predictor_options, &predictor));
+    for (int step = 0; step < 4; step++) {
+        CHECK_OK(tierkv_predictor_predict(predictor, keys, BLOCKS, NULL, NULL, -1, NULL, 0, NULL, 0, wrong_query, query,
+                                          QUERY_HEADS * HEAD_DIM, mixed, known));
+        CHECK_OK(tierkv_predictor_observe(predictor, keys, BLOCKS, actual));
+    }
+    CHECK_OK(tierkv_predictor_weights(predictor, 0, weights));
+    CHECK(weights[1] > 0.3f * 0.99f && weights[0] < 0.5f * 0.5f, "adapted weights %g (speculated, wrong) and %g (query, right)",
+          weights[0], weights[1]);
+    printf("predictor: history part exact to %.1e; adapted weights %.3g (wrong speculation) and %.3g (the query)\n",
+           history_error, weights[0], weights[1]);
+
     /* Placement of one layer: the blocks already in hot stay there; without CPU attention the rest
      * are fetched; with a CPU far faster than the link they are attended on CPU, since hot has no
      * room left for them (2 slots); a key that is not cached is MISSING. */
@@ -428,6 +495,7 @@ int main(int argc, char **argv) {
     CHECK_OK(tierkv_make_resident(hierarchy, keys, 2, TIERKV_TIER_WARM, TIERKV_PRIORITY_PREFETCH, &request));
     CHECK_OK(tierkv_close(hierarchy, 0));
     CHECK_ERROR(tierkv_request_wait(request, 1.0), TIERKV_ERROR_INVALID_HANDLE, "not an open request handle");
+    CHECK_ERROR(tierkv_predictor_weights(predictor, 0, weights), TIERKV_ERROR_INVALID_HANDLE, "not an open predictor handle");
     CHECK_ERROR(tierkv_get_layout(hierarchy, &layout), TIERKV_ERROR_INVALID_HANDLE, "not an open hierarchy handle");
     CHECK_ERROR(tierkv_close(hierarchy, 0), TIERKV_ERROR_INVALID_HANDLE, "not an open hierarchy handle");
 

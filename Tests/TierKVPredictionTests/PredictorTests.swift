@@ -405,6 +405,28 @@ private final class FixedPredictor: BlockPredictor, @unchecked Sendable {
         #expect(throws: TierKVError.self) { try recent.observe(layer: 0, keys: [key(0)], mass: []) }
     }
 
+    @Test func historyForgetsWhatFadedSoALongRunStaysBounded() throws {
+        // Every step attends 64 new blocks: without forgetting, 200 steps would remember 12,800.
+        let history = try AttentionHistoryPredictor(decay: 0.5, recencyWeight: 0)
+        var largest = 0
+        for step in 0..<200 {
+            let keys = (0..<64).map { key(step * 64 + $0) }
+            try history.observe(layer: 0, keys: keys, mass: Array(repeating: 1.0 / 64, count: 64))
+            largest = max(largest, history.rememberedBlocks)
+        }
+        // 0.5^n / 64 < 1e-6 after 14 steps: at most ~15 steps' blocks survive a sweep, and the
+        // next sweep waits for twice the survivors (at least 4,096).
+        #expect(largest <= 4096 + 64, "remembered \(largest) blocks")
+        // What is still remembered is predicted as before.
+        let recent = PredictionCandidates(layer: 0, keys: [key(199 * 64), key(0)], positions: [1, 0], newestPosition: 1)
+        let mass = try #require(try history.predictMass(recent, hint: nil))
+        #expect(mass[0] > 0 && mass[1] == 0)
+        // Without decay nothing fades.
+        let keeper = try AttentionHistoryPredictor(decay: 1, recencyWeight: 0)
+        for step in 0..<80 { try keeper.observe(layer: 0, keys: (0..<64).map { key(step * 64 + $0) }, mass: Array(repeating: 1.0 / 64, count: 64)) }
+        #expect(keeper.rememberedBlocks == 80 * 64)
+    }
+
     @Test func combinedWeighsNormalisedPartsAndLeavesOutSilentOnes() throws {
         let table = try BlockSummaryTable(shape: KeySummaryShape(kvHeads: 1, headDim: 8))
         let bound = QuestBoundPredictor(summaries: table, tokensPerBlock: 16)

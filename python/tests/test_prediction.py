@@ -348,3 +348,78 @@ def test_plan_layer_places_each_block_by_the_cost_model(setup):
             other.wait()
             decisions, _ = cache.plan_layer(keys[:8], cpu_attention_bytes_per_s=block_bytes * 100.0, **rates)
         assert decisions[:2] == ["hot", "hot"] and decisions[2:].count("fetch") == 1 and decisions[2:].count("cpu") == 5
+
+
+def test_predictor_mixes_the_hints_with_history_and_learns_whom_to_trust(setup):
+    _, query, blocks, tokens = setup
+    exact = exact_mass(blocks.astype(np.float32), query)
+    with open_cache(key_sketch_bits=4) as cache:
+        keys = stored(cache, blocks, tokens)
+        predictor = cache.predictor(adapt_top_k=3)
+        # The freshest query alone is what predict_mass gives; with nothing to go on, no mass at all.
+        np.testing.assert_allclose(predictor.predict(keys, query=query), cache.predict_mass(keys, query), atol=1e-6)
+        assert not predictor.predict(keys).any()
+        # A speculation that points away from the planted blocks loses its weight within a few steps.
+        wrong = -query
+        for _ in range(5):
+            predicted = predictor.predict(keys, speculated_query=wrong, query=query)
+            predictor.observe(keys, exact)
+        weights = predictor.weights(1)
+        assert weights["speculative"] < 0.05 * 0.5 and weights["query"] == pytest.approx(0.3), weights
+        assert predictor.weights(0) == pytest.approx({"speculative": 0.5, "query": 0.3, "history": 0.2})
+        predicted = predictor.predict(keys, speculated_query=wrong, query=query)
+        assert set(np.argsort(predicted)[-3:]) == set(PLANTED), predicted
+
+        # History alone: the observed mass, decayed 0.9 per step, blended with recency.
+        history = cache.predictor(speculative_weight=0, query_weight=0, recency_weight=0)
+        history.observe(keys, exact)
+        np.testing.assert_allclose(history.predict(keys), exact / exact.sum(), atol=1e-6)
+        later = np.zeros(BLOCKS)
+        later[0] = 0.5
+        history.observe(keys, later)
+        expected = 0.9 * exact + later
+        np.testing.assert_allclose(history.predict(keys), expected / expected.sum(), atol=1e-6)
+        history.forget(keys[:1])
+        expected[0] = 0
+        np.testing.assert_allclose(history.predict(keys), expected / expected.sum(), atol=1e-6)
+        recency = cache.predictor(speculative_weight=0, query_weight=0, recency_weight=1)
+        recency.observe(keys, np.zeros(BLOCKS))
+        positions = np.arange(BLOCKS) * 2
+        age = (100 - positions) / 8.0
+        np.testing.assert_allclose(recency.predict(keys, positions=positions, newest_position=100),
+                                   np.exp(-age) / np.exp(-age).sum(), rtol=1e-5)
+
+
+def test_predictor_errors_name_what_is_wrong(setup):
+    _, query, blocks, tokens = setup
+    with open_cache(key_summaries="off") as cache:
+        keys = stored(cache, blocks, tokens)
+        with pytest.raises(tierkv.InvalidArgument, match="set both to 0 for history alone"):
+            cache.predictor()
+        history = cache.predictor(speculative_weight=0, query_weight=0)
+        with pytest.raises(tierkv.InvalidArgument, match="keeps no key summaries"):
+            history.predict(keys, query=query)
+        with pytest.raises(tierkv.InvalidArgument, match="history decay is 0"):
+            cache.predictor(speculative_weight=0, query_weight=0, history_decay=0)
+        with pytest.raises(tierkv.InvalidArgument, match="all 0"):
+            cache.predictor(speculative_weight=0, query_weight=0, history_weight=0)
+        history.release()
+        with pytest.raises(tierkv.InvalidHandle):
+            history.predict(keys)
+    with open_cache() as cache:
+        keys = stored(cache, blocks, tokens)
+        predictor = cache.predictor()
+        with pytest.raises(tierkv.InvalidArgument, match=r"speculated_query has shape \(4, 64\)"):
+            predictor.predict(keys, speculated_query=query[:4])
+        with pytest.raises(tierkv.InvalidArgument, match="after newest_position 3"):
+            predictor.predict(keys[:5], query=query, newest_position=3)
+        with pytest.raises(tierkv.InvalidArgument, match="one call observes one layer"):
+            predictor.observe(keys[:1] + cache.block_keys(tokens[:16], layer=0), [0.5, 0.5])
+        stranger = cache.block_keys(np.arange(16, dtype=np.uint32) + 100000, layer=1)[0]
+        with pytest.raises(tierkv.NotFound, match="no key summary"):
+            predictor.predict(keys + [stranger], query=query)
+        mass = predictor.predict(keys + [stranger], query=query, missing="nan")
+        assert np.isnan(mass[-1]) and np.isfinite(mass[:-1]).all()
+    # Closing the hierarchy released the predictor.
+    with pytest.raises(tierkv.InvalidHandle):
+        predictor.weights(1)

@@ -26,7 +26,7 @@ from . import _native
 from ._native import lib
 
 __all__ = [
-    "version", "abi_version", "Hierarchy", "Request", "BlockKey", "Layout", "Prefix", "merge_partials",
+    "version", "abi_version", "Hierarchy", "Request", "Predictor", "BlockKey", "Layout", "Prefix", "merge_partials",
     "TierKVError", "InvalidArgument", "InvalidHandle", "NotFound", "CapacityExceeded", "CorruptionError",
     "SystemCallError", "Unsupported", "CUDAError", "ClosedError", "Timeout", "BufferTooSmall", "InternalError",
 ]
@@ -444,14 +444,28 @@ class Hierarchy:
     def _prediction_arguments(self, keys, query, resident, tail_keys, token_counts, scoring):
         """The C arguments predict_mass and prefetch share, up to query_count, checked, and the
         candidate count. The pointers keep their arrays alive."""
+        query = self._query_array(query, "query")
+        if scoring not in self._SCORINGS:
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                  f"scoring is {scoring!r}; expected one of {', '.join(self._SCORINGS)}")
+        candidates, count = self._candidate_arguments(keys, resident, tail_keys, token_counts)
+        (array, count, counts_pointer, resident_array, resident_count, tail_pointer, tail_tokens) = candidates
+        return (self._h(), array, count, counts_pointer, resident_array, resident_count, tail_pointer, tail_tokens,
+                _float_pointer(query), query.size), count
+
+    def _query_array(self, query, name):
+        """A query as a contiguous float32 [query_heads, head_dim] array, checked."""
         layout = self.layout
         query = np.ascontiguousarray(query, dtype=np.float32)
         if query.shape != (layout.query_heads, layout.head_dim):
             raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
-                                  f"query has shape {query.shape}; expected ({layout.query_heads}, {layout.head_dim})")
-        if scoring not in self._SCORINGS:
-            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
-                                  f"scoring is {scoring!r}; expected one of {', '.join(self._SCORINGS)}")
+                                  f"{name} has shape {query.shape}; expected ({layout.query_heads}, {layout.head_dim})")
+        return query
+
+    def _candidate_arguments(self, keys, resident, tail_keys, token_counts):
+        """The candidates' C arguments (keys, count, token counts, resident keys and count, tail keys
+        and tokens), checked, and the candidate count. The pointers keep their arrays alive."""
+        layout = self.layout
         array, count = _key_array(keys)
         resident_array, resident_count = _key_array(resident)
         counts_pointer = None
@@ -468,8 +482,8 @@ class Hierarchy:
                 raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
                                       f"tail_keys has shape {tail.shape}; expected (tokens, {layout.kv_heads}, "
                                       f"{layout.head_dim})")
-        return (self._h(), array, count, counts_pointer, resident_array, resident_count,
-                _float_pointer(tail) if tail.shape[0] else None, tail.shape[0], _float_pointer(query), query.size), count
+        return (array, count, counts_pointer, resident_array, resident_count,
+                _float_pointer(tail) if tail.shape[0] else None, tail.shape[0]), count
 
     def prefetch(self, keys, query, *, budget_blocks, staging_blocks=0, seconds_until_needed=None,
                  host_to_device_bytes_per_s=0.0, cold_read_bytes_per_s=0.0, coverage=1.0, resident=(),
@@ -556,6 +570,123 @@ class Hierarchy:
         counts = [ctypes.c_uint64() for _ in range(3)]
         _check(lib.tierkv_rebuild_key_summaries(self._h(), int(batch_blocks or 0), *(ctypes.byref(c) for c in counts)))
         return dict(zip(("missing", "rebuilt", "failed"), (c.value for c in counts)))
+
+
+    def predictor(self, *, speculative_weight=0.5, query_weight=0.3, history_weight=0.2, history_decay=0.9,
+                  recency_weight=0.2, recency_window_blocks=8.0, adapt_top_k=0, adapt_rate=100.0, adapt_memory=0.9,
+                  scale=None, scoring="default"):
+        """A Predictor: a mix of a query speculated for the layer from an earlier one, the freshest
+        query the engine has for it (both scored on the key summaries, as predict_mass does) and the
+        layer's attention history (H2O: observed mass decayed by `history_decay` per step of the
+        layer, blended with recency), with these weights. With `adapt_top_k` (set it to the blocks
+        a layer can have in hot) each layer's weights follow how well each part predicted the
+        attention observed since, by the mass coverage of its top-k blocks (exponential weights:
+        `adapt_rate`, `adapt_memory`). The defaults are the simulator's. The query parts need key
+        summaries; for history alone set speculative_weight and query_weight to 0. Closing the
+        hierarchy releases it."""
+        if scoring not in self._SCORINGS:
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                  f"scoring is {scoring!r}; expected one of {', '.join(self._SCORINGS)}")
+        if not isinstance(adapt_top_k, (int, np.integer)) or not 0 <= adapt_top_k < 2**32:
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, f"adapt_top_k is {adapt_top_k!r}; expected an integer ≥ 0")
+        options = _native.PredictorOptionsStruct()
+        options.struct_size = ctypes.sizeof(_native.PredictorOptionsStruct)
+        for name, value in (("speculative_weight", speculative_weight), ("query_weight", query_weight),
+                            ("history_weight", history_weight), ("history_decay", history_decay),
+                            ("recency_weight", recency_weight), ("recency_window_blocks", recency_window_blocks),
+                            ("adapt_rate", adapt_rate), ("adapt_memory", adapt_memory)):
+            setattr(options, name, float(value))
+        options.adapt_top_k = int(adapt_top_k)
+        uses_queries = speculative_weight > 0 or query_weight > 0
+        options.scale = float(scale or 0)
+        options.scoring = self._SCORINGS[scoring] if uses_queries else 0
+        handle = ctypes.c_void_p()
+        _check(lib.tierkv_predictor_create(self._h(), ctypes.byref(options), ctypes.byref(handle)))
+        return Predictor(self, handle)
+
+
+class Predictor:
+    """A learned mix of predictors for one hierarchy (`Hierarchy.predictor`). Per layer and step:
+    `predict` the coming layer's candidates, prefetch the best (`Hierarchy.prefetch_mass`), and once
+    the layer ran, `observe` the attention it computed."""
+
+    _PARTS = ("speculative", "query", "history")
+
+    def __init__(self, hierarchy, handle):
+        self._hierarchy = hierarchy
+        self._handle = handle
+
+    def _h(self):
+        if self._handle is None:
+            raise InvalidHandle(_native.ERROR_INVALID_HANDLE, "the predictor was released")
+        return self._handle
+
+    def predict(self, keys, *, speculated_query=None, query=None, positions=None, newest_position=None, resident=(),
+                tail_keys=None, token_counts=None, missing="raise"):
+        """The share of the layer's attention each of `keys` (candidate blocks of one layer) is
+        predicted to receive: a float32 array summing to at most 1, all 0 when no part had anything
+        to go on. `speculated_query` and `query` ([query_heads, head_dim], post-RoPE; each may be
+        None: that part is left out) are the two hints; `positions` each candidate's block index in
+        its sequence (default: their order) and `newest_position` the sequence's newest block
+        (default: the last candidate's), for recency. `resident`, `tail_keys`, `token_counts` and
+        `missing` as for Hierarchy.predict_mass."""
+        if missing not in ("raise", "nan"):
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, f"missing is {missing!r}; expected 'raise' or 'nan'")
+        hierarchy = self._hierarchy
+        hints = [None if value is None else hierarchy._query_array(value, name)
+                 for name, value in (("speculated_query", speculated_query), ("query", query))]
+        candidates, count = hierarchy._candidate_arguments(keys, resident, tail_keys, token_counts)
+        (array, count, counts_pointer, resident_array, resident_count, tail_pointer, tail_tokens) = candidates
+        positions_pointer = None
+        if positions is not None:
+            positions = np.ascontiguousarray(positions, dtype=np.int32)
+            if positions.shape != (count,):
+                raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                      f"positions has shape {positions.shape}; expected ({count},)")
+            positions_pointer = positions.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        newest = -1 if newest_position is None else int(newest_position)
+        if not -1 <= newest < 2**31:
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, f"newest_position is {newest_position!r}; expected ≥ 0")
+        layout = hierarchy.layout
+        mass = np.empty(count, dtype=np.float32)
+        known = np.empty(count, dtype=np.int32) if missing == "nan" else None
+        _check(lib.tierkv_predictor_predict(
+            self._h(), array, count, counts_pointer, positions_pointer, newest, resident_array, resident_count,
+            tail_pointer, tail_tokens, *(None if hint is None else _float_pointer(hint) for hint in hints),
+            layout.query_heads * layout.head_dim, _float_pointer(mass),
+            known.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)) if known is not None else None))
+        if known is not None:
+            mass[known == 0] = np.nan
+        return mass
+
+    def observe(self, keys, mass):
+        """After the layer ran: the attention each of `keys` (one layer's blocks, resident ones
+        included) received. It feeds the history and, with adaptation, scores the last prediction."""
+        array, count = _key_array(keys)
+        masses = np.ascontiguousarray(mass, dtype=np.float32)
+        if masses.shape != (count,):
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, f"mass has shape {masses.shape}; expected ({count},)")
+        _check(lib.tierkv_predictor_observe(self._h(), array, count, _float_pointer(masses)))
+
+    def weights(self, layer):
+        """The weights the next prediction for `layer` uses: {"speculative", "query", "history"}."""
+        if not isinstance(layer, (int, np.integer)) or not 0 <= layer < 2**32:
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, f"layer is {layer!r}; expected an integer ≥ 0")
+        out = np.empty(3, dtype=np.float32)
+        _check(lib.tierkv_predictor_weights(self._h(), int(layer), _float_pointer(out)))
+        return dict(zip(self._PARTS, (float(value) for value in out)))
+
+    def forget(self, keys):
+        """Forgets the history of blocks that left the cache (a dropped sequence)."""
+        array, count = _key_array(keys)
+        _check(lib.tierkv_predictor_forget(self._h(), array, count))
+
+    def release(self):
+        """Frees the predictor (closing the hierarchy does too)."""
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            if not self._hierarchy.closed:
+                _check(lib.tierkv_predictor_release(handle))
 
 
 def _prefetch_options(budget_blocks, staging_blocks, seconds_until_needed, host_to_device_bytes_per_s,

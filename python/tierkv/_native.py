@@ -62,6 +62,14 @@ class PrefetchOptionsStruct(ctypes.Structure):
                 ("scoring", ctypes.c_int32), ("reserved", ctypes.c_int32)]
 
 
+class PredictorOptionsStruct(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint64)]
+    _fields_ += [(name, ctypes.c_float) for name in ("speculative_weight", "query_weight", "history_weight",
+                                                      "history_decay", "recency_weight", "recency_window_blocks")]
+    _fields_ += [("adapt_top_k", ctypes.c_uint32), ("adapt_rate", ctypes.c_float), ("adapt_memory", ctypes.c_float),
+                 ("scale", ctypes.c_float), ("scoring", ctypes.c_int32), ("reserved", ctypes.c_int32)]
+
+
 class PlacementOptionsStruct(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_uint64), ("host_to_device_bytes_per_s", ctypes.c_double),
                 ("cold_read_bytes_per_s", ctypes.c_double), ("cpu_attention_bytes_per_s", ctypes.c_double),
@@ -167,6 +175,14 @@ def load():
         "tierkv_prefetch_settle": (status, [handle, float_p, P(ctypes.c_int32), ctypes.c_size_t]),
         "tierkv_prefetch_abandon": (status, [handle]),
         "tierkv_get_prefetch_stats": (status, [handle, P(PrefetchStatsStruct)]),
+        "tierkv_predictor_create": (status, [handle, P(PredictorOptionsStruct), P(handle)]),
+        "tierkv_predictor_predict": (status, [handle, key_p, ctypes.c_size_t, P(ctypes.c_int32), P(ctypes.c_int32),
+                                              ctypes.c_int32, key_p, ctypes.c_size_t, float_p, ctypes.c_size_t, float_p,
+                                              float_p, ctypes.c_size_t, float_p, P(ctypes.c_int32)]),
+        "tierkv_predictor_observe": (status, [handle, key_p, ctypes.c_size_t, float_p]),
+        "tierkv_predictor_weights": (status, [handle, ctypes.c_uint32, float_p]),
+        "tierkv_predictor_forget": (status, [handle, key_p, ctypes.c_size_t]),
+        "tierkv_predictor_release": (status, [handle]),
         "tierkv_merge_partials": (status, [ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t, float_p, float_p,
                                            float_p, float_p, float_p, float_p]),
     }
