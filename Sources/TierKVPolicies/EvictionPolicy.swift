@@ -26,6 +26,9 @@ public protocol EvictionPolicy: AnyObject {
     func insert(_ id: Int32, context: PolicyBlockContext)
     /// The engine used the block (a hit in this tier).
     func access(_ id: Int32)
+    /// A demand lookup found the block in this tier: the layer it belongs to is running now (a
+    /// prefetch's lookups are `access`). Policies that do not care treat it as `access`.
+    func demandAccess(_ id: Int32)
     /// The block left the tier (evicted, moved or dropped). Unknown ids are ignored.
     func remove(_ id: Int32)
     /// The engine's attention mass for the block in the last step (attention-aware policies).
@@ -39,6 +42,7 @@ public protocol EvictionPolicy: AnyObject {
 }
 
 extension EvictionPolicy {
+    public func demandAccess(_ id: Int32) { access(id) }
     public func reportAttention(_ id: Int32, mass: Float) {}
     public func forget(_ id: Int32) { remove(id) }
 }
@@ -60,6 +64,9 @@ public enum EvictionPolicyKind: Sendable, Hashable, CustomStringConvertible {
     /// StreamingLLM (Xiao et al., ICLR'24): the first `sinks` blocks of a sequence and the
     /// `recentWindow` newest blocks are never evicted; the rest leave oldest first.
     case streamingLLM(sinks: Int, recentWindow: Int)
+    /// Layer-cyclic (`LayerCyclicPolicy`): evicts by when each block's layer next runs, stale
+    /// blocks first; decode's walk over the layers is the forecast.
+    case layered
 
     public static let defaultLFU = EvictionPolicyKind.lfu(agingInterval: 0)
     public static let defaultS3FIFO = EvictionPolicyKind.s3fifo(smallFraction: 0.1)
@@ -67,7 +74,7 @@ public enum EvictionPolicyKind: Sendable, Hashable, CustomStringConvertible {
     public static let defaultTOVA = EvictionPolicyKind.tova(recentWindow: 1)
     public static let defaultStreamingLLM = EvictionPolicyKind.streamingLLM(sinks: 1, recentWindow: 4)
     /// One of each, with default parameters (tests iterate over these).
-    public static let all: [EvictionPolicyKind] = [.lru, defaultLFU, defaultS3FIFO, defaultH2O, defaultTOVA, defaultStreamingLLM]
+    public static let all: [EvictionPolicyKind] = [.lru, defaultLFU, defaultS3FIFO, defaultH2O, defaultTOVA, defaultStreamingLLM, .layered]
 
     public var name: String {
         switch self {
@@ -77,6 +84,7 @@ public enum EvictionPolicyKind: Sendable, Hashable, CustomStringConvertible {
         case .h2o: "h2o"
         case .tova: "tova"
         case .streamingLLM: "streamingllm"
+        case .layered: "layered"
         }
     }
 
@@ -90,6 +98,7 @@ public enum EvictionPolicyKind: Sendable, Hashable, CustomStringConvertible {
         case .h2o(let window): AttentionScorePolicy(mode: .accumulated, recentWindow: window)
         case .tova(let window): AttentionScorePolicy(mode: .latest, recentWindow: window)
         case .streamingLLM(let sinks, let window): StreamingLLMPolicy(sinks: sinks, recentWindow: window)
+        case .layered: LayerCyclicPolicy()
         }
     }
 
@@ -103,6 +112,7 @@ public enum EvictionPolicyKind: Sendable, Hashable, CustomStringConvertible {
         let values = numbers.map { $0! }
         switch (head, values.count) {
         case ("lru", 0): self = .lru
+        case ("layered", 0): self = .layered
         case ("lfu", 0): self = Self.defaultLFU
         case ("lfu", 1): self = .lfu(agingInterval: Int(values[0]))
         case ("s3fifo", 0), ("s3-fifo", 0): self = Self.defaultS3FIFO
@@ -119,7 +129,7 @@ public enum EvictionPolicyKind: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
-    public static let parsingHelp = "lru, lfu[:AGING], s3fifo[:SMALL_FRACTION], h2o[:WINDOW], tova[:WINDOW], streamingllm[:SINKS:WINDOW]"
+    public static let parsingHelp = "lru, layered, lfu[:AGING], s3fifo[:SMALL_FRACTION], h2o[:WINDOW], tova[:WINDOW], streamingllm[:SINKS:WINDOW]"
 }
 
 extension EvictionPolicyKind {
@@ -134,6 +144,7 @@ extension EvictionPolicyKind {
             // Heap key, plus the insertion number and the score kept per id beside the heap.
             return heapEntry + MemoryLayout<(Float, UInt64)?>.stride + MemoryLayout<UInt64>.stride + MemoryLayout<Float>.stride
         case .streamingLLM: return 2 * MemoryLayout<Int32>.stride + 1 + MemoryLayout<Int32>.stride + MemoryLayout<UInt64>.stride
+        case .layered: return 3 * MemoryLayout<Int32>.stride + MemoryLayout<Int64>.stride + MemoryLayout<UInt64>.stride
         }
     }
 }

@@ -95,6 +95,59 @@ private func evictions(_ policy: any EvictionPolicy, _ count: Int, pinned: Set<I
         #expect(policy.count == 5)
     }
 
+    @Test func layeredEvictsStaleBlocksThenByWhenTheirLayerNextRuns() {
+        // 3 layers × 4 blocks; id = layer × 4 + i. Step 1 uses every block; step 2 uses blocks
+        // 0–2 of each layer (block 3 of each layer goes stale) and is now running layer 1,
+        // having used block 4 so far.
+        let policy = LayerCyclicPolicy()
+        func layered(_ id: Int32) -> PolicyBlockContext { PolicyBlockContext(position: id % 4, layer: id / 4) }
+        for id in Int32(0)..<12 { policy.insert(id, context: layered(id)) }
+        for id in Int32(0)..<12 { policy.demandAccess(id) }
+        for id: Int32 in [0, 1, 2, 4] { policy.demandAccess(id) }
+        // Stale first, oldest first: 3 (layer 0 left it behind); layer 2's block 11 and layer 1's
+        // block 7 were used in their latest runs (step 1), so they are not stale yet.
+        #expect(evictions(policy, 1) == [3])
+        // Then layer 1's block already used in this run (4); then layer 0, which ran last (least
+        // recently used first); then layer 2 (it runs next); last, layer 1's pending blocks.
+        #expect(evictions(policy, 11, pinned: []) == [4, 0, 1, 2, 8, 9, 10, 11, 5, 6, 7])
+        #expect(policy.count == 0)
+        // A prefetch's lookup does not say which layer runs: it only refreshes the block.
+        let prefetched = LayerCyclicPolicy()
+        for id in Int32(0)..<8 { prefetched.insert(id, context: layered(id)) }
+        for id in Int32(0)..<4 { prefetched.demandAccess(id) }  // layer 0 runs
+        prefetched.access(5)  // layer 1's block 5 prefetched
+        // Layer 0's used blocks go first (a step away), then layer 1 least recently used first.
+        #expect(evictions(prefetched, 8, pinned: [0]) == [3, 2, 1, 4, 6, 7, 5])
+    }
+
+    @Test func onACycleLargerThanTheTierLayeredKeepsHitsWhereLRUHasNone() {
+        // 8 layers × 10 blocks reused every step, a tier of 60: LRU evicts what comes next.
+        func hits(_ policy: any EvictionPolicy) -> Int {
+            var resident = Set<Int32>(), hits = 0
+            for _ in 0..<20 {
+                for id in Int32(0)..<80 {
+                    if resident.contains(id) {
+                        hits += 1
+                        policy.demandAccess(id)
+                        continue
+                    }
+                    if resident.count == 60, let victim = policy.victim(where: { _ in true }) {
+                        policy.remove(victim)
+                        resident.remove(victim)
+                    }
+                    policy.insert(id, context: PolicyBlockContext(position: id % 10, layer: id / 10))
+                    resident.insert(id)
+                }
+            }
+            return hits
+        }
+        #expect(hits(LRUPolicy()) == 0)
+        // At most 60 of each step's 80 accesses can hit (19 steps after the first: 1,140);
+        // layered gets 926, evicting the layer that ran last instead of the one that runs next.
+        let layered = hits(LayerCyclicPolicy())
+        #expect(layered >= 800, "layered hits \(layered)")
+    }
+
     @Test func kindsParseAndBuildTheirPolicies() {
         for kind in EvictionPolicyKind.all {
             #expect(EvictionPolicyKind(parsing: kind.name) == kind)

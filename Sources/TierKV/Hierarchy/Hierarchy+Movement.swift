@@ -54,7 +54,9 @@ extension Hierarchy {
                 state.statistics.prefetchLookups += 1
                 if flags.contains(request.tier == .hot ? .inHot : .inWarm) { state.statistics.prefetchLookupsAlreadyResident += 1 }
             }
-            if let source { state.policies[source.rawValue].access(id) }
+            if let source {
+                if isDemand { state.policies[source.rawValue].demandAccess(id) } else { state.policies[source.rawValue].access(id) }
+            }
             switch request.tier {
             case .hot:
                 record.hotPins += 1
