@@ -181,7 +181,7 @@ const char *tierkv_status_name(tierkv_status status);
  *    "hot_blocks": 1024, "warm_blocks": 8192, "cold_blocks": 65536,
  *    "cache_dir": "/nvme/tierkv", "accelerator": "cuda:0"}
  * Fields: layout (required); hot_blocks, warm_blocks (required); cold_blocks (0) and cache_dir;
- * namespace ("default"); policy ("lru"; also "lfu", "s3fifo", "h2o", "tova", "streamingllm", with
+ * namespace ("default"); policy ("lru"; also "lfu", "s3fifo", "h2o", "tova", "streamingllm", "layered", with
  * optional parameters such as "h2o:8" or "streamingllm:1:8");
  * accelerator ("cuda:N", or "emulated" for host memory standing in for a GPU: tests only);
  * admit_to_hot (true); inclusive_warm (true); allow_dropping (false); numa_node; lock_memory

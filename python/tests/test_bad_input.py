@@ -26,9 +26,10 @@ def test_configuration_errors_name_the_field():
         tierkv.Hierarchy(layout=LAYOUT, hot_blocks=0, warm_blocks=4, accelerator="emulated")
     with pytest.raises(tierkv.InvalidArgument, match="unknown dtype 'fp12'"):
         tierkv.Hierarchy(layout={**LAYOUT, "dtype": "fp12"}, hot_blocks=2, warm_blocks=4, accelerator="emulated")
-    with pytest.raises(tierkv.InvalidArgument, match=r'"policy" is "fifo"; expected one of lru, lfu'):
+    with pytest.raises(tierkv.InvalidArgument, match=r'"policy" is "fifo"; expected one of lru, layered, lfu'):
         tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, accelerator="emulated", policy="fifo")
     tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, accelerator="emulated", policy="streamingllm:1:8").close()
+    tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, accelerator="emulated", policy="layered").close()
     with pytest.raises(tierkv.InvalidArgument, match=r'"cpu_spin_us" is -1; expected 0–1000000 microseconds'):
         tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, accelerator="emulated", cpu_spin_us=-1)
     with pytest.raises(tierkv.InvalidArgument, match="NUMA node 99 does not exist"):
