@@ -9,6 +9,14 @@ public struct DecodeSimulationConfiguration: Sendable {
     public var hardware: HardwarePreset = .h100SXMGen4NVMe
     public var workload = LongDecodeParameters()
     public var policy: EvictionPolicyKind = .lru
+    /// The warm (and cold) tiers' policy when it differs from the hot tier's `policy`: a policy
+    /// built for hot (layer-cyclic) need not suit warm, which sees what hot lets go.
+    public var warmPolicy: EvictionPolicyKind?
+    /// `policy`, with the warm tiers' policy after it where that differs ("layered, warm lru").
+    public var policyName: String {
+        guard let warmPolicy, warmPolicy != policy else { return policy.name }
+        return "\(policy.name), warm \(warmPolicy.name)"
+    }
     /// Tier sizes as fractions of the workload's KV bytes (all layers, all blocks written by the
     /// end of the run), unless given in bytes. The cold tier holds the rest: every block, so a
     /// block leaving warm always has room for its durable copy.
@@ -200,6 +208,10 @@ public enum DecodeSimulation {
             warmCapacityBlocks: capacity[.warm]!, coldCapacityBlocks: capacity[.cold]!,
             cacheDirectory: temporary + "/cache", policy: configuration.policy,
             accelerator: .emulated(.instant))
+        if let warmPolicy = configuration.warmPolicy {
+            hierarchyConfiguration.warmPolicy = warmPolicy
+            hierarchyConfiguration.coldPolicy = warmPolicy
+        }
         hierarchyConfiguration.coldAdmission = .always
         hierarchyConfiguration.clock = clock
         // Stand-in files may sit on tmpfs; a real-I/O run wants O_DIRECT and says so if it cannot.
@@ -480,7 +492,7 @@ public enum DecodeSimulation {
             kvHeads: model.kvHeads, headDim: model.headDim, sketchBits: sketchBits, tokensPerBlock: parameters.tokensPerBlock)
         return DecodeSimulationResult(
             workload: trace == nil ? "long-decode" : "trace:tierkv", realIO: configuration.realIO,
-            model: model.name, hardware: configuration.hardware.name, policy: configuration.policy.name, parameters: parameters,
+            model: model.name, hardware: configuration.hardware.name, policy: configuration.policyName, parameters: parameters,
             attentionCoverage: configuration.attentionCoverage, capacityBlocks: capacity, blockBytes: blockBytes,
             totalBlocks: totalBlocks, tiers: [.hot: counts(.hot), .warm: counts(.warm), .cold: counts(.cold)],
             bytesMoved: bytesMoved, linkBusySeconds: busy, stallSeconds: stall, stallFromWarmSeconds: stallFromWarm,
@@ -489,7 +501,8 @@ public enum DecodeSimulation {
             oracleHotHitRate: accesses.isEmpty ? 0 : Double(oracleHits) / Double(accesses.count), blockAccesses: accesses.count,
             timeline: timeline, wallSeconds: Double(DispatchTime.now().uptimeNanoseconds - wallStart) / 1e9,
             droppedBlocks: endStatistics.droppedBlocks, corruptions: endStatistics.corruptions,
-            metadataBytesPerBlock: Hierarchy.metadataBytesPerBlock(policies: [configuration.policy, configuration.policy, configuration.policy]),
+            metadataBytesPerBlock: Hierarchy.metadataBytesPerBlock(policies: [
+                configuration.policy, configuration.warmPolicy ?? configuration.policy, configuration.warmPolicy ?? configuration.policy]),
             vectorBytesPerBlock: trace == nil ? parameters.tokensPerBlock * parameters.vectorHeads * parameters.vectorDimension * MemoryLayout<Float>.size : 0,
             prefetch: prefetchReport, summaryBytesPerBlock: modelSummary.byteCount + modelSummary.sketchByteCount, cpuAttention: configuration.cpuAttention,
             cpuAttentionBytesPerSecond: configuration.resolvedCPUAttentionBytesPerSecond, cpuAttentionBlocks: cpuBlocksTotal,

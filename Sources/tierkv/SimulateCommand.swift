@@ -107,6 +107,8 @@ struct SimulateCommand: ParsableCommand {
 
     @Option(help: "Eviction policy: \(EvictionPolicyKind.parsingHelp).")
     var policy: String = "lru"
+    @Option(help: "Long-decode: the warm and cold tiers' eviction policy, when it should differ from --policy (which then rules hot alone), e.g. --policy layered --warm-policy lru.")
+    var warmPolicy: String?
     @Option(help: "Compare in one run: policy=P,P,... or capacity=... (hot sizes for long-decode, e.g. 5%,10%,20%; blocks for traces); long-decode also prefetch=K,K, lookahead=0,1,2, budget=16,64, staging=0,100, coverage=0.9,1, scoring=S,S, cpu-attention=off,on. Repeat to sweep the cross product.")
     var sweep: [String] = []
 
@@ -133,6 +135,9 @@ struct SimulateCommand: ParsableCommand {
     func runTrace(_ trace: String) throws {
         guard prefetch == "none", cpuAttention == "off", approximateSkip == nil else {
             throw CommandFailure("--prefetch, --cpu-attention and --approximate-skip apply to long-decode runs and tierkv traces, not to mooncake prefix traces")
+        }
+        guard warmPolicy == nil else {
+            throw CommandFailure("--warm-policy applies to long-decode runs and tierkv traces; a mooncake prefix trace has one tier")
         }
         guard sweep.count <= 1 else { throw CommandFailure("mooncake traces sweep one dimension at a time (policy= or capacity=)") }
         let sweep = sweep.first

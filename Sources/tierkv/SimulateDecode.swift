@@ -17,7 +17,7 @@ extension SimulateCommand {
             throw CommandFailure("--speculation-error \(speculationError) models the generator's speculated queries; this trace records its own (spec_query)")
         }
         let base = try decodeConfiguration()
-        var runs: [(label: String, configuration: DecodeSimulationConfiguration)] = [(base.policy.name, base)]
+        var runs: [(label: String, configuration: DecodeSimulationConfiguration)] = [(base.policyName, base)]
         for (index, dimension) in sweep.enumerated() {
             let parts = dimension.split(separator: "=", maxSplits: 1).map(String.init)
             guard parts.count == 2, !parts[1].isEmpty else {
@@ -35,7 +35,7 @@ extension SimulateCommand {
                             throw CommandFailure("--sweep policy: \(value) is not one of: \(EvictionPolicyKind.parsingHelp)")
                         }
                         configuration.policy = kind
-                        label = kind.name
+                        label = configuration.policyName
                     case "capacity":
                         try applySize(value, option: "--sweep capacity", fraction: &configuration.hotFraction, bytes: &configuration.hotBytes)
                         label = "hot \(value)"
@@ -165,6 +165,12 @@ extension SimulateCommand {
             throw CommandFailure("--policy \(policy) is not one of: \(EvictionPolicyKind.parsingHelp)")
         }
         configuration.policy = kind
+        if let warmPolicy {
+            guard let warmKind = EvictionPolicyKind(parsing: warmPolicy) else {
+                throw CommandFailure("--warm-policy \(warmPolicy) is not one of: \(EvictionPolicyKind.parsingHelp)")
+            }
+            configuration.warmPolicy = warmKind
+        }
         configuration.workload.contextTokens = context
         configuration.workload.decodeSteps = steps
         configuration.workload.sequences = sequences

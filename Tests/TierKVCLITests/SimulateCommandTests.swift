@@ -92,6 +92,8 @@ import TierKVTestSupport
         #expect(first["issued_blocks"] as? Int == 0)
         let trace = try CLI.run(["simulate", "--trace", "/nonexistent", "--prefetch", "bound"])
         #expect(trace.status != 0 && trace.stderr.contains("not to mooncake"))
+        let tiers = try CLI.run(["simulate", "--trace", "/nonexistent", "--warm-policy", "lru"])
+        #expect(tiers.status != 0 && tiers.stderr.contains("a mooncake prefix trace has one tier"))
     }
 
     @Test func longDecodeRefusesBadOptionsWithTheReason() throws {
@@ -126,6 +128,7 @@ import TierKVTestSupport
             (["--sweep", "stage-ahead=x"], "--sweep stage-ahead: x is not a layer count"),
             (["--sweep", "colour=red"], "colour"),
             (["--workload", "chat"], "chat"),
+            (["--warm-policy", "fifo"], "--warm-policy fifo is not one of"),
         ]
         for (arguments, needle) in cases {
             let result = try CLI.run(["simulate", "--context", "256", "--steps", "1"] + arguments)
