@@ -182,7 +182,8 @@ const char *tierkv_status_name(tierkv_status status);
  *    "cache_dir": "/nvme/tierkv", "accelerator": "cuda:0"}
  * Fields: layout (required); hot_blocks, warm_blocks (required); cold_blocks (0) and cache_dir;
  * namespace ("default"); policy ("lru"; also "lfu", "s3fifo", "h2o", "tova", "streamingllm", "layered", with
- * optional parameters such as "h2o:8" or "streamingllm:1:8");
+ * optional parameters such as "h2o:8" or "streamingllm:1:8"); warm_policy (the warm and cold tiers'
+ * policy when it should differ from policy, which then rules hot alone: "layered" in hot, "lru" in warm);
  * accelerator ("cuda:N", or "emulated" for host memory standing in for a GPU: tests only);
  * admit_to_hot (true); inclusive_warm (true); allow_dropping (false); numa_node; lock_memory
  * (false); buffered_fallback (false); key_summaries ("off" or "from-keys": a summary of every stored

@@ -8,7 +8,7 @@ struct OpenConfiguration {
     var cpuSpinMicroseconds = WorkerPool.defaultSpinMicroseconds
 
     static let topLevelFields: Set<String> = [
-        "layout", "hot_blocks", "warm_blocks", "cold_blocks", "cache_dir", "namespace", "policy", "accelerator",
+        "layout", "hot_blocks", "warm_blocks", "cold_blocks", "cache_dir", "namespace", "policy", "warm_policy", "accelerator",
         "admit_to_hot", "inclusive_warm", "allow_dropping", "numa_node", "lock_memory", "buffered_fallback",
         "key_summaries", "key_sketch_bits", "cpu_threads", "cpu_spin_us",
     ]
@@ -76,6 +76,13 @@ struct OpenConfiguration {
                 throw .invalid("\"policy\" is \"\(policyName)\"; expected one of \(EvictionPolicyKind.parsingHelp)")
             }
             configuration.hotPolicy = policy
+            configuration.warmPolicy = policy
+            configuration.coldPolicy = policy
+        }
+        if let policyName = try string("warm_policy") {
+            guard let policy = EvictionPolicyKind(parsing: policyName) else {
+                throw .invalid("\"warm_policy\" is \"\(policyName)\"; expected one of \(EvictionPolicyKind.parsingHelp)")
+            }
             configuration.warmPolicy = policy
             configuration.coldPolicy = policy
         }

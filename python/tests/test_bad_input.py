@@ -30,6 +30,8 @@ def test_configuration_errors_name_the_field():
         tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, accelerator="emulated", policy="fifo")
     tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, accelerator="emulated", policy="streamingllm:1:8").close()
     tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, accelerator="emulated", policy="layered").close()
+    with pytest.raises(tierkv.InvalidArgument, match=r'"warm_policy" is "mru"; expected one of lru, layered'):
+        tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, accelerator="emulated", policy="layered", warm_policy="mru")
     with pytest.raises(tierkv.InvalidArgument, match=r'"cpu_spin_us" is -1; expected 0–1000000 microseconds'):
         tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, accelerator="emulated", cpu_spin_us=-1)
     with pytest.raises(tierkv.InvalidArgument, match="NUMA node 99 does not exist"):
