@@ -144,3 +144,23 @@ def test_concurrent_threads_share_one_hierarchy(tmp_path):
             thread.join()
         assert not errors, errors
         assert cache.stats()["cold"]["resident_blocks"] > 0
+
+
+@pytest.mark.parametrize("warm_policy, block_zero_tier", [(None, "cold"), ("streamingllm:1:2", "warm")])
+def test_warm_policy_decides_what_leaves_warm(tmp_path, warm_policy, block_zero_tier):
+    """With "policy": "lru" alone the warm tier sends its oldest block (position 0) to NVMe; with
+    "warm_policy": "streamingllm:1:2" warm keeps that attention sink and sends a middle block."""
+    fields = {"warm_policy": warm_policy} if warm_policy else {}
+    with tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, cold_blocks=16, cache_dir=str(tmp_path / "cold"),
+                          accelerator="emulated", buffered_fallback=True, cpu_threads=1, policy="lru", **fields) as cache:
+        rng = np.random.default_rng(3)
+        keys = cache.block_keys(np.arange(6 * 16, dtype=np.uint32), layer=0)
+        blocks = [rng.standard_normal(cache.layout.block_shape).astype(np.float16) for _ in keys]
+        for position, (key, block) in enumerate(zip(keys, blocks)):
+            cache.store(key, block, position=position, sequence=1)
+        tiers = [cache.fastest_tier(key) for key in keys]
+        assert tiers[0] == block_zero_tier, tiers
+        assert tiers.count("cold") == 2, tiers
+        assert all(tier != "cold" for tier in tiers[-2:]), tiers
+        for key, block in zip(keys, blocks):  # wherever each block went, nothing was lost
+            np.testing.assert_array_equal(cache.read(key), block)
