@@ -149,7 +149,7 @@ def test_concurrent_threads_share_one_hierarchy(tmp_path):
 @pytest.mark.parametrize("warm_policy, block_zero_tier", [(None, "cold"), ("streamingllm:1:2", "warm")])
 def test_warm_policy_decides_what_leaves_warm(tmp_path, warm_policy, block_zero_tier):
     """With "policy": "lru" alone the warm tier sends its oldest block (position 0) to NVMe; with
-    "warm_policy": "streamingllm:1:2" warm keeps that attention sink and sends a middle block."""
+    "warm_policy": "streamingllm:1:2" warm keeps that attention sink and sends two middle blocks."""
     fields = {"warm_policy": warm_policy} if warm_policy else {}
     with tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, cold_blocks=16, cache_dir=str(tmp_path / "cold"),
                           accelerator="emulated", buffered_fallback=True, cpu_threads=1, policy="lru", **fields) as cache:
