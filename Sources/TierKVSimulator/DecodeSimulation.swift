@@ -51,6 +51,12 @@ public struct DecodeSimulationConfiguration: Sendable {
     /// Approximate mode: needed blocks whose predicted mass (Quest bound with the layer's own
     /// query) is below this share are skipped; nil (the default) is exact attention.
     public var skipBelowMass: Float?
+    /// After the prefill, place the prompt's blocks by the attention its last token paid them
+    /// (`Hierarchy.placeAfterPrefill`, SnapKV's observation): the blocks covering
+    /// `attentionCoverage` of each layer's mass go to warm (read back from cold where the
+    /// prefill's later layers pushed them), up to half the warm tier, and the history predictor
+    /// starts from that attention. Off: the tiers hold what the prefill wrote last.
+    public var prefillPlacement = false
 
     public init() {}
 
@@ -142,6 +148,18 @@ public struct DecodeSimulationResult: Sendable {
     public var skippedBlocks: Int
     /// Attention mass the skipped blocks really held, summed over layers and steps, ÷ (layers × steps × sequences).
     public var skippedMassPerLayer: Double
+    /// What the placement after the prefill did (nil when off).
+    public var prefillPlacement: PrefillPlacementReport? = nil
+}
+
+/// `--prefill-placement`: blocks placed in warm after the prefill, and the NVMe reads that cost
+/// before decode started (they overlap the prefill's compute, which the simulation does not time).
+public struct PrefillPlacementReport: Sendable, Equatable {
+    public var chosenBlocks: Int
+    public var fromColdBlocks: Int
+    /// Modelled bytes read from NVMe, and the virtual seconds from the placement to its last arrival.
+    public var readBytes: Double
+    public var seconds: Double
 }
 
 /// The long-decode simulation: the real `Hierarchy` (emulated accelerator for hot, a real warm
@@ -285,6 +303,9 @@ public enum DecodeSimulation {
             }
         }
         hierarchy.waitUntilIdle()
+        let prefill = configuration.prefillPlacement ? try placeAfterPrefill(
+            workload, hierarchy: hierarchy, clock: clock, keys: keys, contextBlocks: contextBlocks,
+            coverage: configuration.attentionCoverage, blockLimit: capacity[.warm]! / 2) : nil
 
         let compute = DecodeComputeModel(
             model: model, gpu: configuration.hardware.gpu, kvBytesPerElement: Double(configuration.kvDType.byteSize),
@@ -311,6 +332,13 @@ public enum DecodeSimulation {
                 hostToDeviceBytesPerSecond: links.hostToDevice.bytesPerSecond / byteScale,
                 coldReadBytesPerSecond: links.nvmeRead.bytesPerSecond / byteScale)
             : nil
+        if let prefill, let prefetch {
+            for (sequence, perLayer) in prefill.attention.enumerated() {
+                for (layer, mass) in perLayer.enumerated() {
+                    try prefetch.observePrefill(layer: layer, keys: Array(keys[sequence][layer][0..<mass.count]), mass: mass)
+                }
+            }
+        }
         var cpuBlocksTotal = 0, demandFetched = 0, skippedTotal = 0, skippedMass = 0.0
         for step in 0..<parameters.decodeSteps {
             let attention = workload.step()
@@ -507,7 +535,39 @@ public enum DecodeSimulation {
             prefetch: prefetchReport, summaryBytesPerBlock: modelSummary.byteCount + modelSummary.sketchByteCount, cpuAttention: configuration.cpuAttention,
             cpuAttentionBytesPerSecond: configuration.resolvedCPUAttentionBytesPerSecond, cpuAttentionBlocks: cpuBlocksTotal,
             demandFetchedBlocks: demandFetched, skippedBlocks: skippedTotal,
-            skippedMassPerLayer: skippedMass / Double(layers * parameters.decodeSteps * parameters.sequences))
+            skippedMassPerLayer: skippedMass / Double(layers * parameters.decodeSteps * parameters.sequences),
+            prefillPlacement: prefill?.report)
+    }
+
+    /// `--prefill-placement`: hands the prefill's attention to `Hierarchy.placeAfterPrefill` and
+    /// waits (in virtual time) for the blocks it reads back from cold.
+    private static func placeAfterPrefill(
+        _ workload: any AttentionSource, hierarchy: Hierarchy, clock: VirtualClock, keys: [[[BlockKey]]], contextBlocks: Int,
+        coverage: Double, blockLimit: Int
+    ) throws(TierKVError) -> (attention: [[[Float]]], report: PrefillPlacementReport) {
+        guard let attention = workload.prefillAttention() else {
+            throw TierKVError.invalid("--prefill-placement needs the attention of the prefill's last token, which this workload does not have (tierkv traces do not record it)")
+        }
+        var layers: [(keys: [BlockKey], mass: [Float])] = []
+        var trimmed: [[[Float]]] = []
+        for (sequence, perLayer) in attention.enumerated() {
+            trimmed.append(perLayer.map { Array($0.prefix(contextBlocks)) })
+            for (layer, mass) in trimmed[sequence].enumerated() { layers.append((Array(keys[sequence][layer][0..<mass.count]), mass)) }
+        }
+        let readBefore = clock.linkStatistics["nvme_read"]?.bytes ?? 0
+        let start = clock.seconds
+        let placement = try hierarchy.placeAfterPrefill(layers, coverage: coverage, blockLimit: blockLimit)
+        hierarchy.waitUntilIdle()
+        if let request = placement.request {
+            if let failure = request.failures.first {
+                throw TierKVError(.simulation, "prefill placement: block \(failure.key) could not be read back: \(failure.value)")
+            }
+            hierarchy.release(request)
+        }
+        let report = PrefillPlacementReport(
+            chosenBlocks: placement.chosen, fromColdBlocks: placement.fromCold,
+            readBytes: (clock.linkStatistics["nvme_read"]?.bytes ?? 0) - readBefore, seconds: clock.seconds - start)
+        return (trimmed, report)
     }
 
     /// The blocks a layer needs: by descending mass until `coverage` of it is held, plus the

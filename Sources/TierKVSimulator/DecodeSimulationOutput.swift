@@ -44,6 +44,14 @@ extension DecodeSimulationResult {
             ("demand_fetched_blocks", .integer(Int64(demandFetchedBlocks))),
             ("skipped_blocks", .integer(Int64(skippedBlocks))),
             ("skipped_mass_per_layer", .number(skippedMassPerLayer)),
+            ("prefill_placement", prefillPlacement.map { placement in
+                .object([
+                    ("chosen_blocks", .integer(Int64(placement.chosenBlocks))),
+                    ("from_cold_blocks", .integer(Int64(placement.fromColdBlocks))),
+                    ("nvme_read_bytes", .integer(Int64(placement.readBytes))),
+                    ("seconds", .number(placement.seconds)),
+                ])
+            } ?? .null),
             ("summary_bytes_per_block", .integer(Int64(summaryBytesPerBlock))),
             ("block_bytes", .integer(Int64(blockBytes))),
             ("total_blocks", .integer(Int64(totalBlocks))),
@@ -158,6 +166,10 @@ extension DecodeSimulationResult {
                 rows.append(("combined weights", String(format: "speculative %.2f, bound %.2f, history %.2f (%@)", used[0], used[1], used[2],
                     prefetch.settings.adaptationRate.map { String(format: "learned per layer, rate %g; mean over layers", Double($0)) } ?? "fixed")))
             }
+        }
+        if let placement = prefillPlacement {
+            rows.append(("prefill placement", String(format: "%d blocks placed by the prefill's attention, %d read back from cold (%@ in %.3f s, before decode)",
+                placement.chosenBlocks, placement.fromColdBlocks, formatBytes(placement.readBytes), placement.seconds)))
         }
         if cpuAttention || skippedBlocks > 0 {
             rows.append(("placement", String(format: "%d needed blocks attended on CPU (%.0f GB/s), %d fetched on demand, %d skipped (%.4f of a layer's mass lost on average)",

@@ -223,6 +223,52 @@ public final class LongDecodeWorkload: AttentionSource, @unchecked Sendable {
             }
         }
         let finalQueries = queries
+        let mass = blockMasses(finalQueries)
+        var result = StepAttention(mass: [], queries: [], tailKeys: [])
+        let stored = tokenCount / p.tokensPerBlock
+        for sequence in 0..<p.sequences {
+            result.mass.append(Array(mass[(sequence * layers)..<((sequence + 1) * layers)]))
+            // The tokens after the last complete block.
+            result.tailKeys?.append((0..<layers).map { tokenMajorKeys(sequence: sequence, layer: $0, block: stored) })
+            result.queries?.append((0..<layers).map { layer in
+                (0..<heads).flatMap { finalQueries[streamIndex(sequence, layer, $0)] }
+            })
+        }
+        return result
+    }
+
+    /// The attention of the last prompt token, as the prefill computed it (SnapKV's observation
+    /// window, one token wide): [sequence][layer][block] masses over the prompt's complete
+    /// blocks. Its query is the one the first decode step will start from (the walk's point, the
+    /// sink, the active topics) with its own noise, and no needle: the prefill does not know the
+    /// retrievals decode will make, nor the topic switches. Reads the state and changes nothing.
+    public func prefillAttention() -> [[[Float]]]? {
+        let p = parameters
+        let scale = Float(dimension).squareRoot()
+        var queries = [[Float]](repeating: [], count: streams.count)
+        for index in streams.indices {
+            // Noise from a generator of its own, so that asking does not move the decode's draws.
+            var noise = SplitMix64(seed: p.seed &* 0xD1B5_4A32_D192_ED03 &+ UInt64(index + 1))
+            var query = streams[index].walk
+            for d in 0..<dimension { query[d] += streams[index].sink[d] }
+            for topic in streams[index].active {
+                for d in 0..<dimension { query[d] += streams[index].topics[topic][d] }
+            }
+            for d in 0..<dimension { query[d] += p.noise / scale * noise.nextGaussian() }
+            queries[index] = query
+        }
+        let complete = tokenCount / p.tokensPerBlock
+        let mass = blockMasses(queries)
+        return (0..<p.sequences).map { sequence in
+            (0..<layers).map { layer in Array(mass[sequence * layers + layer].prefix(complete)) }
+        }
+    }
+
+    /// Per (sequence × layer) row, the mass of every block under `queries` (one per stream):
+    /// the softmax of each head over the context, averaged over the heads.
+    private func blockMasses(_ queries: [[Float]]) -> [[Float]] {
+        let p = parameters
+        let scale = Float(dimension).squareRoot()
         let blocks = (tokenCount + p.tokensPerBlock - 1) / p.tokensPerBlock
         let rows = p.sequences * layers
         var mass = [[Float]](repeating: [], count: rows)
@@ -234,7 +280,7 @@ public final class LongDecodeWorkload: AttentionSource, @unchecked Sendable {
                 var logits = [Float](repeating: 0, count: tokenCount)
                 for head in 0..<heads {
                     let index = streamIndex(sequence, layer, head)
-                    score(finalQueries[index], keys: keys[index], into: &logits, scale: 1 / scale)
+                    score(queries[index], keys: keys[index], into: &logits, scale: 1 / scale)
                     var maximum = -Float.infinity
                     for value in logits { maximum = max(maximum, value) }
                     var sum: Float = 0
@@ -249,17 +295,7 @@ public final class LongDecodeWorkload: AttentionSource, @unchecked Sendable {
                 output.value[row] = blockMass
             }
         }
-        var result = StepAttention(mass: [], queries: [], tailKeys: [])
-        let stored = tokenCount / p.tokensPerBlock
-        for sequence in 0..<p.sequences {
-            result.mass.append(Array(mass[(sequence * layers)..<((sequence + 1) * layers)]))
-            // The tokens after the last complete block.
-            result.tailKeys?.append((0..<layers).map { tokenMajorKeys(sequence: sequence, layer: $0, block: stored) })
-            result.queries?.append((0..<layers).map { layer in
-                (0..<heads).flatMap { finalQueries[streamIndex(sequence, layer, $0)] }
-            })
-        }
-        return result
+        return mass
     }
 
     /// The key summary of a complete block, `[head][min, max, mean][dim]`.

@@ -304,6 +304,11 @@ final class SimulatedPrefetch {
         try combined.observe(layer: layer, keys: attended, mass: mass)
     }
 
+    /// The prefill's attention (`--prefill-placement`): the history predictor's first step.
+    func observePrefill(layer: Int, keys: [BlockKey], mass: [Float]) throws(TierKVError) {
+        try history.observe(layer: layer, keys: keys, mass: mass)
+    }
+
     /// `combined`'s weights (speculative, bound, history), each averaged over the layers and
     /// normalised to sum 1: the given ones, or what adaptation learned.
     var meanCombinedWeights: [Double] {

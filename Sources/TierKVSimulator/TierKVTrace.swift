@@ -24,6 +24,14 @@ public protocol AttentionSource: AnyObject {
     /// A complete block's keys, fp32 `[token][head][dim]`, or nil when the source has none (the
     /// key sketches are made from them).
     func blockKeys(sequence: Int, layer: Int, block: Int) -> [Float]?
+    /// The attention the prefill's last prompt token paid the prompt's complete blocks,
+    /// [sequence][layer][block], or nil when the source does not have it (what
+    /// `--prefill-placement` places by).
+    func prefillAttention() -> [[[Float]]]?
+}
+
+extension AttentionSource {
+    public func prefillAttention() -> [[[Float]]]? { nil }
 }
 
 /// Attention of one decode step: per sequence, per layer, the mass of each block, and the query

@@ -94,6 +94,8 @@ struct SimulateCommand: ParsableCommand {
     var speculationError: Float?
     @Option(help: "Approximate mode: skip needed blocks whose predicted share of a layer's attention is below this (e.g. 0.001). Off by default: attention stays exact.")
     var approximateSkip: Double?
+    @Option(help: "After the prefill, place the prompt's blocks by the attention its last token paid them (SnapKV's observation): those covering the needed share of each layer's mass go to warm, read back from cold where the prefill's later layers pushed them, and the history predictor starts from it: on or off. Long-decode only (tierkv traces do not record the prefill's attention).")
+    var prefillPlacement: String = "off"
 
     // Traces
     @Option(help: "A request trace (JSON lines); switches to prefix-cache mode.")
@@ -109,7 +111,7 @@ struct SimulateCommand: ParsableCommand {
     var policy: String = "lru"
     @Option(help: "Long-decode: the warm and cold tiers' eviction policy, when it should differ from --policy (which then rules hot alone), e.g. --policy layered --warm-policy lru.")
     var warmPolicy: String?
-    @Option(help: "Compare in one run: policy=P,P,... or capacity=... (hot sizes for long-decode, e.g. 5%,10%,20%; blocks for traces); long-decode also prefetch=K,K, lookahead=0,1,2, budget=16,64, staging=0,100, coverage=0.9,1, scoring=S,S, cpu-attention=off,on. Repeat to sweep the cross product.")
+    @Option(help: "Compare in one run: policy=P,P,... or capacity=... (hot sizes for long-decode, e.g. 5%,10%,20%; blocks for traces); long-decode also prefetch=K,K, lookahead=0,1,2, budget=16,64, staging=0,100, coverage=0.9,1, scoring=S,S, cpu-attention=off,on, prefill-placement=off,on. Repeat to sweep the cross product.")
     var sweep: [String] = []
 
     // Output
@@ -125,6 +127,9 @@ struct SimulateCommand: ParsableCommand {
         switch traceFormat {
         case "mooncake": try runTrace(trace)
         case "tierkv":
+            guard prefillPlacement.lowercased() == "off" else {
+                throw CommandFailure("--prefill-placement needs the attention of the prefill's last token, which tierkv traces do not record (long-decode only)")
+            }
             if !json { Output.printError("reading \(trace)...") }
             do { try runDecode(trace: TierKVTrace.load(path: trace)) } catch let error as TierKVError { throw CommandFailure(error) }
         default:
@@ -133,8 +138,8 @@ struct SimulateCommand: ParsableCommand {
     }
 
     func runTrace(_ trace: String) throws {
-        guard prefetch == "none", cpuAttention == "off", approximateSkip == nil else {
-            throw CommandFailure("--prefetch, --cpu-attention and --approximate-skip apply to long-decode runs and tierkv traces, not to mooncake prefix traces")
+        guard prefetch == "none", cpuAttention == "off", approximateSkip == nil, prefillPlacement == "off" else {
+            throw CommandFailure("--prefetch, --cpu-attention, --approximate-skip and --prefill-placement apply to long-decode runs (and the first three to tierkv traces), not to mooncake prefix traces")
         }
         guard warmPolicy == nil else {
             throw CommandFailure("--warm-policy applies to long-decode runs and tierkv traces; a mooncake prefix trace has one tier")

@@ -21,7 +21,7 @@ extension SimulateCommand {
         for (index, dimension) in sweep.enumerated() {
             let parts = dimension.split(separator: "=", maxSplits: 1).map(String.init)
             guard parts.count == 2, !parts[1].isEmpty else {
-                throw CommandFailure("--sweep \(dimension): expected NAME=V,V,... (policy, capacity, prefetch, lookahead, budget, staging, stage-ahead, coverage, scoring, cpu-attention)")
+                throw CommandFailure("--sweep \(dimension): expected NAME=V,V,... (policy, capacity, prefetch, lookahead, budget, staging, stage-ahead, coverage, scoring, cpu-attention, prefill-placement)")
             }
             let values = parts[1].split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
             var expanded: [(label: String, configuration: DecodeSimulationConfiguration)] = []
@@ -65,6 +65,9 @@ extension SimulateCommand {
                     case "cpu-attention":
                         configuration.cpuAttention = try onOff(value, option: "--sweep cpu-attention")
                         label = "cpu attention \(value)"
+                    case "prefill-placement":
+                        configuration.prefillPlacement = try onOff(value, option: "--sweep prefill-placement")
+                        label = "prefill placement \(value)"
                     case "scoring":
                         guard let scoring = SummaryScoring(rawValue: value) else {
                             throw CommandFailure("--sweep scoring: \(value) is not one of \(SummaryScoring.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -90,7 +93,7 @@ extension SimulateCommand {
         }
                         label = "scoring \(value)"
                     default:
-                        throw CommandFailure("--sweep \(parts[0]) is not supported; use policy, capacity, prefetch, lookahead, budget, staging, stage-ahead, coverage, scoring or cpu-attention")
+                        throw CommandFailure("--sweep \(parts[0]) is not supported; use policy, capacity, prefetch, lookahead, budget, staging, stage-ahead, coverage, scoring, cpu-attention or prefill-placement")
                     }
                     expanded.append((index == 0 ? label : run.label + ", " + label, configuration))
                 }
@@ -243,6 +246,7 @@ extension SimulateCommand {
             configuration.prefetch.adaptationRate = rate
         }
         configuration.cpuAttention = try onOff(cpuAttention, option: "--cpu-attention")
+        configuration.prefillPlacement = try onOff(prefillPlacement, option: "--prefill-placement")
         if let cpuAttentionGbps { configuration.cpuAttentionBytesPerSecond = try gigabytes(cpuAttentionGbps, "--cpu-attention-gbps") }
         if let speculationError {
             guard speculationError >= 0, speculationError.isFinite else {

@@ -301,3 +301,75 @@ import TierKVTestSupport
         #expect(tierKVError { _ = try second.rebuildKeySummaries(batchBlocks: 0) }?.message.contains("batchBlocks is 0") ?? false)
     }
 }
+
+@Suite struct PrefillPlacementTests {
+    /// Eight prompt blocks through hot 2 / warm 3: the first three end in cold. The prefill's
+    /// attention says blocks 0 and 1 matter; the placement brings them back to warm, reads the
+    /// right bytes, and leaves the little-attended blocks where they were.
+    @Test func theBestAttendedBlocksComeBackFromCold() throws {
+        let directory = try TemporaryDirectory()
+        var configuration = tinyConfiguration(directory: directory.path + "/cache", hot: 2, warm: 3, cold: 16)
+        configuration.admitsNewBlocksToHot = false
+        let hierarchy = try Hierarchy(configuration)
+        let keys = (0..<8).map { testKey($0) }
+        for (position, key) in keys.enumerated() { try hierarchy.storeTestBlock(key, position: position, sequence: SequenceID(1)) }
+        hierarchy.waitUntilIdle()
+        #expect(hierarchy.fastestTier(of: keys[0]) == .cold && hierarchy.fastestTier(of: keys[1]) == .cold)
+        let mass: [Float] = [0.5, 0.3, 0.02, 0.02, 0.02, 0.02, 0.02, 0.1]
+        let placement = try hierarchy.placeAfterPrefill([(keys, mass)], coverage: 0.8, blockLimit: 3)
+        #expect(placement.chosen == 2 && placement.fromCold == 2)
+        let request = try #require(placement.request)
+        request.wait()
+        #expect(request.failures.isEmpty)
+        hierarchy.release(request)
+        for key in keys[0...1] {
+            #expect(hierarchy.fastestTier(of: key) == .warm)
+            var bytes = [UInt8](repeating: 0, count: smallLayout.blockByteCount)
+            try bytes.withUnsafeMutableBytes { try hierarchy.read(key, into: $0) }
+            #expect(bytes == blockBytes(for: key, count: smallLayout.blockByteCount))
+        }
+        #expect(hierarchy.fastestTier(of: keys[2]) == .cold)
+        #expect(hierarchy.checkInvariants() == [])
+    }
+
+    /// Across layers the best-attended shares win the limit (each layer's mass normalised);
+    /// a layer with no mass places nothing.
+    @Test func theLimitKeepsTheLargestSharesAcrossLayers() throws {
+        let directory = try TemporaryDirectory()
+        var configuration = tinyConfiguration(directory: directory.path + "/cache", hot: 2, warm: 4, cold: 32)
+        configuration.admitsNewBlocksToHot = false
+        let hierarchy = try Hierarchy(configuration)
+        let first = (0..<4).map { testKey($0, layer: 0) }, second = (0..<4).map { testKey($0, layer: 1) }
+        let silent = (10..<14).map { testKey($0, layer: 1) }
+        for layer in [first, second, silent] {
+            for (position, key) in layer.enumerated() { try hierarchy.storeTestBlock(key, position: position, sequence: SequenceID(1)) }
+        }
+        hierarchy.waitUntilIdle()
+        // Layer 0 sums to 10, layer 1 to 1: shares 0.9 (first[0]) and 0.6 (second[1]) lead.
+        let placement = try hierarchy.placeAfterPrefill(
+            [(first, [9, 0.5, 0.3, 0.2]), (second, [0.1, 0.6, 0.2, 0.1]), (silent, [0, 0, 0, 0])], coverage: 1, blockLimit: 2)
+        #expect(placement.chosen == 2)
+        placement.request?.wait()
+        placement.request.map(hierarchy.release)
+        #expect(hierarchy.fastestTier(of: first[0]) != .cold && hierarchy.fastestTier(of: second[1]) != .cold)
+        #expect(hierarchy.checkInvariants() == [])
+    }
+
+    @Test func badInputIsRefusedNamingWhatIsWrong() throws {
+        let directory = try TemporaryDirectory()
+        let hierarchy = try Hierarchy(tinyConfiguration(directory: directory.path + "/cache"))
+        let keys = [testKey(0), testKey(1)]
+        for (position, key) in keys.enumerated() { try hierarchy.storeTestBlock(key, position: position, sequence: SequenceID(1)) }
+        func message(_ body: () throws -> Void) -> String {
+            do { try body() } catch { return "\(error)" }
+            return "no error"
+        }
+        #expect(message { _ = try hierarchy.placeAfterPrefill([(keys, [1, 0])], coverage: 0, blockLimit: 2) }.contains("coverage 0.0"))
+        #expect(message { _ = try hierarchy.placeAfterPrefill([(keys, [1, 0])], coverage: 1, blockLimit: -1) }.contains("block limit -1"))
+        #expect(message { _ = try hierarchy.placeAfterPrefill([(keys, [1])], coverage: 1, blockLimit: 2) }.contains("2 keys and 1 masses"))
+        #expect(message { _ = try hierarchy.placeAfterPrefill([(keys, [1, -.infinity])], coverage: 1, blockLimit: 2) }.contains("mass -inf"))
+        #expect(message { _ = try hierarchy.placeAfterPrefill([(keys, [1, 1]), (keys, [1, 1])], coverage: 1, blockLimit: 4) }.contains("more than one layer entry"))
+        let nothing = try hierarchy.placeAfterPrefill([(keys, [1, 1])], coverage: 1, blockLimit: 0)
+        #expect(nothing.chosen == 0 && nothing.request == nil)
+    }
+}

@@ -92,6 +92,10 @@ import TierKVTestSupport
         #expect(first["issued_blocks"] as? Int == 0)
         let trace = try CLI.run(["simulate", "--trace", "/nonexistent", "--prefetch", "bound"])
         #expect(trace.status != 0 && trace.stderr.contains("not to mooncake"))
+        let placed = try CLI.json(small + ["--prefill-placement", "on"])
+        let placement = try #require(placed["prefill_placement"] as? [String: Any])
+        #expect((placement["chosen_blocks"] as? Int ?? 0) > 0 && placement["nvme_read_bytes"] is Int && placement["seconds"] is Double)
+        #expect(report["prefill_placement"] is NSNull)
         let tiers = try CLI.run(["simulate", "--trace", "/nonexistent", "--warm-policy", "lru"])
         #expect(tiers.status != 0 && tiers.stderr.contains("a mooncake prefix trace has one tier"))
     }
@@ -129,6 +133,8 @@ import TierKVTestSupport
             (["--sweep", "colour=red"], "colour"),
             (["--workload", "chat"], "chat"),
             (["--warm-policy", "fifo"], "--warm-policy fifo is not one of"),
+            (["--prefill-placement", "maybe"], "--prefill-placement maybe"),
+            (["--sweep", "prefill-placement=sometimes"], "--sweep prefill-placement sometimes"),
         ]
         for (arguments, needle) in cases {
             let result = try CLI.run(["simulate", "--context", "256", "--steps", "1"] + arguments)
@@ -143,6 +149,8 @@ import TierKVTestSupport
         try spec.write(toFile: directory.path + "/spec.jsonl", atomically: true, encoding: .utf8)
         let recorded = try CLI.run(["simulate", "--trace", directory.path + "/spec.jsonl", "--trace-format", "tierkv", "--speculation-error", "0.2"])
         #expect(recorded.status != 0 && recorded.stderr.contains("this trace records its own (spec_query)"), "\(recorded.stderr)")
+        let placement = try CLI.run(["simulate", "--trace", directory.path + "/spec.jsonl", "--trace-format", "tierkv", "--prefill-placement", "on"])
+        #expect(placement.status != 0 && placement.stderr.contains("tierkv traces do not record"), "\(placement.stderr)")
         try "{\"h2d_gbps\": 10, \"pcie\": 5}".write(toFile: directory.path + "/c.json", atomically: true, encoding: .utf8)
         let config = try CLI.run(["simulate", "--context", "256", "--steps", "1", "--config", directory.path + "/c.json"])
         #expect(config.status != 0 && config.stderr.contains("unknown key 'pcie'"))
