@@ -255,6 +255,31 @@ tierkv_status tierkv_request_cancel(tierkv_request *request, size_t *withdrawn_o
 /* The attention mass each block received in the last step, for H2O/TOVA. Unknown keys are ignored. */
 tierkv_status tierkv_report_attention(
     tierkv_hierarchy *hierarchy, const tierkv_block_key *keys, const float *mass, size_t count);
+/* Places a prompt's blocks by the attention the prefill paid them, before decode starts. A prefill
+ * writes layer after layer, so at its end hot and warm hold the last layers' blocks and the first
+ * layers' went to cold, whatever decode attends next. The attention of the last prompt tokens
+ * (SnapKV's observation window: summed over the window's queries and query heads, any scale)
+ * predicts it. This reports that attention (as tierkv_report_attention) and makes the blocks that
+ * cover `coverage` of each layer's mass resident in warm, at most `block_limit` in all (the
+ * best-attended across layers, each layer's mass normalised to 1; the best touched last, so a
+ * recency policy keeps them longest), reading them back from cold; blocks in hot stay there.
+ * Every argument is checked before anything is reported or moved.
+ *   keys / mass / key_count: the blocks of every layer (and sequence), one layer after another;
+ *     masses finite and >= 0; a key appears once.
+ *   layer_ends / layer_count: where each layer's run ends in `keys` (non-decreasing, the last
+ *     equal to key_count); may be NULL / 0 only when key_count is 0.
+ *   coverage: the share of each layer's mass to place, in (0, 1] (0.95 is a good start).
+ *   block_limit: the most blocks placed; leave warm room for decode's own arrivals (half of it).
+ *   request_out (may be NULL: the reads go on, unpinned): pins the moved blocks in warm until
+ *     tierkv_request_release (tierkv_request_cancel withdraws the reads not yet started); NULL
+ *     when no block moves. Its block i is moved_keys_out[i].
+ *   moved_keys_out (may be NULL): room for key_count keys; receives the blocks moved.
+ *   chosen_out, moved_out, from_cold_out (may be NULL): blocks chosen (moved + left in hot);
+ *     moved to warm; of them, read back from cold. */
+tierkv_status tierkv_place_after_prefill(
+    tierkv_hierarchy *hierarchy, const tierkv_block_key *keys, const float *mass, size_t key_count,
+    const size_t *layer_ends, size_t layer_count, double coverage, size_t block_limit, tierkv_request **request_out,
+    tierkv_block_key *moved_keys_out, size_t *chosen_out, size_t *moved_out, size_t *from_cold_out);
 /* Ends a sequence: its blocks lose its reference (they stay cached for prefix hits). */
 tierkv_status tierkv_drop_sequence(tierkv_hierarchy *hierarchy, uint64_t sequence);
 /* Makes every block durable in the cold tier and checkpoints its index; with key summaries, also

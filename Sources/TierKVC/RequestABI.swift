@@ -24,11 +24,53 @@ import TierKV
         case TIERKV_PRIORITY_PREFETCH: transferPriority = .prefetch
         default: throw .invalid("priority is \(priority); expected TIERKV_PRIORITY_DEMAND (0) or TIERKV_PRIORITY_PREFETCH (1)")
         }
-        let request = try owner.hierarchy.makeResident(keys, in: target, priority: transferPriority)
-        let requestHandle = RequestHandle(request: request, owner: owner)
-        let pointer = HandleRegistry.register(requestHandle)
-        owner.openRequests.withLock { $0[UInt(bitPattern: pointer)] = requestHandle }
-        out.pointee = pointer
+        out.pointee = register(try owner.hierarchy.makeResident(keys, in: target, priority: transferPriority), owner: owner)
+    }
+}
+
+/// A handle for `request`, released with the hierarchy if the caller does not.
+private func register(_ request: ResidencyRequest, owner: HierarchyHandle) -> OpaquePointer {
+    let requestHandle = RequestHandle(request: request, owner: owner)
+    let pointer = HandleRegistry.register(requestHandle)
+    owner.openRequests.withLock { $0[UInt(bitPattern: pointer)] = requestHandle }
+    return pointer
+}
+
+@c @implementation public func tierkv_place_after_prefill(
+    _ handle: OpaquePointer?, _ keys: UnsafePointer<tierkv_block_key>?, _ mass: UnsafePointer<Float>?, _ keyCount: Int,
+    _ layerEnds: UnsafePointer<Int>?, _ layerCount: Int, _ coverage: Double, _ blockLimit: Int,
+    _ requestOut: UnsafeMutablePointer<OpaquePointer?>?, _ movedKeysOut: UnsafeMutablePointer<tierkv_block_key>?,
+    _ chosenOut: UnsafeMutablePointer<Int>?, _ movedOut: UnsafeMutablePointer<Int>?, _ fromColdOut: UnsafeMutablePointer<Int>?
+) -> tierkv_status {
+    abiCall("tierkv_place_after_prefill") { () throws(TierKVError) in
+        requestOut?.pointee = nil
+        let owner = try HandleRegistry.lookup(handle, as: HierarchyHandle.self, "hierarchy")
+        let keys = try blockKeys(keys, count: keyCount, "keys")
+        let masses = try buffer(mass, count: keyCount, "mass")
+        let ends = try buffer(layerEnds, count: layerCount, "layer_ends")
+        guard !coverage.isNaN else { throw .invalid("coverage is NaN; expected a share of each layer's mass in (0, 1]") }
+        guard blockLimit >= 0 else { throw .invalid("block_limit \(UInt(bitPattern: blockLimit)) is too large") }
+        guard ends.last ?? 0 == keyCount else {
+            throw .invalid("layer_ends[\(max(0, layerCount - 1))] is \(ends.last.map(String.init) ?? "missing (layer_count 0)"); the last layer ends at key_count \(keyCount)")
+        }
+        var layers: [(keys: [BlockKey], mass: [Float])] = []
+        var start = 0
+        for (layer, end) in ends.enumerated() {
+            guard end >= start, end <= keyCount else {
+                throw .invalid("layer_ends[\(layer)] is \(UInt(bitPattern: end)); expected \(start)...\(keyCount) (non-decreasing, within key_count)")
+            }
+            layers.append((Array(keys[start..<end]), Array(masses[start..<end])))
+            start = end
+        }
+        let placement = try owner.hierarchy.placeAfterPrefill(layers, coverage: coverage, blockLimit: blockLimit)
+        let moved = placement.request?.keys ?? []
+        if let movedKeysOut { for (index, key) in moved.enumerated() { movedKeysOut[index] = key.cKey } }
+        chosenOut?.pointee = placement.chosen
+        movedOut?.pointee = moved.count
+        fromColdOut?.pointee = placement.fromCold
+        if let request = placement.request {
+            if let requestOut { requestOut.pointee = register(request, owner: owner) } else { owner.hierarchy.release(request) }
+        }
     }
 }
 

@@ -211,6 +211,42 @@ int main(int argc, char **argv) {
     CHECK_OK(tierkv_read(hierarchy, &other_key, read_back, sizeof read_back));
     CHECK(memcmp(read_back, data[0], sizeof read_back) == 0, "the block stored from device memory differs");
 
+    /* Placement after a prefill: blocks 1 and 2 got the attention, so they end in warm (or stay
+     * in hot), read back from cold where the later blocks pushed them. */
+    {
+        float prefill_mass[BLOCKS] = {0};
+        prefill_mass[1] = 2.0f;
+        prefill_mass[2] = 1.0f;
+        size_t layer_ends[1] = {BLOCKS}, bad_ends[1] = {BLOCKS - 1};
+        tierkv_block_key moved_keys[BLOCKS];
+        size_t chosen = 0, moved = 0, from_cold = 0;
+        CHECK_ERROR(tierkv_place_after_prefill(hierarchy, keys, prefill_mass, BLOCKS, bad_ends, 1, 1.0, 8, NULL, NULL,
+                                               NULL, NULL, NULL),
+                    TIERKV_ERROR_INVALID_ARGUMENT, "the last layer ends at key_count");
+        tierkv_request *placed = NULL;
+        CHECK_OK(tierkv_place_after_prefill(hierarchy, keys, prefill_mass, BLOCKS, layer_ends, 1, 1.0, 8, &placed,
+                                            moved_keys, &chosen, &moved, &from_cold));
+        CHECK(chosen == 2 && moved <= 2 && from_cold <= moved, "chosen %zu, moved %zu, from cold %zu", chosen, moved,
+              from_cold);
+        CHECK((moved == 0) == (placed == NULL), "a request exactly when blocks move (moved %zu)", moved);
+        if (placed != NULL) {
+            CHECK_OK(tierkv_request_wait(placed, 10.0));
+            for (size_t i = 0; i < moved; i++) {
+                CHECK(memcmp(&moved_keys[i], &keys[1], sizeof keys[1]) == 0 ||
+                          memcmp(&moved_keys[i], &keys[2], sizeof keys[2]) == 0,
+                      "moved key %zu is neither block 1 nor block 2", i);
+                CHECK_OK(tierkv_request_block(placed, i, &location));
+                CHECK(location.state == TIERKV_BLOCK_READY && location.host_pointer != NULL, "placed block %zu state %d",
+                      i, location.state);
+            }
+            CHECK_OK(tierkv_request_release(placed));
+        }
+        for (int block = 1; block <= 2; block++) {
+            CHECK_OK(tierkv_fastest_tier(hierarchy, &keys[block], &tier));
+            CHECK(tier != TIERKV_TIER_COLD, "placed block %d is still only in cold", block);
+        }
+    }
+
     /* CPU attention over the first 6 blocks (the last holding 10 tokens), from warm. */
     enum { ATTENDED = 6, LAST_TOKENS = 10 };
     float query[QUERY_HEADS * HEAD_DIM];

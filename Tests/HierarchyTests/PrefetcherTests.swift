@@ -368,7 +368,9 @@ import TierKVTestSupport
         #expect(message { _ = try hierarchy.placeAfterPrefill([(keys, [1, 0])], coverage: 1, blockLimit: -1) }.contains("block limit -1"))
         #expect(message { _ = try hierarchy.placeAfterPrefill([(keys, [1])], coverage: 1, blockLimit: 2) }.contains("2 keys and 1 masses"))
         #expect(message { _ = try hierarchy.placeAfterPrefill([(keys, [1, -.infinity])], coverage: 1, blockLimit: 2) }.contains("mass -inf"))
-        #expect(message { _ = try hierarchy.placeAfterPrefill([(keys, [1, 1]), (keys, [1, 1])], coverage: 1, blockLimit: 4) }.contains("more than one layer entry"))
+        #expect(message { _ = try hierarchy.placeAfterPrefill([(keys, [1, 1]), (keys, [1, 1])], coverage: 1, blockLimit: 4) }.contains("\(keys[0]) twice (layer entry 1)"))
+        // A block repeated inside one entry, even one no ranking would choose, is refused too.
+        #expect(message { _ = try hierarchy.placeAfterPrefill([([keys[0], keys[1], keys[1]], [1, 0, 0])], coverage: 0.5, blockLimit: 4) }.contains("twice (layer entry 0)"))
         let nothing = try hierarchy.placeAfterPrefill([(keys, [1, 1])], coverage: 1, blockLimit: 0)
         #expect(nothing.chosen == 0 && nothing.request == nil)
     }

@@ -164,3 +164,48 @@ def test_warm_policy_decides_what_leaves_warm(tmp_path, warm_policy, block_zero_
         assert all(tier != "cold" for tier in tiers[-2:]), tiers
         for key, block in zip(keys, blocks):  # wherever each block went, nothing was lost
             np.testing.assert_array_equal(cache.read(key), block)
+
+
+def test_place_after_prefill_brings_the_attended_blocks_back_from_cold(tmp_path):
+    """A two-layer prefill through hot 2 / warm 4 leaves layer 0 in cold; its attended blocks come back."""
+    config = dict(layout=LAYOUT, hot_blocks=2, warm_blocks=4, cold_blocks=32, cache_dir=str(tmp_path / "cold"),
+                  accelerator="emulated", buffered_fallback=True)
+    rng = np.random.default_rng(11)
+    tokens = np.arange(6 * 16, dtype=np.uint32)
+    with tierkv.Hierarchy(config) as cache:
+        layers = [cache.block_keys(tokens, layer=layer) for layer in range(2)]
+        blocks = {}
+        for keys in layers:  # layer after layer, as a prefill writes them
+            for position, key in enumerate(keys):
+                blocks[key] = rng.standard_normal(cache.layout.block_shape).astype(np.float16)
+                cache.store(key, blocks[key], position=position, sequence=1)
+        assert [cache.fastest_tier(key) for key in layers[0]] == ["cold"] * 6
+        mass = [np.array([0.5, 0.05, 0.0, 0.4, 0.05, 0.0]), np.array([0.0, 0.0, 0.1, 0.0, 0.0, 0.9])]
+
+        placement = cache.place_after_prefill(zip(layers, mass), coverage=0.9, block_limit=3)
+        # Layer 0's 0.9 is blocks 0 and 3 (shares 0.5, 0.4); layer 1's is block 5 (0.9), which the
+        # prefill left in hot or warm. The three best shares across layers fit the limit.
+        assert placement.chosen == 3 and placement.from_cold == 2
+        assert set(placement.request.keys) >= {layers[0][0], layers[0][3]}
+        with placement.request as request:
+            request.wait(timeout=10)
+            for index, key in enumerate(request.keys):
+                np.testing.assert_array_equal(request.host_array(index), blocks[key])
+        assert cache.fastest_tier(layers[0][0]) == "warm" and cache.fastest_tier(layers[0][1]) == "cold"
+
+        # A limit of one keeps the best share of all (layer 1's block 5, 0.9).
+        placement = cache.place_after_prefill(zip(layers, mass), coverage=0.9, block_limit=1)
+        assert placement.chosen == 1 and placement.from_cold == 0
+        if placement.request is not None:
+            assert placement.request.keys == [layers[1][5]]
+            placement.request.release()
+
+        with pytest.raises(tierkv.InvalidArgument, match="coverage 1.5"):
+            cache.place_after_prefill(zip(layers, mass), coverage=1.5, block_limit=3)
+        with pytest.raises(tierkv.InvalidArgument, match="twice"):
+            cache.place_after_prefill([(layers[0], mass[0]), (layers[0], mass[0])], block_limit=3)
+        with pytest.raises(tierkv.InvalidArgument, match=r"layers\[1\] mass has shape \(2,\); expected \(6,\)"):
+            cache.place_after_prefill([(layers[0], mass[0]), (layers[1], [1.0, 2.0])], block_limit=3)
+        with pytest.raises(tierkv.InvalidArgument, match="mass -1"):
+            cache.place_after_prefill([(layers[0], -mass[0] - 1)], block_limit=3)
+        assert cache.place_after_prefill([], block_limit=3) == (0, 0, None)

@@ -26,7 +26,8 @@ from . import _native
 from ._native import lib
 
 __all__ = [
-    "version", "abi_version", "Hierarchy", "Request", "Predictor", "BlockKey", "Layout", "Prefix", "merge_partials",
+    "version", "abi_version", "Hierarchy", "Request", "Predictor", "BlockKey", "Layout", "Prefix", "PrefillPlacement",
+    "merge_partials",
     "TierKVError", "InvalidArgument", "InvalidHandle", "NotFound", "CapacityExceeded", "CorruptionError",
     "SystemCallError", "Unsupported", "CUDAError", "ClosedError", "Timeout", "BufferTooSmall", "InternalError",
 ]
@@ -197,6 +198,13 @@ class Prefix(NamedTuple):
     requested: int
 
 
+class PrefillPlacement(NamedTuple):
+    """What `Hierarchy.place_after_prefill` chose and moved."""
+    chosen: int        # blocks chosen: moved to warm, or left in hot
+    from_cold: int     # of the moved, those read back from cold
+    request: object    # a warm `Request` pinning the moved blocks (its `keys`), or None when none moved
+
+
 def _tokens(tokens):
     array = np.ascontiguousarray(tokens)
     if array.ndim != 1:
@@ -346,11 +354,12 @@ class Hierarchy:
         if priority not in priorities:
             raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
                                   f"priority must be 'demand' or 'prefetch', got {priority!r}")
+        keys = list(keys)
         array, count = _key_array(keys)
         handle = ctypes.c_void_p()
         _check(lib.tierkv_make_resident(self._h(), array, count, tiers[tier], priorities[priority],
                                         ctypes.byref(handle)))
-        return Request(self, handle, count, tier)
+        return Request(self, handle, count, tier, keys)
 
     def report_attention(self, keys, mass):
         array, count = _key_array(keys)
@@ -358,6 +367,48 @@ class Hierarchy:
         if mass.shape != (count,):
             raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, f"mass has shape {mass.shape}; expected ({count},)")
         _check(lib.tierkv_report_attention(self._h(), array, _float_pointer(mass), count))
+
+    def place_after_prefill(self, layers, *, block_limit, coverage=0.95):
+        """Places a prompt's blocks by the attention the prefill paid them, before decode starts.
+
+        A prefill writes layer after layer, so at its end the first layers' blocks went to cold,
+        whatever decode attends next. `layers` is one (keys, mass) pair per layer (and sequence):
+        the attention the last prompt tokens paid each block (summed over their queries and
+        heads, any scale). The blocks covering `coverage` of each layer's mass, at most
+        `block_limit` in all (leave warm room for decode: half of it), are made resident in warm,
+        read back from cold where needed; blocks in hot stay. The attention is reported to the
+        eviction policy too. Release (or wait on, then release) the returned request."""
+        layers = list(layers)
+        keys, masses, ends = [], [], []
+        for index, entry in enumerate(layers):
+            if not (isinstance(entry, (tuple, list)) and len(entry) == 2):
+                raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                      f"layers[{index}] is {type(entry).__name__}; expected a (keys, mass) pair")
+            layer_keys = list(entry[0])
+            mass = np.ascontiguousarray(entry[1], dtype=np.float32)
+            if mass.shape != (len(layer_keys),):
+                raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                      f"layers[{index}] mass has shape {mass.shape}; expected ({len(layer_keys)},)")
+            keys += layer_keys
+            masses.append(mass)
+            ends.append(len(keys))
+        if not isinstance(block_limit, (int, np.integer)) or block_limit < 0:
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                  f"block_limit is {block_limit!r}; expected an integer >= 0")
+        array, count = _key_array(keys)
+        mass = np.concatenate(masses) if masses else np.zeros(1, dtype=np.float32)
+        layer_ends = (ctypes.c_size_t * max(1, len(ends)))(*ends)
+        moved_keys = (_native.BlockKeyStruct * max(1, count))()
+        handle = ctypes.c_void_p()
+        chosen, moved, from_cold = ctypes.c_size_t(), ctypes.c_size_t(), ctypes.c_size_t()
+        _check(lib.tierkv_place_after_prefill(
+            self._h(), array, _float_pointer(mass), count, layer_ends, len(ends), float(coverage), int(block_limit),
+            ctypes.byref(handle), moved_keys, ctypes.byref(chosen), ctypes.byref(moved), ctypes.byref(from_cold)))
+        request = None
+        if handle.value is not None:
+            request = Request(self, handle, moved.value, "warm",
+                              keys=[BlockKey(k.prefix_high, k.prefix_low, k.layer) for k in moved_keys[:moved.value]])
+        return PrefillPlacement(chosen.value, from_cold.value, request)
 
     def drop_sequence(self, sequence):
         _check(lib.tierkv_drop_sequence(self._h(), _sequence(sequence)))
@@ -769,11 +820,12 @@ class PrefetchTicket:
 class Request:
     """Blocks being made resident, pinned until `release()` (or the end of a `with` block)."""
 
-    def __init__(self, hierarchy, handle, count, tier):
+    def __init__(self, hierarchy, handle, count, tier, keys=None):
         self._hierarchy = hierarchy
         self._handle = handle
         self._count = count
         self.tier = tier
+        self.keys = keys  # the blocks, in index order
 
     def _h(self):
         if self._handle is None:

@@ -38,7 +38,8 @@ extension Hierarchy {
     ) throws(TierKVError) -> PrefillPlacement {
         guard coverage > 0, coverage <= 1 else { throw .invalid("prefill placement coverage \(coverage) must be in (0, 1]") }
         guard blockLimit >= 0 else { throw .invalid("prefill placement block limit \(blockLimit) must be ≥ 0") }
-        var candidates: [(key: BlockKey, share: Float)] = []
+        // Everything is checked before anything is reported or moved.
+        var seen = Set<BlockKey>()
         for (index, layer) in layers.enumerated() {
             guard layer.keys.count == layer.mass.count else {
                 throw .invalid("prefill placement layer entry \(index) has \(layer.keys.count) keys and \(layer.mass.count) masses")
@@ -46,6 +47,12 @@ extension Hierarchy {
             if let bad = layer.mass.first(where: { !($0 >= 0 && $0.isFinite) }) {
                 throw .invalid("prefill placement layer entry \(index) has mass \(bad); expected finite values ≥ 0")
             }
+            for key in layer.keys where !seen.insert(key).inserted {
+                throw .invalid("prefill placement was given block \(key) twice (layer entry \(index)); each block belongs to one layer entry once")
+            }
+        }
+        var candidates: [(key: BlockKey, share: Float)] = []
+        for layer in layers {
             let total = layer.mass.reduce(0.0) { $0 + Double($1) }
             guard total > 0 else { continue }
             try reportAttention(layer.keys, mass: layer.mass)
@@ -55,9 +62,6 @@ extension Hierarchy {
                 covered += Double(layer.mass[block])
                 candidates.append((layer.keys[block], Float(Double(layer.mass[block]) / total)))
             }
-        }
-        guard Set(candidates.map(\.key)).count == candidates.count else {
-            throw .invalid("prefill placement was given the same block in more than one layer entry")
         }
         // The best-attended across layers within the limit, then the least attended first so
         // that the best are the most recently used.
