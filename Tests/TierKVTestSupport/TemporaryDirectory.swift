@@ -28,8 +28,26 @@ public final class TemporaryDirectory {
         return names
     }
 
-    deinit {
-        for name in (try? entries()) ?? [] { unlink(path + "/" + name) }
+    deinit { Self.remove(path) }
+
+    /// Removes `path` and everything under it (tests make cache directories inside), without
+    /// following symbolic links.
+    private static func remove(_ path: String) {
+        var status = stat()
+        guard lstat(path, &status) == 0 else { return }
+        guard status.st_mode & S_IFMT == S_IFDIR else {
+            unlink(path)
+            return
+        }
+        if let directory = opendir(path) {
+            var names: [String] = []
+            while let entry = readdir(directory) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+                if name != "." && name != ".." { names.append(name) }
+            }
+            closedir(directory)
+            for name in names { remove(path + "/" + name) }
+        }
         rmdir(path)
     }
 }
