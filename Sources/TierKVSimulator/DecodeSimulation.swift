@@ -546,7 +546,7 @@ public enum DecodeSimulation {
         coverage: Double, blockLimit: Int
     ) throws(TierKVError) -> (attention: [[[Float]]], report: PrefillPlacementReport) {
         guard let attention = workload.prefillAttention() else {
-            throw TierKVError.invalid("--prefill-placement needs the attention of the prefill's last token, which this workload does not have (tierkv traces do not record it)")
+            throw TierKVError.invalid("--prefill-placement needs the attention of the prefill's last tokens, which this workload does not have (a tierkv trace needs prefill lines: record it again with tools/record-tierkv-trace)")
         }
         var layers: [(keys: [BlockKey], mass: [Float])] = []
         var trimmed: [[[Float]]] = []

@@ -24,9 +24,9 @@ public protocol AttentionSource: AnyObject {
     /// A complete block's keys, fp32 `[token][head][dim]`, or nil when the source has none (the
     /// key sketches are made from them).
     func blockKeys(sequence: Int, layer: Int, block: Int) -> [Float]?
-    /// The attention the prefill's last prompt token paid the prompt's complete blocks,
-    /// [sequence][layer][block], or nil when the source does not have it (what
-    /// `--prefill-placement` places by).
+    /// The attention the prefill's last prompt tokens paid the prompt's blocks,
+    /// [sequence][layer][block] (entries past the complete blocks are ignored), or nil when the
+    /// source does not have it (what `--prefill-placement` places by).
     func prefillAttention() -> [[[Float]]]?
 }
 
@@ -92,8 +92,16 @@ public struct StepAttention: Sendable {
 ///
 /// each `kv_heads` rows of `head_dim` floats, and optionally the block's keys themselves,
 /// `"keys_fp16"`: base64 of `tokens_per_block × kv_heads × head_dim` little-endian fp16,
-/// `[token][head][dim]` (what key sketches are made from). The reader refuses malformed input
-/// with the line number and the reason.
+/// `[token][head][dim]` (what key sketches are made from).
+/// Optional prefill lines, one for every layer or none, carry the attention the prompt's last
+/// `window` tokens paid its blocks (SnapKV's observation window), what `--prefill-placement`
+/// places by:
+///
+///     {"type": "prefill", "layer": 0, "window": 16, "mass": [0.2, 0.01, ...]}
+///
+/// `mass` has ⌈context_tokens / tokens_per_block⌉ entries, non-negative, summing to 1 (± 0.01):
+/// each block's attention averaged over the window's queries and the layer's query heads. The
+/// reader refuses malformed input with the line number and the reason.
 public final class TierKVTrace: AttentionSource {
     public struct Header: Sendable, Equatable {
         public var model: String
@@ -122,6 +130,9 @@ public final class TierKVTrace: AttentionSource {
     private let summaries: [Int: [Int: [Float]]]
     /// [layer][block] → keys `[token][head][dim]`, from the block lines that carry them.
     private let keys: [Int: [Int: [Float]]]
+    /// [layer] → the prefill window's attention per prompt block, from the prefill lines (empty
+    /// when the trace has none).
+    private let prefill: [[Float]]
     public var blockKeysCount: Int { keys.values.reduce(0) { $0 + $1.count } }
     public var blockSummaryCount: Int { summaries.values.reduce(0) { $0 + $1.count } }
     public private(set) var tokenCount: Int
@@ -150,7 +161,7 @@ public final class TierKVTrace: AttentionSource {
         var masses: [[[Float]]] = [], queries: [[[[Float]]?]] = [], speculated: [[[[Float]]?]] = [], tails: [[[Float]?]] = []
         var expected = (step: 0, layer: 0)
         var lineNumber = 0
-        var summaries: [Int: [Int: [Float]]] = [:], keys: [Int: [Int: [Float]]] = [:]
+        var summaries: [Int: [Int: [Float]]] = [:], keys: [Int: [Int: [Float]]] = [:], prefill: [Int: [Float]] = [:]
         func fail(_ reason: String) -> TierKVError { .invalid("\(source):\(lineNumber): \(reason)") }
         for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
             lineNumber += 1
@@ -202,7 +213,24 @@ public final class TierKVTrace: AttentionSource {
                     (0..<(byteCount / 2)).map { Float(Float16(bitPattern: UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self)))) }
                 }
             }
+            /// `mass`: `count` non-negative numbers summing to 1 ± 0.01.
+            func massLine(count: Int, _ what: String) throws(TierKVError) -> [Float] {
+                guard let raw = object["mass"] as? [NSNumber] else { throw fail("'mass' must be an array of numbers") }
+                guard raw.count == count else { throw fail("'mass' has \(raw.count) entries; \(what) make \(count) blocks of \(known.tokensPerBlock)") }
+                let mass = raw.map { $0.floatValue }
+                if let bad = mass.firstIndex(where: { !$0.isFinite || $0 < 0 }) { throw fail("mass[\(bad)] is \(mass[bad]); masses are non-negative numbers") }
+                let sum = mass.reduce(0, +)
+                guard abs(sum - 1) <= 0.01 else { throw fail("masses sum to \(sum); expected 1 ± 0.01 (a softmax averaged over heads)") }
+                return mass
+            }
             switch type {
+            case "prefill":
+                let layer = try integer("layer")
+                guard layer < known.layers else { throw fail("layer \(layer) is out of range (the header says \(known.layers) layers)") }
+                guard prefill[layer] == nil else { throw fail("a second prefill line for layer \(layer)") }
+                _ = try integer("window", minimum: 1)
+                let blocks = (known.contextTokens + known.tokensPerBlock - 1) / known.tokensPerBlock
+                prefill[layer] = try massLine(count: blocks, "the \(known.contextTokens) prompt tokens")
             case "block":
                 let layer = try integer("layer")
                 guard layer < known.layers else { throw fail("layer \(layer) is out of range (the header says \(known.layers) layers)") }
@@ -226,15 +254,7 @@ public final class TierKVTrace: AttentionSource {
                 guard position == known.contextTokens + step else {
                     throw fail("position \(position) should be context_tokens + step = \(known.contextTokens + step)")
                 }
-                guard let raw = object["mass"] as? [NSNumber] else { throw fail("'mass' must be an array of numbers") }
-                let blocks = (position + 1 + known.tokensPerBlock - 1) / known.tokensPerBlock
-                guard raw.count == blocks else {
-                    throw fail("'mass' has \(raw.count) entries; tokens 0...\(position) make \(blocks) blocks of \(known.tokensPerBlock)")
-                }
-                let mass = raw.map { $0.floatValue }
-                if let bad = mass.firstIndex(where: { !$0.isFinite || $0 < 0 }) { throw fail("mass[\(bad)] is \(mass[bad]); masses are non-negative numbers") }
-                let sum = mass.reduce(0, +)
-                guard abs(sum - 1) <= 0.01 else { throw fail("masses sum to \(sum); expected 1 ± 0.01 (a softmax averaged over heads)") }
+                let mass = try massLine(count: (position + 1 + known.tokensPerBlock - 1) / known.tokensPerBlock, "tokens 0...\(position)")
                 var tail: [Float]? = nil
                 if object["tail_keys_fp16"] != nil {
                     let rows = position % known.tokensPerBlock + 1
@@ -254,14 +274,19 @@ public final class TierKVTrace: AttentionSource {
                 speculated[step].append(speculatedQuery)
                 expected = layer + 1 == known.layers ? (step + 1, 0) : (step, layer + 1)
             default:
-                throw fail("unknown line type '\(type)' (expected step or block)")
+                throw fail("unknown line type '\(type)' (expected step, block or prefill)")
             }
         }
         guard let header else { throw .invalid("\(source): empty trace (expected a header line)") }
         guard expected == (header.decodeSteps, 0) else {
             throw .invalid("\(source): truncated: the header promises \(header.decodeSteps) steps × \(header.layers) layers; the file stops before step \(expected.step) layer \(expected.layer)")
         }
+        guard prefill.isEmpty || prefill.count == header.layers else {
+            let missing = (0..<header.layers).filter { prefill[$0] == nil }
+            throw .invalid("\(source): prefill lines for \(prefill.count) of \(header.layers) layers (none for layer \(missing.prefix(8).map(String.init).joined(separator: ", "))\(missing.count > 8 ? ", ..." : "")); a trace has one for every layer or none")
+        }
         self.header = header
+        self.prefill = prefill.isEmpty ? [] : (0..<header.layers).map { prefill[$0]! }
         self.masses = masses
         self.queries = queries
         self.speculatedQueries = speculated
@@ -281,6 +306,9 @@ public final class TierKVTrace: AttentionSource {
     public func keySummary(sequence: Int, layer: Int, block: Int) -> [Float]? { summaries[layer]?[block] }
 
     public func blockKeys(sequence: Int, layer: Int, block: Int) -> [Float]? { keys[layer]?[block] }
+
+    /// The prefill lines' attention, one sequence; nil when the trace has none.
+    public func prefillAttention() -> [[[Float]]]? { prefill.isEmpty ? nil : [prefill] }
 
     /// Back to the first step (each simulation run replays from the start).
     public func rewind() {

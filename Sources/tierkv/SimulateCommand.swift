@@ -94,7 +94,7 @@ struct SimulateCommand: ParsableCommand {
     var speculationError: Float?
     @Option(help: "Approximate mode: skip needed blocks whose predicted share of a layer's attention is below this (e.g. 0.001). Off by default: attention stays exact.")
     var approximateSkip: Double?
-    @Option(help: "After the prefill, place the prompt's blocks by the attention its last token paid them (SnapKV's observation): those covering the needed share of each layer's mass go to warm, read back from cold where the prefill's later layers pushed them, and the history predictor starts from it: on or off. Long-decode only (tierkv traces do not record the prefill's attention).")
+    @Option(help: "After the prefill, place the prompt's blocks by the attention its last tokens paid them (SnapKV's observation): those covering the needed share of each layer's mass go to warm, read back from cold where the prefill's later layers pushed them, and the history predictor starts from it: on or off. Long-decode runs and tierkv traces with prefill lines.")
     var prefillPlacement: String = "off"
 
     // Traces
@@ -127,11 +127,13 @@ struct SimulateCommand: ParsableCommand {
         switch traceFormat {
         case "mooncake": try runTrace(trace)
         case "tierkv":
-            guard prefillPlacement.lowercased() == "off" else {
-                throw CommandFailure("--prefill-placement needs the attention of the prefill's last token, which tierkv traces do not record (long-decode only)")
-            }
             if !json { Output.printError("reading \(trace)...") }
-            do { try runDecode(trace: TierKVTrace.load(path: trace)) } catch let error as TierKVError { throw CommandFailure(error) }
+            let loaded: TierKVTrace
+            do { loaded = try TierKVTrace.load(path: trace) } catch { throw CommandFailure(error) }
+            guard prefillPlacement.lowercased() == "off" || loaded.prefillAttention() != nil else {
+                throw CommandFailure("--prefill-placement needs the attention of the prefill's last tokens; \(trace) has no prefill lines (record it again with tools/record-tierkv-trace)")
+            }
+            do { try runDecode(trace: loaded) } catch let error as TierKVError { throw CommandFailure(error) }
         default:
             throw CommandFailure("--trace-format \(traceFormat) is not supported; use mooncake (request prefix traces) or tierkv (per-step attention traces)")
         }
@@ -139,7 +141,7 @@ struct SimulateCommand: ParsableCommand {
 
     func runTrace(_ trace: String) throws {
         guard prefetch == "none", cpuAttention == "off", approximateSkip == nil, prefillPlacement == "off" else {
-            throw CommandFailure("--prefetch, --cpu-attention, --approximate-skip and --prefill-placement apply to long-decode runs (and the first three to tierkv traces), not to mooncake prefix traces")
+            throw CommandFailure("--prefetch, --cpu-attention, --approximate-skip and --prefill-placement apply to long-decode runs and tierkv traces, not to mooncake prefix traces")
         }
         guard warmPolicy == nil else {
             throw CommandFailure("--warm-policy applies to long-decode runs and tierkv traces; a mooncake prefix trace has one tier")

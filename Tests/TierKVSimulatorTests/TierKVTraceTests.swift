@@ -135,6 +135,40 @@ import TierKV
         #expect(try DecodeSimulation.run(configuration, trace: keyless).prefetch?.quality["bound_exact"] != nil)
     }
 
+    /// Prefill lines: every layer's window attention on the sink and the blocks decode moves
+    /// over (3...12), as `stepLines` attends them.
+    static func prefillLines(layers: Int = 4) -> [String] {
+        (0..<layers).map { layer in
+            var mass = [Double](repeating: 0, count: 16)
+            mass[0] = 0.5
+            for block in 3...12 { mass[block] = 0.05 }
+            return #"{"type": "prefill", "layer": \#(layer), "window": 16, "mass": \#(mass)}"#
+        }
+    }
+
+    @Test func prefillLinesPlaceTheBlocksDecodeAttendsFirst() throws {
+        let plainTrace = try TierKVTrace(parsing: ([Self.header] + Self.stepLines()).joined(separator: "\n"))
+        #expect(plainTrace.prefillAttention() == nil)
+        let trace = try TierKVTrace(parsing: ([Self.header] + Self.prefillLines() + Self.stepLines()).joined(separator: "\n"))
+        let attention = try #require(trace.prefillAttention())
+        #expect(attention.count == 1 && attention[0].count == 4 && attention[0].allSatisfy { $0.count == 16 && $0[3] == 0.05 })
+
+        var configuration = DecodeSimulationTests.configuration()
+        configuration.hotFraction = 0.05
+        let plain = try DecodeSimulation.run(configuration, trace: trace)
+        configuration.prefillPlacement = true
+        let placed = try DecodeSimulation.run(configuration, trace: trace)
+        let report = try #require(placed.prefillPlacement)
+        #expect(report.chosenBlocks > 0 && report.fromColdBlocks > 0, "\(report)")
+        let coldHits = { (result: DecodeSimulationResult) in result.timeline.reduce(0) { $0 + $1.coldHits } }
+        #expect(coldHits(placed) < coldHits(plain), "cold hits \(coldHits(placed)) against \(coldHits(plain))")
+        #expect(placed.stallSeconds < plain.stallSeconds)
+
+        // Without prefill lines the run is refused, naming what is missing.
+        let error = failure { _ = try DecodeSimulation.run(configuration, trace: plainTrace) }
+        #expect(error?.message.contains("prefill lines") == true, "\(error?.message ?? "no error")")
+    }
+
     @Test func aModelWithOtherLayersIsRefused() throws {
         let trace = try TierKVTrace(parsing: ([Self.header] + Self.stepLines()).joined(separator: "\n"))
         var configuration = DecodeSimulationConfiguration()
@@ -158,6 +192,11 @@ import TierKV
             ([Self.header] + [good[0].replacingOccurrences(of: "[[0.5, -1.0]]", with: "[[0.5]]")] + good.dropFirst(), "'query' must be 1 rows"),
             ([Self.header] + good.dropLast(3), "truncated"),
             ([Self.header, #"{"type": "weights"}"#] + good, "unknown line type 'weights'"),
+            ([Self.header] + Self.prefillLines().dropLast() + good, "prefill lines for 3 of 4 layers (none for layer 3)"),
+            ([Self.header] + Self.prefillLines() + [Self.prefillLines()[1]] + good, "t.jsonl:6: a second prefill line for layer 1"),
+            ([Self.header, Self.prefillLines()[0].replacingOccurrences(of: "0.5,", with: "0.5, 0.0,")] + good, "t.jsonl:2: 'mass' has 17 entries; the 256 prompt tokens make 16 blocks"),
+            ([Self.header, Self.prefillLines()[0].replacingOccurrences(of: #""window": 16"#, with: #""window": 0"#)] + good, "'window' must be an integer ≥ 1"),
+            ([Self.header, Self.prefillLines()[0].replacingOccurrences(of: #""layer": 0"#, with: #""layer": 4"#)] + good, "layer 4 is out of range"),
         ]
         for (lines, needle) in cases {
             let error = failure { _ = try TierKVTrace(parsing: lines.joined(separator: "\n"), source: "t.jsonl") }

@@ -89,3 +89,41 @@ def test_speculation_from_the_attention_residual(tmp_path):
         gaps[source] = max(float(np.abs(np.array(step["spec_query"]) - np.array(step["query"])).max()) for step in layer1)
     assert gaps["attention"] < 1e-4, gaps
     assert gaps["input"] > 1e-2, gaps
+
+
+def test_prefill_lines_are_the_windows_attention(tmp_path):
+    """The prefill lines hold what the model's own attention (output_attentions, eager) gives the
+    prompt's blocks from its last --prefill-window tokens, averaged over them and the heads; the
+    simulator reads them for --prefill-placement."""
+    torch.manual_seed(1)
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                      max_position_embeddings=256, attn_implementation="eager")
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "t.jsonl"
+    subprocess.run([sys.executable, str(RECORDER), "--model", str(tmp_path / "model"), "--device", "cpu",
+                    "--dtype", "float32", "--context-tokens", "72", "--decode-steps", "2", "--prefill-window", "8",
+                    "--seed", "3", "--out", str(out)], check=True, capture_output=True)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    prefill = [line for line in lines if line.get("type") == "prefill"]
+    assert [line["layer"] for line in prefill] == [0, 1] and all(line["window"] == 8 for line in prefill)
+
+    torch.manual_seed(3)  # the recorder's random prompt
+    ids = torch.randint(0, 256, (72,)).unsqueeze(0)
+    with torch.no_grad():
+        attentions = model(ids, output_attentions=True).attentions
+    for line in prefill:
+        weights = attentions[line["layer"]][0, :, -8:, :].mean(dim=(0, 1)).numpy()  # [72]
+        expected = np.add.reduceat(weights, np.arange(0, 72, 16))  # 5 blocks, the last partial
+        assert len(line["mass"]) == 5
+        assert np.allclose(line["mass"], expected / expected.sum(), atol=1e-5), (line["mass"], expected)
+
+    simulate = Path(__file__).resolve().parents[2] / ".build" / "debug" / "tierkv"
+    if simulate.exists():  # the trace replays with the placement (the Swift suites test it in depth)
+        result = subprocess.run([str(simulate), "simulate", "--trace", str(out), "--trace-format", "tierkv",
+                                 "--model", str(tmp_path / "model"), "--prefill-placement", "on", "--hot", "50%",
+                                 "--json"],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["prefill_placement"]["chosen_blocks"] > 0
