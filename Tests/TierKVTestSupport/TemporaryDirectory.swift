@@ -18,7 +18,13 @@ public final class TemporaryDirectory {
 
     /// Names in the directory, without `.` and `..`.
     public func entries() throws -> [String] {
-        guard let directory = opendir(path) else { throw TierKVError(.systemCall, "opendir failed", path: path) }
+        guard let names = Self.names(in: path) else { throw TierKVError(.systemCall, "opendir failed", path: path) }
+        return names
+    }
+
+    /// Names in the directory at `path`, without `.` and `..`; nil when it cannot be opened.
+    private static func names(in path: String) -> [String]? {
+        guard let directory = opendir(path) else { return nil }
         defer { closedir(directory) }
         var names: [String] = []
         while let entry = readdir(directory) {
@@ -39,15 +45,7 @@ public final class TemporaryDirectory {
             unlink(path)
             return
         }
-        if let directory = opendir(path) {
-            var names: [String] = []
-            while let entry = readdir(directory) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-                if name != "." && name != ".." { names.append(name) }
-            }
-            closedir(directory)
-            for name in names { remove(path + "/" + name) }
-        }
+        for name in names(in: path) ?? [] { remove(path + "/" + name) }
         rmdir(path)
     }
 }
