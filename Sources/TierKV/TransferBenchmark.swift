@@ -7,14 +7,23 @@ import Glibc
 #endif
 
 /// Measures host↔accelerator copy bandwidth from the NUMA host arena, block by block, the way
-/// the hot tier moves KV blocks: one async copy per block on one stream, timed between fences
-/// (device-measured CUDA events on a GPU; the modelled clock on the emulated device).
+/// the hot tier moves KV blocks, timed between fences on one stream (device-measured CUDA events
+/// on a GPU; the modelled clock on the emulated device). Each block size runs two ways: one async
+/// copy call per block, and batches of `copiesPerBatch` blocks in one submission
+/// (`AcceleratorStream.copyToDevice(_:)`: `cuMemcpyBatchAsync` where the driver has it). The
+/// blocks' device slots are a seeded permutation of their host slots, as in a warm and a hot
+/// tier that have been running a while, so no two neighbouring blocks are contiguous on both
+/// sides and nothing can merge them.
 public struct TransferBenchmark: Sendable {
     public struct Result: Sendable {
         public var blockByteCount: Int
         public var totalByteCount: Int
+        /// One copy call per block.
         public var hostToDeviceGBPerSecond: Double
         public var deviceToHostGBPerSecond: Double
+        /// `copiesPerBatch` blocks per submission.
+        public var hostToDeviceBatchedGBPerSecond: Double
+        public var deviceToHostBatchedGBPerSecond: Double
     }
 
     public var accelerator: any Accelerator
@@ -25,10 +34,12 @@ public struct TransferBenchmark: Sendable {
     public var passes: Int
     public var numaNode: Int?
     public var locksMemory: Bool
+    /// Blocks per submission in the batched passes.
+    public var copiesPerBatch: Int
 
     public init(
         accelerator: any Accelerator, totalByteCount: Int, blockByteCounts: [Int], passes: Int = 5,
-        numaNode: Int? = nil, locksMemory: Bool = true
+        numaNode: Int? = nil, locksMemory: Bool = true, copiesPerBatch: Int = 64
     ) {
         self.accelerator = accelerator
         self.totalByteCount = totalByteCount
@@ -36,6 +47,7 @@ public struct TransferBenchmark: Sendable {
         self.passes = passes
         self.numaNode = numaNode
         self.locksMemory = locksMemory
+        self.copiesPerBatch = copiesPerBatch
     }
 
     /// Runs every block size. `progress` is called with a line per finished size.
@@ -43,6 +55,7 @@ public struct TransferBenchmark: Sendable {
         guard let smallest = blockByteCounts.min(), smallest >= 4096, blockByteCounts.allSatisfy({ $0 % smallest == 0 })
         else { throw .invalid("block sizes must be at least 4 KiB and multiples of the smallest") }
         guard passes >= 1 else { throw .invalid("passes must be at least 1") }
+        guard copiesPerBatch >= 1 else { throw .invalid("copies per batch must be at least 1") }
         let largest = blockByteCounts.max()!
         let total = max(largest, totalByteCount / largest * largest)
         let arena = try HostArena(.init(
@@ -58,40 +71,59 @@ public struct TransferBenchmark: Sendable {
         var results: [Result] = []
         for blockByteCount in blockByteCounts {
             let blocks = total / blockByteCount
-            func timedPass(toDevice: Bool) throws(TierKVError) -> Double {
+            var order = Array(0..<blocks)
+            var seed: UInt64 = 0x7EA5
+            for index in stride(from: blocks - 1, to: 0, by: -1) {
+                seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+                order.swapAt(index, Int((seed >> 33) % UInt64(index + 1)))
+            }
+            let copies = (0..<blocks).map { block in
+                DeviceCopy(host: arena.base + block * blockByteCount, device: device + order[block] * blockByteCount,
+                    byteCount: blockByteCount)
+            }
+            func timedPass(toDevice: Bool, batched: Bool) throws(TierKVError) -> Double {
                 let start = try stream.recordFence(timing: true)
-                for block in 0..<blocks {
-                    let host = arena.base + block * blockByteCount
-                    let deviceAddress = device + block * blockByteCount
-                    if toDevice {
-                        try stream.copyToDevice(from: host, to: deviceAddress, byteCount: blockByteCount)
-                    } else {
-                        try stream.copyToHost(from: deviceAddress, to: host, byteCount: blockByteCount)
+                if batched {
+                    for first in stride(from: 0, to: blocks, by: copiesPerBatch) {
+                        let batch = Array(copies[first..<min(first + copiesPerBatch, blocks)])
+                        if toDevice { try stream.copyToDevice(batch) } else { try stream.copyToHost(batch) }
+                    }
+                } else {
+                    for copy in copies {
+                        if toDevice {
+                            try stream.copyToDevice(from: copy.host, to: copy.deviceAddress, byteCount: blockByteCount)
+                        } else {
+                            try stream.copyToHost(from: copy.deviceAddress, to: copy.host, byteCount: blockByteCount)
+                        }
                     }
                 }
                 let end = try stream.recordFence(timing: true)
                 try end.wait()
                 return try end.seconds(since: start)
             }
-            _ = try timedPass(toDevice: true)  // warm-up: first-touch mappings in the driver
-            var upload: [Double] = []
-            var download: [Double] = []
-            for _ in 0..<passes {
-                upload.append(try timedPass(toDevice: true))
-                download.append(try timedPass(toDevice: false))
+            _ = try timedPass(toDevice: true, batched: false)  // warm-up: first-touch mappings in the driver
+            var timings: [[Double]] = [[], [], [], []]  // h2d, d2h, h2d batched, d2h batched
+            for _ in 0..<passes {  // interleaved, so a drift in the machine hits both ways alike
+                timings[0].append(try timedPass(toDevice: true, batched: false))
+                timings[1].append(try timedPass(toDevice: false, batched: false))
+                timings[2].append(try timedPass(toDevice: true, batched: true))
+                timings[3].append(try timedPass(toDevice: false, batched: true))
             }
             let bytes = Double(blocks * blockByteCount)
+            let rates = timings.map { bytes / median($0) / 1e9 }
             let result = Result(
                 blockByteCount: blockByteCount, totalByteCount: blocks * blockByteCount,
-                hostToDeviceGBPerSecond: bytes / median(upload) / 1e9,
-                deviceToHostGBPerSecond: bytes / median(download) / 1e9)
+                hostToDeviceGBPerSecond: rates[0], deviceToHostGBPerSecond: rates[1],
+                hostToDeviceBatchedGBPerSecond: rates[2], deviceToHostBatchedGBPerSecond: rates[3])
             results.append(result)
             progress(
-                "block \(ByteCount(UInt64(blockByteCount))): h2d \(Self.format(result.hostToDeviceGBPerSecond)) GB/s, d2h \(Self.format(result.deviceToHostGBPerSecond)) GB/s")
+                "block \(ByteCount(UInt64(blockByteCount))): h2d \(Self.format(rates[0])) GB/s (batched \(Self.format(rates[2]))), d2h \(Self.format(rates[1])) GB/s (batched \(Self.format(rates[3])))")
         }
         return results
     }
 
+    /// How the batched passes submit their copies on this accelerator.
+    public func batchSubmission() throws(TierKVError) -> String { try accelerator.makeStream().batchSubmission }
 
     static func format(_ value: Double) -> String { String((value * 100).rounded() / 100) }
 }
@@ -107,10 +139,13 @@ public struct AcceleratorSelfTest: Sendable {
         public var hostToDeviceGBPerSecond: Double
         public var deviceToHostGBPerSecond: Double
         public var arenaNode: Int?
+        /// How the copies were submitted: `cuMemcpyBatchAsync` or `one call per copy`.
+        public var batchSubmission: String
 
         public var json: JSONValue {
             .object([
                 ("device", .string(device.name)), ("emulated", .bool(device.isEmulated)), ("passed", .bool(passed)),
+                ("batch_submission", .string(batchSubmission)),
                 ("bytes", .int(byteCount)), ("mismatched_bytes", .int(mismatchedBytes)),
                 ("h2d_gb_per_s", .number(hostToDeviceGBPerSecond)), ("d2h_gb_per_s", .number(deviceToHostGBPerSecond)),
                 ("arena_numa_node", arenaNode.map { .int($0) } ?? .null),
@@ -141,15 +176,17 @@ public struct AcceleratorSelfTest: Sendable {
             guard let slot = pool.allocateSlot() else { throw TierKVError(.capacityExceeded, "device slot pool ran out") }
             slots.append(slot)
         }
+        // Host slot i goes to device slot n-1-i and comes back to host slot n+i: every copy is
+        // its own (nothing contiguous on both sides), submitted as one batch each way, the way
+        // the hierarchy moves blocks.
         let start = try stream.recordFence(timing: true)
-        for (index, slot) in slots.enumerated() {
-            try stream.copyToDevice(from: arena.address(ofSlot: index), to: pool.address(ofSlot: slot), byteCount: slotByteCount)
-        }
+        try stream.copyToDevice(slots.reversed().enumerated().map { index, slot in
+            DeviceCopy(host: arena.address(ofSlot: index), device: pool.address(ofSlot: slot), byteCount: slotByteCount)
+        })
         let uploaded = try stream.recordFence(timing: true)
-        for (index, slot) in slots.enumerated() {
-            try stream.copyToHost(
-                from: pool.address(ofSlot: slot), to: arena.address(ofSlot: slotCount + index), byteCount: slotByteCount)
-        }
+        try stream.copyToHost(slots.reversed().enumerated().map { index, slot in
+            DeviceCopy(host: arena.address(ofSlot: slotCount + index), device: pool.address(ofSlot: slot), byteCount: slotByteCount)
+        })
         let downloaded = try stream.recordFence(timing: true)
         try downloaded.wait()
         let bytes = slotCount * slotByteCount
@@ -164,7 +201,7 @@ public struct AcceleratorSelfTest: Sendable {
             device: accelerator.deviceDescription, passed: mismatches == 0, byteCount: bytes, mismatchedBytes: mismatches,
             hostToDeviceGBPerSecond: Double(bytes) / (try uploaded.seconds(since: start)) / 1e9,
             deviceToHostGBPerSecond: Double(bytes) / (try downloaded.seconds(since: uploaded)) / 1e9,
-            arenaNode: arena.placement.singleNode)
+            arenaNode: arena.placement.singleNode, batchSubmission: stream.batchSubmission)
     }
 }
 

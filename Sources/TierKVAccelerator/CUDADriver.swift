@@ -1,3 +1,4 @@
+internal import CTierKVLinux
 import TierKVCore
 
 /// The hot tier on a real NVIDIA GPU through the CUDA driver API.
@@ -110,6 +111,52 @@ final class CUDAStream: AcceleratorStream, @unchecked Sendable {
         try driver.makeCurrent()
         try driver.library.check(
             driver.library.cuMemcpyDtoHAsync(destination, source.rawValue, byteCount, stream), "cuMemcpyDtoHAsync_v2")
+    }
+
+    var batchSubmission: String { driver.library.batchSubmission }
+
+    func copyToDevice(_ copies: [DeviceCopy]) throws(TierKVError) {
+        guard copies.count > 1, driver.library.cuMemcpyBatchAsync != nil else {
+            for copy in copies { try copyToDevice(from: copy.host, to: copy.deviceAddress, byteCount: copy.byteCount) }
+            return
+        }
+        try submitBatch(
+            destinations: copies.map(\.deviceAddress.rawValue), sources: copies.map { UInt64($0.hostAddress) }, copies)
+    }
+
+    func copyToHost(_ copies: [DeviceCopy]) throws(TierKVError) {
+        guard copies.count > 1, driver.library.cuMemcpyBatchAsync != nil else {
+            for copy in copies { try copyToHost(from: copy.deviceAddress, to: copy.host, byteCount: copy.byteCount) }
+            return
+        }
+        try submitBatch(
+            destinations: copies.map { UInt64($0.hostAddress) }, sources: copies.map(\.deviceAddress.rawValue), copies)
+    }
+
+    /// One `cuMemcpyBatchAsync` for all the copies. Host addresses pass as device pointers: the
+    /// warm arena is registered (`cuMemHostRegister`), and with unified addressing a registered
+    /// host pointer is valid as is. Sources are read in stream order (after the work enqueued
+    /// before), the same ordering as the single-copy calls.
+    private func submitBatch(destinations: [UInt64], sources: [UInt64], _ copies: [DeviceCopy]) throws(TierKVError) {
+        guard let batch = driver.library.cuMemcpyBatchAsync else { return }
+        try driver.makeCurrent()
+        var destinations = destinations
+        var sources = sources
+        var sizes = copies.map(\.byteCount)
+        var attributes = ctierkv_cu_memcpy_attributes(
+            src_access_order: 1, src_location_type: 0, src_location_id: 0, dst_location_type: 0, dst_location_id: 0, flags: 0)
+        var attributeStarts = [0]
+        var failedIndex = Int.max
+        let result = batch(
+            &destinations, &sources, &sizes, copies.count, &attributes, &attributeStarts, 1, &failedIndex, stream)
+        guard result == 0 else {
+            let which = failedIndex < copies.count
+                ? "copy \(failedIndex) of \(copies.count) (\(copies[failedIndex].byteCount) bytes, device \(copies[failedIndex].deviceAddress))"
+                : "a batch of \(copies.count) copies"
+            throw TierKVError(
+                .cudaDriver, "cuMemcpyBatchAsync failed on \(which): \(driver.library.errorDescription(result))",
+                operation: "cuMemcpyBatchAsync", path: driver.library.path)
+        }
     }
 
     func recordFence(timing: Bool) throws(TierKVError) -> any AcceleratorFence {

@@ -35,6 +35,17 @@ public final class CUDADriverLibrary: @unchecked Sendable {
     typealias EventElapsedFunction = @convention(c) (UnsafeMutablePointer<Float>?, OpaquePointer?, OpaquePointer?) -> CUresult
     typealias HostRegisterFunction = @convention(c) (UnsafeMutableRawPointer?, Int, UInt32) -> CUresult
     typealias HostUnregisterFunction = @convention(c) (UnsafeMutableRawPointer?) -> CUresult
+    typealias GetProcAddressFunction = @convention(c) (
+        UnsafePointer<CChar>?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?, Int32, UInt64, UnsafeMutablePointer<Int32>?
+    ) -> CUresult
+    /// `cuMemcpyBatchAsync` as CUDA 12.8 declared it (dsts, srcs, sizes, count, attrs, attrsIdxs,
+    /// numAttrs, failIdx, stream); CUDA 13 dropped `failIdx` from the header's version, and
+    /// `cuGetProcAddress` with version 12080 returns this one from either driver.
+    typealias MemcpyBatchFunction = @convention(c) (
+        UnsafeMutablePointer<UInt64>?, UnsafeMutablePointer<UInt64>?, UnsafeMutablePointer<Int>?, Int,
+        UnsafeMutablePointer<ctierkv_cu_memcpy_attributes>?, UnsafeMutablePointer<Int>?, Int, UnsafeMutablePointer<Int>?,
+        OpaquePointer?
+    ) -> CUresult
 
     /// `CUDA_ERROR_NOT_READY`: an event or stream has work pending.
     static let notReady: CUresult = 600
@@ -43,6 +54,9 @@ public final class CUDADriverLibrary: @unchecked Sendable {
     public static let libraryEnvironmentVariable = "TIERKV_CUDA_LIBRARY"
     /// The soname the NVIDIA driver installs.
     public static let defaultLibraryName = "libcuda.so.1"
+    /// `TIERKV_CUDA_BATCHED_COPIES=off` makes every copy its own `cuMemcpy*Async` call even where
+    /// the driver has `cuMemcpyBatchAsync` (to compare the two, or to step around a driver fault).
+    public static let batchedCopiesEnvironmentVariable = "TIERKV_CUDA_BATCHED_COPIES"
 
     /// The path or soname that was loaded.
     public let path: String
@@ -76,6 +90,10 @@ public final class CUDADriverLibrary: @unchecked Sendable {
     let cuEventDestroy: HandleFunction
     let cuMemHostRegister: HostRegisterFunction
     let cuMemHostUnregister: HostUnregisterFunction
+    /// Present from CUDA 12.8 drivers on: many copies in one submission.
+    let cuMemcpyBatchAsync: MemcpyBatchFunction?
+    /// Why `cuMemcpyBatchAsync` is not used, when it is not.
+    public let batchedCopiesUnavailableReason: String?
 
     /// Libraries already loaded and initialised, by requested path. libcuda is never unloaded:
     /// after `cuInit` it runs threads of its own, and `dlclose` under them crashes the process.
@@ -156,7 +174,37 @@ public final class CUDADriverLibrary: @unchecked Sendable {
         cuEventDestroy = try symbol("cuEventDestroy_v2", as: HandleFunction.self)
         cuMemHostRegister = try symbol("cuMemHostRegister_v2", as: HostRegisterFunction.self)
         cuMemHostUnregister = try symbol("cuMemHostUnregister", as: HostUnregisterFunction.self)
+        (cuMemcpyBatchAsync, batchedCopiesUnavailableReason) = Self.resolveBatchedCopies(handle)
     }
+
+    /// `cuMemcpyBatchAsync` in its CUDA 12.8 form, through `cuGetProcAddress_v2` (which resolves a
+    /// symbol for the API version asked, so one function type serves 12.8 and 13.x drivers), or
+    /// nil and the reason.
+    private static func resolveBatchedCopies(_ handle: UnsafeMutableRawPointer) -> (MemcpyBatchFunction?, String?) {
+        if let setting = getenv(batchedCopiesEnvironmentVariable).map({ String(cString: $0) }) {
+            switch setting.lowercased() {
+            case "off", "0", "false", "no": return (nil, "switched off by \(batchedCopiesEnvironmentVariable)=\(setting)")
+            case "on", "1", "true", "yes", "": break
+            default:
+                return (nil, "\(batchedCopiesEnvironmentVariable)=\(setting) is neither on nor off; batched copies stay off")
+            }
+        }
+        guard let getProcAddress = dlsym(handle, "cuGetProcAddress_v2") else {
+            return (nil, "the driver has no cuGetProcAddress_v2 (older than CUDA 12.0)")
+        }
+        let resolve = unsafeBitCast(getProcAddress, to: GetProcAddressFunction.self)
+        var function: UnsafeMutableRawPointer?
+        var status: Int32 = -1
+        // cudaVersion 12080: the signature with failIdx; flags 0 = CU_GET_PROC_ADDRESS_DEFAULT.
+        let result = resolve("cuMemcpyBatchAsync", &function, 12080, 0, &status)
+        guard result == 0, status == 0, let function else {
+            return (nil, "the driver has no cuMemcpyBatchAsync (needs CUDA 12.8 or later; cuGetProcAddress gave \(result), status \(status))")
+        }
+        return (unsafeBitCast(function, to: MemcpyBatchFunction.self), nil)
+    }
+
+    /// How copy batches are submitted: `cuMemcpyBatchAsync` or `one call per copy`.
+    public var batchSubmission: String { cuMemcpyBatchAsync == nil ? "one call per copy" : "cuMemcpyBatchAsync" }
 
     /// Turns a non-zero `CUresult` into an error: `cuMemAlloc failed: CUDA_ERROR_OUT_OF_MEMORY (out of memory)`.
     func check(_ result: CUresult, _ function: String) throws(TierKVError) {
@@ -237,6 +285,8 @@ public struct CUDAAvailability: Sendable {
     public var driverVersion: String?
     public var devices: [CUDADeviceInfo]
     public var error: String?
+    /// How copy batches are submitted (`cuMemcpyBatchAsync`, or `one call per copy` and why).
+    public var batchSubmission: String?
 
     /// Loads the driver, initialises it and lists devices; never throws.
     public static func probe(libraryPath: String? = nil) -> CUDAAvailability {
@@ -247,10 +297,13 @@ public struct CUDAAvailability: Sendable {
             let devices = try library.devices()
             return CUDAAvailability(
                 isAvailable: !devices.isEmpty, library: library.path, driverVersion: try library.driverVersion(),
-                devices: devices, error: devices.isEmpty ? "the CUDA driver loaded but sees no devices" : nil)
+                devices: devices, error: devices.isEmpty ? "the CUDA driver loaded but sees no devices" : nil,
+                batchSubmission: library.batchSubmission
+                    + (library.batchedCopiesUnavailableReason.map { " (\($0))" } ?? ""))
         } catch {
             return CUDAAvailability(
-                isAvailable: false, library: requested, driverVersion: nil, devices: [], error: error.description)
+                isAvailable: false, library: requested, driverVersion: nil, devices: [], error: error.description,
+                batchSubmission: nil)
         }
     }
 
@@ -258,7 +311,7 @@ public struct CUDAAvailability: Sendable {
         .object([
             ("available", .bool(isAvailable)), ("library", .string(library)),
             ("driver_version", .optional(driverVersion)), ("devices", .array(devices.map(\.json))),
-            ("error", .optional(error)),
+            ("error", .optional(error)), ("batch_submission", .optional(batchSubmission)),
         ])
     }
 }

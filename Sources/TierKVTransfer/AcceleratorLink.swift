@@ -2,25 +2,10 @@ import Dispatch
 import TierKVAccelerator
 import TierKVCore
 
-/// One copy between a host address (a warm slot) and a device address (a hot slot).
-public struct DeviceCopy: Sendable {
-    // Raw addresses: the caller owns both slots and keeps them alive until completion.
-    public var hostAddress: UInt
-    public var deviceAddress: DeviceAddress
-    public var byteCount: Int
-
-    public init(host: UnsafeMutableRawPointer, device: DeviceAddress, byteCount: Int) {
-        self.hostAddress = UInt(bitPattern: host)
-        self.deviceAddress = device
-        self.byteCount = byteCount
-    }
-
-    var host: UnsafeMutableRawPointer { UnsafeMutableRawPointer(bitPattern: hostAddress)! }
-}
-
-/// One direction of the host↔accelerator link. A request is a batch of copies enqueued on the
-/// link's stream and completed by one fence; a dedicated completion queue waits for fences in
-/// order, so submitters never block on the device.
+/// One direction of the host↔accelerator link. A request is a batch of copies, merged where they
+/// are contiguous on both sides, enqueued on the link's stream as one submission where the
+/// backend has one (`AcceleratorStream.batchSubmission`) and completed by one fence. A dedicated
+/// completion queue waits for fences in order, so submitters never block on the device.
 public final class AcceleratorLink: TransferLink, @unchecked Sendable {
     // @unchecked: `stream` is thread-safe per the AcceleratorStream contract; the rest is immutable.
     public enum Direction: String, Sendable {
@@ -47,11 +32,10 @@ public final class AcceleratorLink: TransferLink, @unchecked Sendable {
     public func start(_ request: [DeviceCopy], completion: @escaping @Sendable (TransferOutcome) -> Void) {
         let fence: any AcceleratorFence
         do {
-            for copy in request {
-                switch direction {
-                case .hostToDevice: try stream.copyToDevice(from: copy.host, to: copy.deviceAddress, byteCount: copy.byteCount)
-                case .deviceToHost: try stream.copyToHost(from: copy.deviceAddress, to: copy.host, byteCount: copy.byteCount)
-                }
+            let copies = DeviceCopy.coalescing(request)
+            switch direction {
+            case .hostToDevice: try stream.copyToDevice(copies)
+            case .deviceToHost: try stream.copyToHost(copies)
             }
             fence = try stream.recordFence(timing: false)
         } catch {

@@ -14,7 +14,12 @@ struct BenchTransferCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "transfer",
         abstract: "Host↔accelerator copy bandwidth from the NUMA host arena, per block size.",
-        discussion: "One async copy per block on one stream, timed with device events (CUDA) or the modelled clock (emulated)."
+        discussion: """
+            Each block size runs two ways on one stream, interleaved pass by pass: one async copy call per block, and \
+            --copies-per-batch blocks per submission (cuMemcpyBatchAsync where the driver has it, CUDA 12.8 and later; \
+            the output names which). Device slots are a permutation of the host slots, so no copies can be merged. \
+            Timed with device events (CUDA) or the modelled clock (emulated).
+            """
     )
 
     @Option(help: "Backend: auto (CUDA if present, else emulated, and says so), cuda, emulated.")
@@ -31,6 +36,9 @@ struct BenchTransferCommand: ParsableCommand {
 
     @Option(help: "Timed passes per direction and size (median reported).")
     var passes: Int = 5
+
+    @Option(help: "Blocks per submission in the batched passes.")
+    var copiesPerBatch: Int = 64
 
     @Option(help: "NUMA node for the host arena (default: the device's node).")
     var numaNode: Int?
@@ -50,9 +58,14 @@ struct BenchTransferCommand: ParsableCommand {
         Output.printError("bench transfer on \(description.displayName), \(ByteCount(UInt64(totalBytes))) per pass, arena on NUMA node \(node.map(String.init) ?? "any")")
         let benchmark = TransferBenchmark(
             accelerator: accelerator, totalByteCount: totalBytes, blockByteCounts: sizes, passes: passes, numaNode: node,
-            locksMemory: !noLock)
+            locksMemory: !noLock, copiesPerBatch: copiesPerBatch)
         let results: [TransferBenchmark.Result]
-        do { results = try benchmark.run(progress: { Output.printError("  " + $0) }) } catch { throw CommandFailure(error) }
+        let submission: String
+        do {
+            submission = try benchmark.batchSubmission()
+            Output.printError("batched passes: \(copiesPerBatch) blocks per submission, \(submission)")
+            results = try benchmark.run(progress: { Output.printError("  " + $0) })
+        } catch { throw CommandFailure(error) }
         let best = results.max(by: { $0.blockByteCount < $1.blockByteCount })!
         if json {
             Output.printJSON(.object([
@@ -60,19 +73,27 @@ struct BenchTransferCommand: ParsableCommand {
                 ("block_size", .int(best.blockByteCount)), ("h2d_gb_per_s", .number(best.hostToDeviceGBPerSecond)),
                 ("d2h_gb_per_s", .number(best.deviceToHostGBPerSecond)), ("total_bytes", .int(best.totalByteCount)),
                 ("numa_node", node.map { .int($0) } ?? .null), ("passes", .int(passes)),
+                ("batch_submission", .string(submission)), ("copies_per_batch", .int(copiesPerBatch)),
                 ("results", .array(results.map { result in
                     .object([
                         ("block_size", .int(result.blockByteCount)), ("h2d_gb_per_s", .number(result.hostToDeviceGBPerSecond)),
                         ("d2h_gb_per_s", .number(result.deviceToHostGBPerSecond)),
+                        ("h2d_batched_gb_per_s", .number(result.hostToDeviceBatchedGBPerSecond)),
+                        ("d2h_batched_gb_per_s", .number(result.deviceToHostBatchedGBPerSecond)),
                     ])
                 })),
             ]))
         } else {
             print("device: \(description.displayName)")
-            print("block size    h2d GB/s   d2h GB/s")
+            print("batched: \(copiesPerBatch) blocks per submission, \(submission)")
+            print("block size    h2d GB/s   batched    d2h GB/s   batched")
             for result in results {
                 let size = ByteCount(UInt64(result.blockByteCount)).description
-                print(size.padding(12) + "  " + TransferBenchmark.formatted(result.hostToDeviceGBPerSecond).padding(9) + "  " + TransferBenchmark.formatted(result.deviceToHostGBPerSecond))
+                let columns = [
+                    result.hostToDeviceGBPerSecond, result.hostToDeviceBatchedGBPerSecond, result.deviceToHostGBPerSecond,
+                    result.deviceToHostBatchedGBPerSecond,
+                ].map { TransferBenchmark.formatted($0).padding(9) }
+                print(size.padding(12) + "  " + columns.joined(separator: "  "))
             }
         }
     }

@@ -112,6 +112,7 @@ struct DoctorCommand: ParsableCommand {
         var cudaRows: [(String, String)] = [("available", yesNo(cuda.isAvailable)), ("library", cuda.library)]
         if let version = cuda.driverVersion { cudaRows.append(("driver CUDA version", version)) }
         if let error = cuda.error { cudaRows.append(("error", error)) }
+        if let submission = cuda.batchSubmission { cudaRows.append(("copy batches", submission)) }
         for device in cuda.devices {
             cudaRows.append(("device \(device.ordinal)", "\(device.name), \(ByteCount(device.totalMemoryByteCount)), sm_\(device.computeCapability.replacingDots()), PCI \(device.pciBusID)"))
         }

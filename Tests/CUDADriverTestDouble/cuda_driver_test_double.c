@@ -3,6 +3,8 @@
 // synchronously. Tests build it into a temporary .so and load it with TIERKV's dlopen path to
 // exercise symbol resolution, CUresult checking and error messages where no CUDA exists.
 // `tierkv_double_fail(name, code)` makes the next call of `name` return `code`.
+// Built with -DTIERKV_DOUBLE_BATCHED_COPIES it is a CUDA 12.8 driver: cuGetProcAddress_v2 hands
+// out a cuMemcpyBatchAsync that checks its arguments the way the driver documents them.
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,7 +31,12 @@ static int injected(const char *name) {
 #define CHECK(name) do { int code = injected(name); if (code) return code; } while (0)
 
 CUresult cuInit(unsigned flags) { (void)flags; CHECK("cuInit"); return 0; }
-CUresult cuDriverGetVersion(int *version) { *version = 12040; return 0; }
+#ifdef TIERKV_DOUBLE_BATCHED_COPIES
+#define DRIVER_VERSION 12080
+#else
+#define DRIVER_VERSION 12040
+#endif
+CUresult cuDriverGetVersion(int *version) { *version = DRIVER_VERSION; return 0; }
 CUresult cuDeviceGetCount(int *count) { CHECK("cuDeviceGetCount"); *count = 1; return 0; }
 CUresult cuDeviceGet(int *device, int ordinal) { if (ordinal != 0) return 101; *device = 0; return 0; }
 CUresult cuDeviceGetName(char *name, int length, int device) {
@@ -93,3 +100,57 @@ CUresult cuMemHostRegister_v2(void *pointer, size_t bytes, unsigned flags) {
     (void)pointer; (void)flags; CHECK("cuMemHostRegister_v2"); registered_bytes += (long)bytes; return 0;
 }
 CUresult cuMemHostUnregister(void *pointer) { (void)pointer; return 0; }
+
+#ifdef TIERKV_DOUBLE_BATCHED_COPIES
+typedef struct {
+    int src_access_order;
+    int src_location_type, src_location_id;
+    int dst_location_type, dst_location_id;
+    unsigned flags;
+} memcpy_attributes; /* CUmemcpyAttributes */
+
+static long batch_calls, batch_copies;
+long tierkv_double_batch_calls(void) { return batch_calls; }
+long tierkv_double_batch_copies(void) { return batch_copies; }
+
+static CUresult memcpy_batch_async(uint64_t *dsts, uint64_t *srcs, size_t *sizes, size_t count,
+                                   memcpy_attributes *attrs, size_t *attr_starts, size_t attr_count,
+                                   size_t *fail_index, void *stream) {
+    if (!dsts || !srcs || !sizes || count == 0 || !attrs || !attr_starts || !fail_index || !stream) return 1;
+    if (attr_count == 0 || attr_count > count || attr_starts[0] != 0) return 1;
+    for (size_t a = 0; a < attr_count; a++) {
+        if (a > 0 && attr_starts[a] <= attr_starts[a - 1]) return 1;
+        if (attr_starts[a] >= count) return 1;
+        if (attrs[a].src_access_order < 1 || attrs[a].src_access_order > 3 || attrs[a].flags > 1) return 1;
+        if (attrs[a].src_location_type < 0 || attrs[a].src_location_type > 4) return 1;
+        if (attrs[a].dst_location_type < 0 || attrs[a].dst_location_type > 4) return 1;
+    }
+    int code = injected("cuMemcpyBatchAsync");
+    if (code) {
+        *fail_index = count > 1 ? 1 : 0;
+        return code;
+    }
+    for (size_t i = 0; i < count; i++) memcpy((void *)(uintptr_t)dsts[i], (const void *)(uintptr_t)srcs[i], sizes[i]);
+    batch_calls += 1;
+    batch_copies += (long)count;
+    return 0;
+}
+
+#endif
+
+/* A 12.4 driver finds no cuMemcpyBatchAsync; a 12.8 one hands out the checked double above. */
+CUresult cuGetProcAddress_v2(const char *symbol, void **function, int version, uint64_t flags, int *status) {
+    (void)flags;
+#ifdef TIERKV_DOUBLE_BATCHED_COPIES
+    if (strcmp(symbol, "cuMemcpyBatchAsync") == 0 && version >= 12080) {
+        *function = (void *)memcpy_batch_async;
+        if (status) *status = 0; /* CU_GET_PROC_ADDRESS_SUCCESS */
+        return 0;
+    }
+#else
+    (void)symbol; (void)version;
+#endif
+    *function = 0;
+    if (status) *status = 1; /* CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND */
+    return 500;                /* CUDA_ERROR_NOT_FOUND */
+}

@@ -127,6 +127,9 @@ enum CLI {
         #expect(report["emulated"] as? Bool == true)
         #expect((report["h2d_gb_per_s"] as? Double).map { $0 > 0 } == true)
         #expect((report["results"] as? [Any])?.count == 2)
+        #expect(report["batch_submission"] as? String == "one call per copy")
+        let rows = report["results"] as? [[String: Any]] ?? []
+        #expect(rows.allSatisfy { ($0["h2d_batched_gb_per_s"] as? Double).map { $0 > 0 } == true })
     }
 
     @Test func benchAttentionReportsTheContractFields() throws {

@@ -156,6 +156,85 @@ final class Outcomes: Sendable {
     }
 }
 
+@Suite struct CopyCoalescingTests {
+    @Test func runsContiguousOnBothSidesMergeAndNothingElseDoes() {
+        let host = UnsafeMutableRawPointer(bitPattern: 0x10_0000)!
+        func copy(_ hostOffset: Int, _ deviceOffset: Int, _ bytes: Int = 4096) -> DeviceCopy {
+            DeviceCopy(host: host + hostOffset, device: DeviceAddress(0x9000_0000) + deviceOffset, byteCount: bytes)
+        }
+        // Given out of order: device 0-8K (host 0-8K) merge; device 8K continues in device memory
+        // but its host range does not; device 16K-32K (host 64K-80K) merge across a 8 KiB copy.
+        let copies = [copy(65536 + 8192, 24576, 8192), copy(4096, 4096), copy(40960, 8192), copy(0, 0), copy(65536, 16384, 8192)]
+        #expect(DeviceCopy.coalescing(copies) == [copy(0, 0, 8192), copy(40960, 8192), copy(65536, 16384, 16384)])
+        #expect(DeviceCopy.coalescing([copy(0, 0)]) == [copy(0, 0)])
+        #expect(DeviceCopy.coalescing([]) == [])
+        // Contiguous on the host only: two copies.
+        #expect(DeviceCopy.coalescing([copy(0, 0), copy(4096, 8192)]).count == 2)
+    }
+
+    /// What reaches the stream: the link merges contiguous copies and submits the rest as one
+    /// batch; the bytes still land where each block's copy says.
+    @Test func theLinkSubmitsOneMergedBatch() throws {
+        let inner = EmulatedAccelerator(memoryByteCount: 1 << 20, link: .instant)
+        let accelerator = BatchRecordingAccelerator(inner)
+        let arena = try HostArena(.init(slotByteCount: 4096, slotCount: 8, locksMemory: false))
+        let pool = try DeviceSlotPool(accelerator: inner, slotByteCount: 4096, slotCount: 4)
+        for slot in 0..<4 { memset(arena.address(ofSlot: slot), Int32(slot + 1), 4096) }
+        let link = TransferScheduler(
+            link: try AcceleratorLink(accelerator: accelerator, direction: .hostToDevice), maximumBytesInFlight: 1 << 20)
+        let pairs = [(0, 0), (1, 1), (3, 2), (2, 3)]  // host slot → device slot
+        let done = Completion()
+        link.submit(pairs.map { DeviceCopy(host: arena.address(ofSlot: $0.0), device: pool.address(ofSlot: $0.1), byteCount: 4096) },
+            priority: .demand) { done.signal($0) }
+        done.wait()
+        #expect(done.succeeded)
+        #expect(accelerator.batches.withLock { $0 } == [[8192, 4096, 4096]])
+        for (host, device) in pairs {
+            let bytes = try inner.deviceBytes(at: pool.address(ofSlot: device), byteCount: 4096)
+            #expect(memcmp(bytes.baseAddress!, arena.address(ofSlot: host), 4096) == 0)
+        }
+    }
+}
+
+/// An accelerator that records the byte counts of every batch its streams are handed, and
+/// passes everything on to the emulation.
+final class BatchRecordingAccelerator: Accelerator, Sendable {
+    let inner: EmulatedAccelerator
+    let batches = Locked<[[Int]]>([])
+    init(_ inner: EmulatedAccelerator) { self.inner = inner }
+    var deviceDescription: AcceleratorDescription { inner.deviceDescription }
+    func allocateMemory(byteCount: Int) throws(TierKVError) -> DeviceAddress { try inner.allocateMemory(byteCount: byteCount) }
+    func freeMemory(_ address: DeviceAddress) throws(TierKVError) { try inner.freeMemory(address) }
+    func makeStream() throws(TierKVError) -> any AcceleratorStream { Stream(try inner.makeStream(), batches) }
+    func registerHostMemory(_ region: UnsafeMutableRawBufferPointer) throws(TierKVError) {}
+    func unregisterHostMemory(_ region: UnsafeMutableRawBufferPointer) throws(TierKVError) {}
+
+    final class Stream: AcceleratorStream, Sendable {
+        let inner: any AcceleratorStream
+        let batches: Locked<[[Int]]>
+        init(_ inner: any AcceleratorStream, _ batches: Locked<[[Int]]>) {
+            self.inner = inner
+            self.batches = batches
+        }
+        func copyToDevice(from source: UnsafeRawPointer, to destination: DeviceAddress, byteCount: Int) throws(TierKVError) {
+            try inner.copyToDevice(from: source, to: destination, byteCount: byteCount)
+        }
+        func copyToHost(from source: DeviceAddress, to destination: UnsafeMutableRawPointer, byteCount: Int) throws(TierKVError) {
+            try inner.copyToHost(from: source, to: destination, byteCount: byteCount)
+        }
+        func copyToDevice(_ copies: [DeviceCopy]) throws(TierKVError) {
+            batches.withLock { $0.append(copies.map(\.byteCount)) }
+            try inner.copyToDevice(copies)
+        }
+        func copyToHost(_ copies: [DeviceCopy]) throws(TierKVError) {
+            batches.withLock { $0.append(copies.map(\.byteCount)) }
+            try inner.copyToHost(copies)
+        }
+        func recordFence(timing: Bool) throws(TierKVError) -> any AcceleratorFence { try inner.recordFence(timing: timing) }
+        func synchronize() throws(TierKVError) { try inner.synchronize() }
+    }
+}
+
 /// Waits for one completion.
 final class Completion: Sendable {
     private let outcome = Locked<Bool?>(nil)

@@ -193,6 +193,19 @@ static inline void ctierkv_stream_fp16x8_nearest(void *p, ctierkv_float8 v) {
 /// sfence: orders the non-temporal stores before everything stored after it.
 static inline void ctierkv_store_fence(void) { __builtin_ia32_sfence(); }
 
+/// The CUDA driver's `CUmemcpyAttributes` (cuda.h, CUDA 12.8 and later), which
+/// `cuMemcpyBatchAsync` takes. TierKV loads the driver with dlopen and has no cuda.h, so the layout
+/// is declared here for Swift to import with C's layout: an enum, two `CUmemLocation`s (a type
+/// enum and an id) and flags, 24 bytes.
+typedef struct {
+    int32_t src_access_order;  /* CUmemcpySrcAccessOrder; 1 = CU_MEMCPY_SRC_ACCESS_ORDER_STREAM */
+    int32_t src_location_type; /* CUmemLocation srcLocHint: 0 = CU_MEM_LOCATION_TYPE_INVALID (no hint) */
+    int32_t src_location_id;
+    int32_t dst_location_type; /* dstLocHint */
+    int32_t dst_location_id;
+    uint32_t flags;            /* CUmemcpyFlags; 0 = CU_MEMCPY_FLAG_DEFAULT */
+} ctierkv_cu_memcpy_attributes;
+
 /// CPUID leaf/subleaf; returns 0 when the leaf is above the maximum supported.
 int ctierkv_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t *eax, uint32_t *ebx, uint32_t *ecx, uint32_t *edx);
 /// XGETBV(index): which register states the OS saves (bit 1 SSE, bit 2 AVX/YMM, bits 5-7 AVX-512).
