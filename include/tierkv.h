@@ -226,6 +226,19 @@ tierkv_status tierkv_store_from_device(
     tierkv_hierarchy *hierarchy, const tierkv_block_key *key, int64_t position, uint64_t device_address,
     size_t byte_count, uint64_t sequence, int32_t *stored_out);
 
+/* Stores `count` blocks that are in accelerator memory (block i: keys[i], positions[i], block_bytes
+ * at device_addresses[i], e.g. a layer's slots of the engine's paged cache after a prefill). They
+ * are copied to host memory in batches of up to 64 blocks, each batch one submission
+ * (cuMemcpyBatchAsync where the driver has it, CUDA >= 12.8) and one wait, instead of one copy and
+ * one wait per block as tierkv_store_from_device does. Returns once every block is in host
+ * memory. Keys already cached are still copied. stored_out (may be NULL): `count` entries, 1
+ * stored, 0 already cached. Every key's layer and position is checked before anything is copied;
+ * on a later error the blocks before the one the message names are stored, and *done_out (may be
+ * NULL) says how many. */
+tierkv_status tierkv_store_many_from_device(
+    tierkv_hierarchy *hierarchy, const tierkv_block_key *keys, const int64_t *positions,
+    const uint64_t *device_addresses, size_t count, uint64_t sequence, int32_t *stored_out, size_t *done_out);
+
 /* Copies a block out of whichever tier holds it into `destination` (at least block_bytes). */
 tierkv_status tierkv_read(
     tierkv_hierarchy *hierarchy, const tierkv_block_key *key, void *destination, size_t capacity);

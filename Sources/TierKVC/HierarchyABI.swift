@@ -204,6 +204,37 @@ import TierKV
     }
 }
 
+@c @implementation public func tierkv_store_many_from_device(
+    _ handle: OpaquePointer?, _ keys: UnsafePointer<tierkv_block_key>?, _ positions: UnsafePointer<Int64>?,
+    _ deviceAddresses: UnsafePointer<UInt64>?, _ count: Int, _ sequence: UInt64, _ storedOut: UnsafeMutablePointer<Int32>?,
+    _ doneOut: UnsafeMutablePointer<Int>?
+) -> tierkv_status {
+    doneOut?.pointee = 0
+    return abiCall("tierkv_store_many_from_device") { () throws(TierKVError) in
+        let owner = try HandleRegistry.lookup(handle, as: HierarchyHandle.self, "hierarchy")
+        guard count > 0 else { return }
+        let keys = try required(keys, "keys"), positions = try required(positions, "positions")
+        let addresses = try required(deviceAddresses, "device_addresses")
+        var blocks: [Hierarchy.DeviceBlock] = []
+        blocks.reserveCapacity(count)
+        for index in 0..<count {
+            let key = try BlockKey(keys[index], "keys[\(index)]")
+            let position: Int
+            do throws(TierKVError) { position = try checkedPosition(positions[index]) } catch {
+                throw .invalid("positions[\(index)]: \(error.message)")
+            }
+            guard addresses[index] != 0 else { throw .invalid("device_addresses[\(index)] is 0") }
+            blocks.append(Hierarchy.DeviceBlock(key: key, position: position, deviceAddress: DeviceAddress(addresses[index])))
+        }
+        var outcomes: [StoreOutcome] = []
+        defer {
+            doneOut?.pointee = outcomes.count
+            if let storedOut { for (index, outcome) in outcomes.enumerated() { storedOut[index] = outcome == .stored ? 1 : 0 } }
+        }
+        try owner.hierarchy.store(deviceBlocks: blocks, sequence: sequenceID(sequence), outcomes: &outcomes)
+    }
+}
+
 func checkedPosition(_ position: Int64) throws(TierKVError) -> Int {
     guard position >= 0, position <= Int64(Int32.max) else { throw .invalid("position \(position) must be in 0…\(Int32.max)") }
     return Int(position)

@@ -201,6 +201,27 @@ int main(int argc, char **argv) {
     CHECK_OK(tierkv_request_block(request, 0, &location));
     CHECK_OK(tierkv_store_from_device(hierarchy, &other_key, 0, location.device_address, (size_t)layout.block_bytes,
                                       TIERKV_NO_SEQUENCE, NULL));
+    /* Many blocks from device memory in one call: other_key again (already cached) and a new key. */
+    uint32_t third_tokens[TOKENS_PER_BLOCK];
+    for (int i = 0; i < TOKENS_PER_BLOCK; i++) third_tokens[i] = (uint32_t)(900 + i);
+    tierkv_block_key many_keys[2] = {other_key, other_key};
+    CHECK_OK(tierkv_block_keys(hierarchy, third_tokens, TOKENS_PER_BLOCK, 0, &many_keys[1], 1, &other_count));
+    int64_t many_positions[2] = {0, 0};
+    uint64_t many_addresses[2] = {location.device_address, location.device_address};
+    int32_t many_stored[2] = {-1, -1};
+    size_t many_done = 99;
+    CHECK_OK(tierkv_store_many_from_device(hierarchy, many_keys, many_positions, many_addresses, 2, TIERKV_NO_SEQUENCE,
+                                           many_stored, &many_done));
+    CHECK(many_done == 2 && many_stored[0] == 0 && many_stored[1] == 1, "done %zu, stored %d %d", many_done,
+          many_stored[0], many_stored[1]);
+    many_addresses[1] = 0;
+    CHECK_ERROR(tierkv_store_many_from_device(hierarchy, many_keys, many_positions, many_addresses, 2,
+                                              TIERKV_NO_SEQUENCE, many_stored, &many_done),
+                TIERKV_ERROR_INVALID_ARGUMENT, "device_addresses[1] is 0");
+    CHECK(many_done == 0, "nothing is stored when an argument is bad (done %zu)", many_done);
+    CHECK_ERROR(tierkv_store_many_from_device(hierarchy, NULL, many_positions, many_addresses, 2, TIERKV_NO_SEQUENCE,
+                                              NULL, NULL),
+                TIERKV_ERROR_INVALID_ARGUMENT, "keys is NULL");
     CHECK_OK(tierkv_request_release(request));
     CHECK_ERROR(tierkv_request_release(request), TIERKV_ERROR_INVALID_HANDLE, "not an open request handle");
 
@@ -210,6 +231,9 @@ int main(int argc, char **argv) {
     memset(read_back, 0, sizeof read_back);
     CHECK_OK(tierkv_read(hierarchy, &other_key, read_back, sizeof read_back));
     CHECK(memcmp(read_back, data[0], sizeof read_back) == 0, "the block stored from device memory differs");
+    memset(read_back, 0, sizeof read_back);
+    CHECK_OK(tierkv_read(hierarchy, &many_keys[1], read_back, sizeof read_back));
+    CHECK(memcmp(read_back, data[0], sizeof read_back) == 0, "the block stored by tierkv_store_many_from_device differs");
 
     /* Placement after a prefill: blocks 1 and 2 got the attention, so they end in warm (or stay
      * in hot), read back from cold where the later blocks pushed them. */

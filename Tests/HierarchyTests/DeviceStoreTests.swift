@@ -36,6 +36,66 @@ import TierKVTestSupport
         #expect(hierarchy.statistics.storedBlocks == 0)
     }
 
+    /// Writes each key's test pattern into device memory at a scattered slot (slot i·37 mod n)
+    /// and returns the blocks that name them, positions counting per layer.
+    private func deviceBlocks(
+        _ keys: [BlockKey], in hierarchy: Hierarchy
+    ) throws -> (blocks: [Hierarchy.DeviceBlock], device: DeviceAddress, accelerator: EmulatedAccelerator) {
+        let accelerator = try #require(hierarchy.accelerator as? EmulatedAccelerator)
+        let byteCount = smallLayout.blockByteCount
+        let device = try accelerator.allocateMemory(byteCount: keys.count * byteCount)
+        var blocks: [Hierarchy.DeviceBlock] = []
+        for (index, key) in keys.enumerated() {
+            let address = device + (index * 37 % keys.count) * byteCount
+            let pattern = blockBytes(for: key, count: byteCount)
+            let target = try accelerator.deviceBytes(at: address, byteCount: byteCount)
+            pattern.withUnsafeBytes { target.copyMemory(from: $0) }
+            blocks.append(Hierarchy.DeviceBlock(key: key, position: index / 2, deviceAddress: address))
+        }
+        return (blocks, device, accelerator)
+    }
+
+    @Test func manyBlocksStoredFromDeviceMemoryInBatchesReadBackByteExact() throws {
+        let directory = try TemporaryDirectory()
+        let hierarchy = try Hierarchy(tinyConfiguration(directory: directory.path + "/cache", hot: 2, warm: 8, cold: 256))
+        #expect(hierarchy.deviceStagingBlockCount == 64)
+        let keys = (0..<100).map { testKey(1000 + $0, layer: $0 % 2) }
+        let (blocks, device, accelerator) = try deviceBlocks(keys, in: hierarchy)
+        defer { try? accelerator.freeMemory(device) }
+        // Two batches (64 + 36), and block 3 again at the end: by then it is cached.
+        let outcomes = try hierarchy.store(deviceBlocks: blocks + [blocks[3]], sequence: SequenceID(9))
+        #expect(outcomes.count == 101)
+        #expect(outcomes.prefix(100).allSatisfy { $0 == .stored })
+        #expect(outcomes.last == .alreadyCached)
+        for key in keys {
+            var bytes = [UInt8](repeating: 0, count: smallLayout.blockByteCount)
+            try bytes.withUnsafeMutableBytes { try hierarchy.read(key, into: $0) }
+            #expect(bytes == blockBytes(for: key, count: smallLayout.blockByteCount), "\(key)")
+        }
+        #expect(hierarchy.checkInvariants() == [])
+    }
+
+    @Test func aBadLayerIsRefusedBeforeAnythingIsCopiedAndABadAddressNamesItsBatch() throws {
+        let directory = try TemporaryDirectory()
+        let hierarchy = try Hierarchy(tinyConfiguration(directory: directory.path + "/cache", hot: 2, warm: 8, cold: 256))
+        let keys = (0..<80).map { testKey(2000 + $0) }
+        var (blocks, device, accelerator) = try deviceBlocks(keys, in: hierarchy)
+        defer { try? accelerator.freeMemory(device) }
+        var badLayer = blocks
+        badLayer[2].key = testKey(5, layer: 7)
+        let layerError = tierKVError { _ = try hierarchy.store(deviceBlocks: badLayer, sequence: nil) }
+        #expect(layerError?.message.contains("block 2") == true && layerError?.message.contains("nothing was stored") == true)
+        #expect(hierarchy.statistics.storedBlocks == 0)
+
+        blocks[70].deviceAddress = DeviceAddress(0x1000)
+        let addressError = tierKVError { _ = try hierarchy.store(deviceBlocks: blocks, sequence: nil) }
+        #expect(addressError?.message.hasPrefix("copying blocks 64…79 from the device: ") == true, "\(addressError?.message ?? "")")
+        #expect(addressError?.message.hasSuffix("; blocks 0…63 were stored") == true)
+        #expect(hierarchy.statistics.storedBlocks == 64)
+        #expect(hierarchy.fastestTier(of: keys[63]) != nil && hierarchy.fastestTier(of: keys[64]) == nil)
+        #expect(hierarchy.checkInvariants() == [])
+    }
+
     @Test func requestStatesNameMissingBlocks() throws {
         let directory = try TemporaryDirectory()
         let hierarchy = try Hierarchy(tinyConfiguration(directory: directory.path + "/cache"))

@@ -126,7 +126,7 @@ func maximumError(_ result: AttentionPartial, _ reference: (output: [Double], m:
 }
 
 @Suite struct CPUAttentionTests {
-    nonisolated(unsafe) static let attention = try! CPUAttention(threadCount: 3)
+    static let attention = try! CPUAttention(threadCount: 3)
 
     struct Case: Sendable, CustomTestStringConvertible {
         var dtype: DType

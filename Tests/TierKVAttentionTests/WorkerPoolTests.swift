@@ -110,7 +110,7 @@ private struct LedgerTask: WorkerPoolTask {
             pool.run(count: 64) { worker, _ in
                 var x = 0.0
                 for index in 0..<20_000 { x += Double(index & 7) }
-                if worker != 0 { seen.withLock { $0.insert(WorkerPool.currentCPU()) } }
+                if worker != 0 { _ = seen.withLock { $0.insert(WorkerPool.currentCPU()) } }
                 if x < 0 { Issue.record("unreachable") }
             }
         }

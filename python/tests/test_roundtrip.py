@@ -209,3 +209,27 @@ def test_place_after_prefill_brings_the_attended_blocks_back_from_cold(tmp_path)
         with pytest.raises(tierkv.InvalidArgument, match="mass -1"):
             cache.place_after_prefill([(layers[0], -mass[0] - 1)], block_limit=3)
         assert cache.place_after_prefill([], block_limit=3) == (0, 0, None)
+
+
+def test_store_many_from_device_copies_each_block_where_its_address_says(cache):
+    rng = np.random.default_rng(11)
+    tokens = np.arange(2 * 16, dtype=np.uint32) + 500
+    sources = cache.block_keys(tokens, layer=0)
+    blocks = [rng.standard_normal(cache.layout.block_shape).astype(np.float16) for _ in sources]
+    for position, (key, block) in enumerate(zip(sources, blocks)):
+        cache.store(key, block, position=position)
+    # The emulated hot tier's device memory stands in for the engine's paged cache.
+    with cache.make_resident(sources, tier="hot") as request:
+        request.wait(timeout=10)
+        addresses = [request.device_address(0), request.device_address(1)]
+        copies = cache.block_keys(np.arange(3 * 16, dtype=np.uint32) + 9000, layer=1)
+        stored = cache.store_many_from_device(copies + [copies[0]], [addresses[1], addresses[0], addresses[1],
+                                                                     addresses[1]], positions=[0, 1, 2, 0], sequence=5)
+        assert stored == [True, True, True, False], "the repeated key is already cached by then"
+        with pytest.raises(tierkv.InvalidArgument, match=r"positions has shape \(2,\); expected \(3,\)"):
+            cache.store_many_from_device(copies, addresses + [addresses[0]], positions=[0, 1])
+        with pytest.raises(tierkv.InvalidArgument, match=r"device_addresses\[1\] is 0"):
+            cache.store_many_from_device(copies, [addresses[0], 0, addresses[0]], positions=[0, 1, 2])
+    for key, source in zip(copies, [1, 0, 1]):
+        np.testing.assert_array_equal(cache.read(key), blocks[source])
+    assert cache.store_many_from_device([], [], positions=[]) == []

@@ -334,6 +334,29 @@ class Hierarchy:
                                             ctypes.byref(stored)))
         return stored.value == 1
 
+    def store_many_from_device(self, keys, device_addresses, positions, sequence=None):
+        """Stores many blocks that are in accelerator memory (`device_addresses[i]`, block_bytes each,
+        e.g. `tensor.data_ptr()` of a layer's paged-cache slots) in one call: copied to host in
+        batches of up to 64 blocks, one submission (cuMemcpyBatchAsync where the driver has it) and
+        one wait each, instead of one copy and one wait per block. Returns a list of bools, True
+        where a block was stored, False where its key was already cached. On an error the blocks
+        before the one the message names are stored."""
+        keys = list(keys)
+        array, count = _key_array(keys)
+        addresses = np.ascontiguousarray(np.asarray(device_addresses, dtype=np.uint64))
+        positions = np.ascontiguousarray(np.asarray(positions, dtype=np.int64))
+        for name, values in (("device_addresses", addresses), ("positions", positions)):
+            if values.shape != (count,):
+                raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
+                                      f"{name} has shape {values.shape}; expected ({count},), one per key")
+        stored = np.zeros(max(count, 1), dtype=np.int32)
+        done = ctypes.c_size_t()
+        _check(lib.tierkv_store_many_from_device(
+            self._h(), array, positions.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)),
+            addresses.ctypes.data_as(ctypes.POINTER(ctypes.c_uint64)), count, _sequence(sequence),
+            stored.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)), ctypes.byref(done)))
+        return [bool(value) for value in stored[:count]]
+
     def read(self, key, out=None):
         """A copy of the block from whichever tier holds it; raises NotFound when it is not cached."""
         if out is None:

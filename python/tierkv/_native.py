@@ -146,6 +146,8 @@ def load():
                                   P(ctypes.c_int32)]),
         "tierkv_store_from_device": (status, [handle, key_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_size_t,
                                               ctypes.c_uint64, P(ctypes.c_int32)]),
+        "tierkv_store_many_from_device": (status, [handle, key_p, P(ctypes.c_int64), P(ctypes.c_uint64), ctypes.c_size_t,
+                                                   ctypes.c_uint64, P(ctypes.c_int32), P(ctypes.c_size_t)]),
         "tierkv_read": (status, [handle, key_p, ctypes.c_void_p, ctypes.c_size_t]),
         "tierkv_fastest_tier": (status, [handle, key_p, P(ctypes.c_int32)]),
         "tierkv_make_resident": (status, [handle, key_p, ctypes.c_size_t, ctypes.c_int32, ctypes.c_int32, P(handle)]),

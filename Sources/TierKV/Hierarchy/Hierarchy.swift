@@ -79,7 +79,7 @@ public final class Hierarchy: @unchecked Sendable {
     /// is written to NVMe as it is.
     let warmPayloadOffset = ColdSlotHeader.byteCount
     let blockByteCount: Int
-    /// The staging buffer and stream of `store(_:position:deviceAddress:)`, made on first use.
+    /// The staging buffer and stream of the stores from device memory, made on first use.
     let deviceStaging = Locked<DeviceStaging?>(nil)
 
     /// Opens the tiers: allocates the hot slots on the accelerator, maps the warm arena, opens (or
@@ -255,17 +255,105 @@ public final class Hierarchy: @unchecked Sendable {
         _ key: BlockKey, position: Int, deviceAddress: DeviceAddress, sequence: SequenceID? = nil,
         keySummary: UnsafeBufferPointer<Float>? = nil, keys: UnsafeBufferPointer<Float>? = nil
     ) throws(TierKVError) -> StoreOutcome {
-        try deviceStaging.withLock { (staging) throws(TierKVError) -> StoreOutcome in
-            let current: DeviceStaging
-            if let staging {
-                current = staging
-            } else {
-                current = try DeviceStaging(accelerator: accelerator, byteCount: blockByteCount)
-                staging = current
+        try withDeviceStaging { (staging) throws(TierKVError) -> StoreOutcome in
+            try staging.stream.copyToHost(from: deviceAddress, to: staging.bytes.baseAddress!, byteCount: blockByteCount)
+            try staging.stream.synchronize()
+            return try store(
+                key, position: position, bytes: UnsafeRawBufferPointer(rebasing: staging.bytes[0..<blockByteCount]),
+                sequence: sequence, keySummary: keySummary, keys: keys)
+        }
+    }
+
+    /// One block of `store(deviceBlocks:sequence:)`.
+    public struct DeviceBlock: Sendable, Hashable {
+        public var key: BlockKey
+        /// The block's index in its sequence.
+        public var position: Int
+        /// `layout.blockByteCount` bytes of K then V in accelerator memory.
+        public var deviceAddress: DeviceAddress
+
+        public init(key: BlockKey, position: Int, deviceAddress: DeviceAddress) {
+            self.key = key
+            self.position = position
+            self.deviceAddress = deviceAddress
+        }
+    }
+
+    /// Stores many blocks that are in accelerator memory, e.g. a layer's slots of the engine's
+    /// paged cache after a prefill. They are copied to host memory in batches of
+    /// `deviceStagingBlockCount` blocks, each one submission (`cuMemcpyBatchAsync` where the
+    /// driver has it) and one wait, instead of one copy and one wait per block as
+    /// `store(_:position:deviceAddress:)` does; then each is stored as `store` does. Returns once
+    /// every block is in host memory, so the engine may overwrite the device memory then. Keys
+    /// already cached are still copied (look them up first to skip them); their outcome is
+    /// `.alreadyCached`.
+    /// - Returns: one outcome per block, in order.
+    /// - Throws: a block naming a layer the layout does not have, checked for every block before
+    ///   anything is copied; a device copy error (an address outside device memory) for a batch,
+    ///   or what `store` throws for a block, naming that block's index. Blocks before the batch or
+    ///   block named are stored; `TierKVError.message` says how many.
+    public func store(deviceBlocks: [DeviceBlock], sequence: SequenceID? = nil) throws(TierKVError) -> [StoreOutcome] {
+        var outcomes: [StoreOutcome] = []
+        try store(deviceBlocks: deviceBlocks, sequence: sequence, outcomes: &outcomes)
+        return outcomes
+    }
+
+    /// `store(deviceBlocks:sequence:)` appending each block's outcome to `outcomes` as it is
+    /// stored, so that after an error `outcomes` holds those of the blocks that were.
+    public func store(
+        deviceBlocks: [DeviceBlock], sequence: SequenceID? = nil, outcomes: inout [StoreOutcome]
+    ) throws(TierKVError) {
+        let layers = configuration.layout.layers
+        if let bad = deviceBlocks.firstIndex(where: { Int($0.key.layer) >= layers }) {
+            throw .invalid("block \(bad) (\(deviceBlocks[bad].key)) names layer \(deviceBlocks[bad].key.layer); the layout has \(layers) layers; nothing was stored")
+        }
+        let alreadyDone = outcomes.count
+        try withDeviceStaging { (staging) throws(TierKVError) -> Void in
+            outcomes.reserveCapacity(alreadyDone + deviceBlocks.count)
+            var first = 0
+            while first < deviceBlocks.count {
+                let batch = deviceBlocks[first..<min(first + staging.blockCount, deviceBlocks.count)]
+                let copies = batch.indices.map { index in
+                    DeviceCopy(host: staging.bytes.baseAddress! + (index - first) * blockByteCount,
+                        device: deviceBlocks[index].deviceAddress, byteCount: blockByteCount)
+                }
+                do throws(TierKVError) {
+                    try staging.stream.copyToHost(copies)
+                    try staging.stream.synchronize()
+                } catch {
+                    var error = error
+                    error.message = "copying blocks \(first)…\(batch.endIndex - 1) from the device: \(error.message); \(Self.storedSoFar(first))"
+                    throw error
+                }
+                for index in batch.indices {
+                    let block = deviceBlocks[index]
+                    let bytes = UnsafeRawBufferPointer(start: staging.bytes.baseAddress! + (index - first) * blockByteCount, count: blockByteCount)
+                    do throws(TierKVError) {
+                        outcomes.append(try store(block.key, position: block.position, bytes: bytes, sequence: sequence))
+                    } catch {
+                        var error = error
+                        error.message = "storing block \(index) (\(block.key)): \(error.message); \(Self.storedSoFar(index))"
+                        throw error
+                    }
+                }
+                first = batch.endIndex
             }
-            try current.stream.copyToHost(from: deviceAddress, to: current.bytes.baseAddress!, byteCount: blockByteCount)
-            try current.stream.synchronize()
-            return try store(key, position: position, bytes: UnsafeRawBufferPointer(current.bytes), sequence: sequence, keySummary: keySummary, keys: keys)
+        }
+    }
+
+    private static func storedSoFar(_ count: Int) -> String {
+        count == 0 ? "no block was stored" : count == 1 ? "block 0 was stored" : "blocks 0…\(count - 1) were stored"
+    }
+
+    /// Blocks the device staging buffer holds: 64, or fewer where 64 blocks would pass 8 MiB.
+    public var deviceStagingBlockCount: Int { max(1, min(64, (8 << 20) / blockByteCount)) }
+
+    private func withDeviceStaging<T>(_ body: (DeviceStaging) throws(TierKVError) -> T) throws(TierKVError) -> T {
+        try deviceStaging.withLock { (staging) throws(TierKVError) -> T in
+            if let staging { return try body(staging) }
+            let made = try DeviceStaging(accelerator: accelerator, blockByteCount: blockByteCount, blockCount: deviceStagingBlockCount)
+            staging = made
+            return try body(made)
         }
     }
 
@@ -543,14 +631,17 @@ public final class Hierarchy: @unchecked Sendable {
     }
 }
 
-/// A registered host buffer of one block and a stream, for stores from device memory.
+/// A registered host buffer of `blockCount` blocks and a stream, for stores from device memory.
 final class DeviceStaging: @unchecked Sendable {
     // @unchecked: used only under `Hierarchy.deviceStaging`'s lock.
     let bytes: UnsafeMutableRawBufferPointer
+    let blockCount: Int
     let stream: any AcceleratorStream
     let accelerator: any Accelerator
 
-    init(accelerator: any Accelerator, byteCount: Int) throws(TierKVError) {
+    init(accelerator: any Accelerator, blockByteCount: Int, blockCount: Int) throws(TierKVError) {
+        let byteCount = blockByteCount * blockCount
+        self.blockCount = blockCount
         var pointer: UnsafeMutableRawPointer?
         guard posix_memalign(&pointer, 4096, byteCount) == 0, let pointer else {
             throw TierKVError(.systemCall, "cannot allocate a \(byteCount)-byte staging buffer", operation: "posix_memalign")
