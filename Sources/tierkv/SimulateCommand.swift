@@ -102,7 +102,7 @@ struct SimulateCommand: ParsableCommand {
     var trace: String?
     @Option(help: "Trace format: mooncake (FAST'25 request prefix traces: timestamp, input_length, output_length, hash_ids of 512-token blocks) or tierkv (per-step attention recorded from a model by tools/record-tierkv-trace).")
     var traceFormat: String = "mooncake"
-    @Option(help: "Prefix-cache mode: capacity in 512-token blocks.")
+    @Option(help: "Prefix-cache mode: capacity in 512-token blocks (default: a sweep over 1%, 2%, 5%, 10% and 25% of the trace's distinct blocks).")
     var capacityBlocks: Int?
     @Option(help: "Prefix-cache mode: capacity in tokens (divided by 512).")
     var capacityTokens: Int?
@@ -111,7 +111,7 @@ struct SimulateCommand: ParsableCommand {
     var policy: String = "lru"
     @Option(help: "Long-decode: the warm and cold tiers' eviction policy, when it should differ from --policy (which then rules hot alone), e.g. --policy layered --warm-policy lru.")
     var warmPolicy: String?
-    @Option(help: "Compare in one run: policy=P,P,... or capacity=... (hot sizes for long-decode, e.g. 5%,10%,20%; blocks for traces); long-decode also prefetch=K,K, lookahead=0,1,2, budget=16,64, staging=0,100, coverage=0.9,1, scoring=S,S, cpu-attention=off,on, prefill-placement=off,on. Repeat to sweep the cross product.")
+    @Option(help: "Compare in one run: policy=P,P,... or capacity=... (hot sizes for long-decode, e.g. 5%,10%,20%; blocks or shares such as 5% of the distinct blocks for mooncake traces); long-decode also prefetch=K,K, lookahead=0,1,2, budget=16,64, staging=0,100, coverage=0.9,1, scoring=S,S, cpu-attention=off,on, prefill-placement=off,on. Repeat to sweep the cross product.")
     var sweep: [String] = []
 
     // Output
@@ -151,12 +151,17 @@ struct SimulateCommand: ParsableCommand {
         guard let basePolicy = EvictionPolicyKind(parsing: policy) else {
             throw CommandFailure("--policy \(policy) is not one of: \(EvictionPolicyKind.parsingHelp)")
         }
-        var capacities: [Int] = []
+        /// A capacity in blocks, or a share of the trace's distinct blocks (known once it is read).
+        enum Capacity { case blocks(Int), share(Double) }
+        var capacities: [Capacity] = []
+        var isDefaultSweep = false
         var policies: [EvictionPolicyKind] = [basePolicy]
         switch (capacityBlocks, capacityTokens) {
-        case (let blocks?, nil): capacities = [blocks]
-        case (nil, let tokens?): capacities = [tokens / MooncakeTrace.tokensPerBlock]
-        case (nil, nil): capacities = []
+        case (let blocks?, nil): capacities = [.blocks(blocks)]
+        case (nil, let tokens?): capacities = [.blocks(tokens / MooncakeTrace.tokensPerBlock)]
+        case (nil, nil):
+            capacities = [0.01, 0.02, 0.05, 0.10, 0.25].map { .share($0) }
+            isDefaultSweep = true
         default: throw CommandFailure("give --capacity-blocks or --capacity-tokens, not both")
         }
         if let sweep {
@@ -165,9 +170,18 @@ struct SimulateCommand: ParsableCommand {
             let values = parts[1].split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
             switch parts[0] {
             case "capacity":
+                isDefaultSweep = false
                 capacities = try values.map { value in
-                    guard let number = Int(value), number >= 1 else { throw CommandFailure("--sweep capacity: \(value) is not a positive block count") }
-                    return number
+                    if value.hasSuffix("%") {
+                        guard let percent = Double(value.dropLast()), percent > 0, percent <= 100 else {
+                            throw CommandFailure("--sweep capacity: \(value) is not a share in (0%, 100%] of the trace's distinct blocks")
+                        }
+                        return .share(percent / 100)
+                    }
+                    guard let number = Int(value), number >= 1 else {
+                        throw CommandFailure("--sweep capacity: \(value) is neither a positive block count nor a share such as 5%")
+                    }
+                    return .blocks(number)
                 }
             case "policy":
                 policies = try values.map { value in
@@ -177,18 +191,27 @@ struct SimulateCommand: ParsableCommand {
             default: throw CommandFailure("--sweep \(parts[0]) is not supported; use capacity= or policy=")
             }
         }
-        guard !capacities.isEmpty, capacities.allSatisfy({ $0 >= 1 }) else {
-            throw CommandFailure("give --capacity-blocks N (≥ 1), --capacity-tokens T or --sweep capacity=...")
+        guard capacities.allSatisfy({ if case .blocks(let count) = $0 { count >= 1 } else { true } }) else {
+            throw CommandFailure("the capacity must be at least 1 block (--capacity-blocks N, or --capacity-tokens of at least \(MooncakeTrace.tokensPerBlock))")
         }
         if !json { Output.printError("reading \(trace)...") }
         let loaded: MooncakeTrace
         do { loaded = try MooncakeTrace.load(path: trace) } catch { throw CommandFailure(error) }
+        let blockCounts = capacities.map { capacity in
+            switch capacity {
+            case .blocks(let count): count
+            case .share(let share): max(1, Int((share * Double(loaded.distinctBlocks)).rounded()))
+            }
+        }
+        if isDefaultSweep && !json {
+            Output.printError("no capacity given: sweeping 1%, 2%, 5%, 10% and 25% of the trace's \(loaded.distinctBlocks) distinct blocks (--capacity-blocks N for one size)")
+        }
 
         var rows: [JSONValue] = []
         var table: [(String, String)] = []
         var totalAccesses = 0
         var totalSeconds = 0.0
-        for capacity in capacities {
+        for capacity in blockCounts {
             let oracle = PrefixCacheReplay.runOracle(loaded, capacityBlocks: capacity)
             for kind in policies {
                 // One replay is ~50 ms on the real trace: time three and keep the fastest, so a
@@ -202,7 +225,7 @@ struct SimulateCommand: ParsableCommand {
                 }
                 totalAccesses += result.blockAccesses
                 totalSeconds += seconds
-                if !json, capacities.count * policies.count > 1 {
+                if !json, blockCounts.count * policies.count > 1 {
                     Output.printError("  capacity \(capacity) \(kind.name): \(String(format: "%.4f", result.prefixHitRate))")
                 }
                 rows.append(.object([

@@ -26,6 +26,16 @@ import TierKVTestSupport
         #expect(rates.count == 3 && rates == rates.sorted())
         // With room for every block, every re-sent block hits: 15 + 15 of 21 + 21 + 12 accesses.
         #expect(abs(rates[2] - 30.0 / 54.0) < 1e-9)
+        // Shares of the 24 distinct blocks (6 + 6 + 12), and the default sweep when no capacity is given.
+        let shares = try CLI.json(["simulate", "--trace", path, "--sweep", "capacity=25%,100%", "--json"])
+        let shareRuns = try #require(shares["runs"] as? [[String: Any]])
+        #expect(shareRuns.compactMap { $0["capacity_blocks"] as? Int } == [6, 24])
+        #expect(abs((shareRuns[1]["prefix_hit_rate"] as? Double ?? 0) - 30.0 / 54.0) < 1e-9)
+        let defaults = try CLI.json(["simulate", "--trace", path, "--json"])
+        let defaultRuns = try #require(defaults["runs"] as? [[String: Any]])
+        #expect(defaultRuns.compactMap { $0["capacity_blocks"] as? Int } == [1, 1, 1, 2, 6], "1%, 2%, 5%, 10%, 25% of 24")
+        let zero = try CLI.run(["simulate", "--trace", path, "--sweep", "capacity=0%"])
+        #expect(zero.status != 0 && zero.stderr.contains("not a share in (0%, 100%]"))
     }
 
     @Test func badInputIsRefusedWithTheReason() throws {
