@@ -307,6 +307,7 @@ public final class Hierarchy: @unchecked Sendable {
         if let bad = deviceBlocks.firstIndex(where: { Int($0.key.layer) >= layers }) {
             throw .invalid("block \(bad) (\(deviceBlocks[bad].key)) names layer \(deviceBlocks[bad].key.layer); the layout has \(layers) layers; nothing was stored")
         }
+        guard !deviceBlocks.isEmpty else { return }
         let alreadyDone = outcomes.count
         try withDeviceStaging { (staging) throws(TierKVError) -> Void in
             outcomes.reserveCapacity(alreadyDone + deviceBlocks.count)
