@@ -115,40 +115,37 @@ final class CUDAStream: AcceleratorStream, @unchecked Sendable {
 
     var batchSubmission: String { driver.library.batchSubmission }
 
-    func copyToDevice(_ copies: [DeviceCopy]) throws(TierKVError) {
-        guard copies.count > 1, driver.library.cuMemcpyBatchAsync != nil else {
-            for copy in copies { try copyToDevice(from: copy.host, to: copy.deviceAddress, byteCount: copy.byteCount) }
+    func copyToDevice(_ copies: [DeviceCopy]) throws(TierKVError) { try submit(copies, toDevice: true) }
+
+    func copyToHost(_ copies: [DeviceCopy]) throws(TierKVError) { try submit(copies, toDevice: false) }
+
+    /// One `cuMemcpyBatchAsync` for all the copies where the driver has it, else one call each.
+    /// Host addresses pass as device pointers: the warm arena is registered
+    /// (`cuMemHostRegister`), and with unified addressing a registered host pointer is valid as
+    /// is. Sources are read in stream order (after the work enqueued before), the same ordering as
+    /// the single-copy calls.
+    private func submit(_ copies: [DeviceCopy], toDevice: Bool) throws(TierKVError) {
+        guard copies.count > 1, let batch = driver.library.cuMemcpyBatchAsync else {
+            for copy in copies {
+                if toDevice {
+                    try copyToDevice(from: copy.host, to: copy.deviceAddress, byteCount: copy.byteCount)
+                } else {
+                    try copyToHost(from: copy.deviceAddress, to: copy.host, byteCount: copy.byteCount)
+                }
+            }
             return
         }
-        try submitBatch(
-            destinations: copies.map(\.deviceAddress.rawValue), sources: copies.map { UInt64($0.hostAddress) }, copies)
-    }
-
-    func copyToHost(_ copies: [DeviceCopy]) throws(TierKVError) {
-        guard copies.count > 1, driver.library.cuMemcpyBatchAsync != nil else {
-            for copy in copies { try copyToHost(from: copy.deviceAddress, to: copy.host, byteCount: copy.byteCount) }
-            return
-        }
-        try submitBatch(
-            destinations: copies.map { UInt64($0.hostAddress) }, sources: copies.map(\.deviceAddress.rawValue), copies)
-    }
-
-    /// One `cuMemcpyBatchAsync` for all the copies. Host addresses pass as device pointers: the
-    /// warm arena is registered (`cuMemHostRegister`), and with unified addressing a registered
-    /// host pointer is valid as is. Sources are read in stream order (after the work enqueued
-    /// before), the same ordering as the single-copy calls.
-    private func submitBatch(destinations: [UInt64], sources: [UInt64], _ copies: [DeviceCopy]) throws(TierKVError) {
-        guard let batch = driver.library.cuMemcpyBatchAsync else { return }
         try driver.makeCurrent()
-        var destinations = destinations
-        var sources = sources
+        var devices = copies.map(\.deviceAddress.rawValue)
+        var hosts = copies.map { UInt64($0.hostAddress) }
         var sizes = copies.map(\.byteCount)
         var attributes = ctierkv_cu_memcpy_attributes(
             src_access_order: 1, src_location_type: 0, src_location_id: 0, dst_location_type: 0, dst_location_id: 0, flags: 0)
         var attributeStarts = [0]
         var failedIndex = Int.max
-        let result = batch(
-            &destinations, &sources, &sizes, copies.count, &attributes, &attributeStarts, 1, &failedIndex, stream)
+        let result = toDevice
+            ? batch(&devices, &hosts, &sizes, copies.count, &attributes, &attributeStarts, 1, &failedIndex, stream)
+            : batch(&hosts, &devices, &sizes, copies.count, &attributes, &attributeStarts, 1, &failedIndex, stream)
         guard result == 0 else {
             let which = failedIndex < copies.count
                 ? "copy \(failedIndex) of \(copies.count) (\(copies[failedIndex].byteCount) bytes, device \(copies[failedIndex].deviceAddress))"
