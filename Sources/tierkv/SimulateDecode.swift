@@ -21,7 +21,7 @@ extension SimulateCommand {
         for (index, dimension) in sweep.enumerated() {
             let parts = dimension.split(separator: "=", maxSplits: 1).map(String.init)
             guard parts.count == 2, !parts[1].isEmpty else {
-                throw CommandFailure("--sweep \(dimension): expected NAME=V,V,... (policy, capacity, prefetch, lookahead, budget, staging, stage-ahead, coverage, scoring, cpu-attention, prefill-placement)")
+                throw CommandFailure("--sweep \(dimension): expected NAME=V,V,... (policy, capacity, prefetch, lookahead, in-flight, budget, staging, stage-ahead, coverage, scoring, cpu-attention, prefill-placement)")
             }
             let values = parts[1].split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
             var expanded: [(label: String, configuration: DecodeSimulationConfiguration)] = []
@@ -46,6 +46,9 @@ extension SimulateCommand {
                         guard let layers = Int(value), layers >= 0 else { throw CommandFailure("--sweep lookahead: \(value) is not a layer count ≥ 0") }
                         configuration.prefetch.lookaheadLayers = layers
                         label = "lookahead \(value)"
+                    case "in-flight":
+                        configuration.bytesInFlightPerLink = try inFlightBytes(value, option: "--sweep in-flight")
+                        label = "in flight \(value)"
                     case "budget":
                         configuration.prefetch.budgetBlocks = try budgetBlocks(value, option: "--sweep budget", configuration: configuration)
                         label = "budget \(value)"
@@ -93,7 +96,7 @@ extension SimulateCommand {
         }
                         label = "scoring \(value)"
                     default:
-                        throw CommandFailure("--sweep \(parts[0]) is not supported; use policy, capacity, prefetch, lookahead, budget, staging, stage-ahead, coverage, scoring, cpu-attention or prefill-placement")
+                        throw CommandFailure("--sweep \(parts[0]) is not supported; use policy, capacity, prefetch, lookahead, in-flight, budget, staging, stage-ahead, coverage, scoring, cpu-attention or prefill-placement")
                     }
                     expanded.append((index == 0 ? label : run.label + ", " + label, configuration))
                 }
@@ -184,6 +187,7 @@ extension SimulateCommand {
         try applySize(hot, option: "--hot", fraction: &configuration.hotFraction, bytes: &configuration.hotBytes)
         try applySize(warm, option: "--warm", fraction: &configuration.warmFraction, bytes: &configuration.warmBytes)
         if let cold { configuration.coldBytes = try parseByteCount(cold, option: "--cold") }
+        if let inFlight { configuration.bytesInFlightPerLink = try inFlightBytes(inFlight, option: "--in-flight") }
         if let config { try applyConfigFile(config, to: &configuration) }
         if let h2dGbps { configuration.hardware.hostToDevice.bytesPerSecond = try gigabytes(h2dGbps, "--h2d-gbps") }
         if let d2hGbps { configuration.hardware.deviceToHost.bytesPerSecond = try gigabytes(d2hGbps, "--d2h-gbps") }
@@ -279,6 +283,12 @@ extension SimulateCommand {
     }
 
     /// `64` → blocks; `8MiB` → that many bytes of the model's blocks (at least 1 block).
+    private func inFlightBytes(_ text: String, option: String) throws -> Int {
+        let bytes = try parseByteCount(text, option: option)
+        guard bytes > 0 else { throw CommandFailure("\(option) \(text): expected a size above zero, such as 4MiB") }
+        return bytes
+    }
+
     private func budgetBlocks(_ text: String, option: String, configuration: DecodeSimulationConfiguration) throws -> Int {
         if let blocks = Int(text) {
             guard blocks >= 0 else { throw CommandFailure("\(option) \(text): expected a block count ≥ 0 or a size like 8MiB") }

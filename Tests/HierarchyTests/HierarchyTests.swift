@@ -54,6 +54,55 @@ import Glibc
         #expect(hierarchy.checkInvariants() == [])
     }
 
+    @Test func blocksAlreadyResidentAreReadyAtOnceAndTheirPinsCount() throws {
+        let directory = try TemporaryDirectory()
+        let hierarchy = try Hierarchy(tinyConfiguration(directory: directory.path + "/cache", hot: 4, warm: 6))
+        let keys = (0..<4).map { testKey($0) }
+        for (position, key) in keys.enumerated() { try hierarchy.storeTestBlock(key, position: position, sequence: SequenceID(1)) }
+        let first = try hierarchy.makeResident(Array(keys.prefix(2)), in: .hot)
+        first.wait()
+        hierarchy.release(first)
+        // keys 0 and 1 are in hot now; key 2 may or may not be: it is the mixed case.
+        let again = try hierarchy.makeResident([keys[1], keys[0], keys[2]], in: .hot)
+        #expect(again.state(at: 0) == .ready && again.state(at: 1) == .ready)
+        again.wait()
+        #expect(again.isReady && again.readyNanoseconds != nil)
+        let accelerator = try #require(hierarchy.accelerator as? EmulatedAccelerator)
+        for (index, key) in [keys[1], keys[0], keys[2]].enumerated() {
+            let address = try #require(again.deviceAddress(at: index))
+            let device = try accelerator.deviceBytes(at: address, byteCount: smallLayout.blockByteCount)
+            #expect(Array(device) == blockBytes(for: key, count: smallLayout.blockByteCount))
+        }
+        // The same keys in a second request at the same time: both pin, neither is a duplicate.
+        let overlapping = try hierarchy.makeResident([keys[0]], in: .hot)
+        #expect(overlapping.isReady)
+        #expect(hierarchy.statistics.hot.pinnedBlocks == 3)
+        hierarchy.release(again)
+        #expect(hierarchy.statistics.hot.pinnedBlocks == 1)
+        hierarchy.release(overlapping)
+        hierarchy.release(overlapping)
+        #expect(hierarchy.statistics.hot.pinnedBlocks == 0)
+        #expect(hierarchy.checkInvariants() == [])
+    }
+
+    @Test func aKeyNamedTwiceInOneRequestIsRefusedWhetherHeldOrNot() throws {
+        let directory = try TemporaryDirectory()
+        let hierarchy = try Hierarchy(tinyConfiguration(directory: directory.path + "/cache", hot: 4, warm: 6))
+        let keys = (0..<3).map { testKey($0) }
+        for (position, key) in keys.enumerated() { try hierarchy.storeTestBlock(key, position: position, sequence: SequenceID(1)) }
+        let held = tierKVError { _ = try hierarchy.makeResident([keys[0], keys[1], keys[0]], in: .hot) }
+        #expect(held?.code == .invalidArgument && held?.message.contains("same key more than once") == true)
+        let absent = tierKVError { _ = try hierarchy.makeResident([testKey(50), keys[2], testKey(50)], in: .warm) }
+        #expect(absent?.code == .invalidArgument)
+        // A refused request pinned nothing, and the keys are fine in the next call.
+        #expect(hierarchy.statistics.hot.pinnedBlocks == 0 && hierarchy.statistics.warm.pinnedBlocks == 0)
+        let request = try hierarchy.makeResident([keys[0], keys[1], testKey(50)], in: .hot)
+        request.wait()
+        #expect(request.missingKeys == [testKey(50)])
+        hierarchy.release(request)
+        #expect(hierarchy.checkInvariants() == [])
+    }
+
     @Test func prefixSharingStoresOnceAndDroppingOneSequenceKeepsTheOther() throws {
         let directory = try TemporaryDirectory()
         var configuration = tinyConfiguration(directory: directory.path + "/cache", hot: 4, warm: 4, cold: 64)

@@ -49,6 +49,24 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
+    // The steady state of decode: a layer's 64 blocks are already in hot, as they are for most
+    // layers of most steps; the call is TierKV's bookkeeping alone (lookups, pins, the request).
+    let steady = open(hot: 128, warm: 256)
+    for (position, key) in residentKeys.prefix(64).enumerated() {
+        _ = try! block.withUnsafeBytes { try steady.store(key, position: position, bytes: $0, sequence: SequenceID(1)) }
+    }
+    let steadyKeys = Array(residentKeys.prefix(64))
+    let warmUp = try! steady.makeResident(steadyKeys, in: .hot)
+    warmUp.wait()
+    steady.release(warmUp)
+    Benchmark("make 64 blocks already in hot resident, wait, release", configuration: .init(scalingFactor: .kilo)) { benchmark in
+        for _ in benchmark.scaledIterations {
+            let request = try! steady.makeResident(steadyKeys, in: .hot)
+            request.wait()
+            steady.release(request)
+        }
+    }
+
     // 1,024 blocks of a prompt at all 32 layers, all cached: the lookup walks every layer.
     let lookup = open(hot: 64, warm: 32 * 1024 + 64)
     for layer in 0..<32 {

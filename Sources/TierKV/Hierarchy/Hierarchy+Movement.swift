@@ -28,7 +28,6 @@ extension Hierarchy {
 
     /// Pins the request's blocks and queues what must move. Lock held.
     func admit(_ request: ResidencyRequest, priority: TransferPriority, _ state: inout HierarchyState) {
-        let now = configuration.clock.nanoseconds()
         let isDemand = priority == .demand
         for maybeID in request.ids {
             guard let id = maybeID else {
@@ -57,22 +56,19 @@ extension Hierarchy {
             if let source {
                 if isDemand { state.policies[source.rawValue].demandAccess(id) } else { state.policies[source.rawValue].access(id) }
             }
+            // A block already resident counts as arrived from the request's creation.
             switch request.tier {
             case .hot:
                 record.hotPins += 1
                 state.records[Int(id)] = record
-                if flags.contains(.inHot) {
-                    request.arrived(id, slot: record.hotSlot, nanoseconds: now)
-                } else {
+                if !flags.contains(.inHot) {
                     state.hotWaiters[id, default: []].append(request)
                     queueForHot(id, isDemand: isDemand, &state)
                 }
             case .warm, .cold:
                 record.warmPins += 1
                 state.records[Int(id)] = record
-                if flags.contains(.inWarm) {
-                    request.arrived(id, slot: record.warmSlot, nanoseconds: now)
-                } else {
+                if !flags.contains(.inWarm) {
                     state.warmWaiters[id, default: []].append(request)
                     queueForWarm(id, isDemand: isDemand, &state)
                 }
@@ -129,14 +125,22 @@ extension Hierarchy {
     }
 
     func unpin(_ request: ResidencyRequest, _ state: inout HierarchyState) {
+        let isHot = request.tier == .hot
         for (key, maybeID) in zip(request.keys, request.ids) {
             guard let id = maybeID, state.records[Int(id)].flags.contains(.live), state.records[Int(id)].key == key else { continue }
-            if request.tier == .hot {
+            if isHot {
                 if state.records[Int(id)].hotPins > 0 { state.records[Int(id)].hotPins -= 1 }
+            } else {
+                if state.records[Int(id)].warmPins > 0 { state.records[Int(id)].warmPins -= 1 }
+            }
+        }
+        // Only blocks that were not resident at admission ever had this request as a waiter.
+        for index in request.waitedIndexes {
+            guard let id = request.ids[index], state.records[Int(id)].key == request.keys[index] else { continue }
+            if isHot {
                 state.hotWaiters[id]?.removeAll { $0 === request }
                 if state.hotWaiters[id]?.isEmpty ?? false { state.hotWaiters[id] = nil }
             } else {
-                if state.records[Int(id)].warmPins > 0 { state.records[Int(id)].warmPins -= 1 }
                 state.warmWaiters[id]?.removeAll { $0 === request }
                 if state.warmWaiters[id]?.isEmpty ?? false { state.warmWaiters[id] = nil }
             }

@@ -425,20 +425,60 @@ public final class Hierarchy: @unchecked Sendable {
         _ keys: [BlockKey], in tier: Tier = .hot, priority: TransferPriority = .demand
     ) throws(TierKVError) -> ResidencyRequest {
         guard tier != .cold else { throw .invalid("blocks are made resident in the hot or warm tier, not cold") }
-        guard Set(keys).count == keys.count else { throw .invalid("makeResident was given the same key more than once") }
         let request = try state.withLock { (state) throws(TierKVError) -> ResidencyRequest in
             guard !state.isClosed else { throw TierKVError(.closed, "the hierarchy is closed") }
-            let ids = keys.map { key -> Int32? in
-                guard let id = state.index[key], state.records[Int(id)].flags.contains(.live) else { return nil }
-                return id
+            let ids = try resolveDistinct(keys, &state)
+            // Blocks already where they are wanted arrive at once: the request starts with their slots.
+            let resident: BlockRecord.Flags = tier == .hot ? .inHot : .inWarm
+            let slots = ids.map { id -> Int32 in
+                guard let id else { return -1 }
+                let record = state.records[Int(id)]
+                guard record.flags.contains(resident) else { return -1 }
+                return tier == .hot ? record.hotSlot : record.warmSlot
             }
-            let request = ResidencyRequest(keys: keys, ids: ids, tier: tier, isDemand: priority == .demand, hierarchy: self)
+            let request = ResidencyRequest(
+                keys: keys, ids: ids, slots: slots, tier: tier, isDemand: priority == .demand, hierarchy: self,
+                nanoseconds: configuration.clock.nanoseconds())
             admit(request, priority: priority, &state)
             pump(&state)
             return request
         }
         drainActions()
         return request
+    }
+
+    /// The live block id of each key (nil where the hierarchy lacks it); throws when a key comes
+    /// twice. Found keys are checked by stamping their records, so the check costs no hashing.
+    private func resolveDistinct(_ keys: [BlockKey], _ state: inout HierarchyState) throws(TierKVError) -> [Int32?] {
+        state.admissionStamp &+= 1
+        if state.admissionStamp == 0 {
+            // Wrapped: clear every stamp so that none can equal a new one by age.
+            for id in state.records.indices { state.records[id].admissionStamp = 0 }
+            state.admissionStamp = 1
+        }
+        let stamp = state.admissionStamp
+        var ids: [Int32?] = []
+        ids.reserveCapacity(keys.count)
+        var missing = 0
+        for key in keys {
+            guard let id = state.index[key], state.records[Int(id)].flags.contains(.live) else {
+                ids.append(nil)
+                missing += 1
+                continue
+            }
+            guard state.records[Int(id)].admissionStamp != stamp else {
+                throw .invalid("makeResident was given the same key more than once (\(key))")
+            }
+            state.records[Int(id)].admissionStamp = stamp
+            ids.append(id)
+        }
+        if missing > 1 {
+            var seen = Set<BlockKey>(minimumCapacity: missing)
+            for (key, id) in zip(keys, ids) where id == nil {
+                guard seen.insert(key).inserted else { throw .invalid("makeResident was given the same key more than once (\(key))") }
+            }
+        }
+        return ids
     }
 
     /// Unpins the blocks of `request`; they stay resident until a policy evicts them. Releasing

@@ -17,6 +17,10 @@ public final class ResidencyRequest: @unchecked Sendable {
     /// Demand (the engine waits for it now) or prefetch.
     public let isDemand: Bool
     let ids: [Int32?]
+    /// Indexes of the blocks that were not resident when the request was made: the ones the
+    /// hierarchy registered waiters for (empty in the steady state of decode).
+    let waitedIndexes: [Int]
+    /// Index by block id, of the waited blocks only.
     private let indexByID: [Int32: Int]
     private let hierarchy: Hierarchy
     private let group = DispatchGroup()
@@ -30,17 +34,28 @@ public final class ResidencyRequest: @unchecked Sendable {
         var readyNanoseconds: UInt64?
     }
 
-    init(keys: [BlockKey], ids: [Int32?], tier: Tier, isDemand: Bool, hierarchy: Hierarchy) {
+    /// - Parameter slots: per key, the slot of a block already resident in `tier` (it counts as
+    ///   arrived at `nanoseconds`), or -1.
+    init(
+        keys: [BlockKey], ids: [Int32?], slots: [Int32], tier: Tier, isDemand: Bool, hierarchy: Hierarchy,
+        nanoseconds: UInt64
+    ) {
         self.keys = keys
         self.ids = ids
         self.tier = tier
         self.isDemand = isDemand
         self.hierarchy = hierarchy
+        var waitedIndexes: [Int] = []
         var indexByID: [Int32: Int] = [:]
-        for (index, id) in ids.enumerated() { if let id { indexByID[id] = index } }
+        for (index, id) in ids.enumerated() {
+            guard let id, slots[index] < 0 else { continue }
+            waitedIndexes.append(index)
+            indexByID[id] = index
+        }
+        self.waitedIndexes = waitedIndexes
         self.indexByID = indexByID
-        let pending = ids.count { $0 != nil }
-        state = Locked(State(slots: Array(repeating: -1, count: keys.count), remaining: pending))
+        let pending = waitedIndexes.count
+        state = Locked(State(slots: slots, remaining: pending, readyNanoseconds: pending == 0 ? nanoseconds : nil))
         if pending > 0 { group.enter() }
     }
 

@@ -54,6 +54,9 @@ struct BlockRecord {
     var warmPins: UInt16 = 0
     var seenCount: UInt16 = 0
     var flags: Flags = []
+    /// The `makeResident` call that last named this block (`HierarchyState.admissionStamp`): a
+    /// second mention within one call is a duplicate key. Fits the record's padding.
+    var admissionStamp: UInt32 = 0
 
     init(key: BlockKey, position: Int32) {
         self.key = key
@@ -151,6 +154,8 @@ struct HierarchyState {
     var wantFlush: [Int32] = []
     var hotWaiters: [Int32: [ResidencyRequest]] = [:]
     var warmWaiters: [Int32: [ResidencyRequest]] = [:]
+    /// Numbers `makeResident` calls for the duplicate-key check (0: never used).
+    var admissionStamp: UInt32 = 0
     /// Transfers started and not completed, by (block id, link): the "no two in flight" invariant.
     var inFlight: Set<Int64> = []
     var statistics = HierarchyStatistics()
