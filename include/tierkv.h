@@ -259,6 +259,11 @@ tierkv_status tierkv_request_wait(tierkv_request *request, double timeout_second
 tierkv_status tierkv_request_poll(tierkv_request *request, int32_t *ready_out);
 /* Where block `index` (in the order of the keys given) is. */
 tierkv_status tierkv_request_block(tierkv_request *request, size_t index, tierkv_block_location *out);
+/* Where blocks first ..< first + count are, into out[0 ..< count], read at one instant: a layer's
+ * block table in one call instead of one call per block. INVALID_ARGUMENT when the range leaves
+ * the request. */
+tierkv_status tierkv_request_blocks(
+    tierkv_request *request, size_t first, size_t count, tierkv_block_location *out);
 /* Unpins the blocks and frees the handle. Addresses from the request are invalid afterwards. */
 tierkv_status tierkv_request_release(tierkv_request *request);
 /* Releases and also withdraws the queued moves nothing else wants (a prefetch that lost its

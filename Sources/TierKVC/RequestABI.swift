@@ -98,27 +98,52 @@ private func register(_ request: ResidencyRequest, owner: HierarchyHandle) -> Op
 ) -> tierkv_status {
     abiCall("tierkv_request_block") { () throws(TierKVError) in
         let requestHandle = try HandleRegistry.lookup(handle, as: RequestHandle.self, "request")
-        let request = requestHandle.request
         let out = try required(out, "out")
-        guard let state = request.state(at: index) else {
-            throw .invalid("index \(UInt(bitPattern: index)) is out of range; the request has \(request.keys.count) blocks")
+        let count = requestHandle.request.keys.count
+        guard index >= 0, index < count else {
+            throw .invalid("index \(UInt(bitPattern: index)) is out of range; the request has \(count) blocks")
         }
+        writeLocations(requestHandle, first: index, count: 1, into: out)
+    }
+}
+
+@c @implementation public func tierkv_request_blocks(
+    _ handle: OpaquePointer?, _ first: Int, _ count: Int, _ out: UnsafeMutablePointer<tierkv_block_location>?
+) -> tierkv_status {
+    abiCall("tierkv_request_blocks") { () throws(TierKVError) in
+        let requestHandle = try HandleRegistry.lookup(handle, as: RequestHandle.self, "request")
+        let blocks = requestHandle.request.keys.count
+        let first = UInt(bitPattern: first), count = UInt(bitPattern: count)
+        guard first <= UInt(blocks), count <= UInt(blocks) - first else {
+            throw .invalid("blocks \(first) ..< \(first) + \(count) leave the request, which has \(blocks) blocks")
+        }
+        guard count > 0 else { return }
+        writeLocations(requestHandle, first: Int(first), count: Int(count), into: try required(out, "out"))
+    }
+}
+
+/// Fills `out[0 ..< count]` with the locations of blocks `first ..< first + count` (a range the
+/// caller checked), read under the request's lock once.
+private func writeLocations(
+    _ requestHandle: RequestHandle, first: Int, count: Int, into out: UnsafeMutablePointer<tierkv_block_location>
+) {
+    let request = requestHandle.request
+    let tier = cTier(request.tier)
+    let byteCount = UInt64(requestHandle.owner.hierarchy.configuration.layout.blockByteCount)
+    request.forEachLocation(in: first..<(first + count)) { index, block in
         var location = tierkv_block_location()
-        location.tier = cTier(request.tier)
-        location.byte_count = UInt64(requestHandle.owner.hierarchy.configuration.layout.blockByteCount)
-        switch state {
+        location.tier = tier
+        location.byte_count = byteCount
+        switch block.state {
         case .pending: location.state = TIERKV_BLOCK_PENDING
         case .missing: location.state = TIERKV_BLOCK_MISSING
         case .failed: location.state = TIERKV_BLOCK_FAILED
         case .ready:
             location.state = TIERKV_BLOCK_READY
-            if request.tier == .hot {
-                location.device_address = request.deviceAddress(at: index)?.rawValue ?? 0
-            } else {
-                location.host_pointer = request.hostBytes(at: index)?.baseAddress
-            }
+            location.device_address = block.deviceAddress?.rawValue ?? 0
+            location.host_pointer = block.hostBytes?.baseAddress
         }
-        out.pointee = location
+        out[index - first] = location
     }
 }
 

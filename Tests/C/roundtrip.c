@@ -271,6 +271,40 @@ int main(int argc, char **argv) {
         }
     }
 
+    /* A whole request's block table in one call: the same as one call per block, at one instant. */
+    {
+        tierkv_block_key table_keys[BLOCKS + 1];
+        memcpy(table_keys, keys, sizeof(tierkv_block_key) * BLOCKS);
+        uint32_t absent_tokens[TOKENS_PER_BLOCK];
+        for (int i = 0; i < TOKENS_PER_BLOCK; i++) absent_tokens[i] = (uint32_t)(7000 + i);
+        size_t absent_count = 0;
+        CHECK_OK(tierkv_block_keys(hierarchy, absent_tokens, TOKENS_PER_BLOCK, 0, &table_keys[BLOCKS], 1, &absent_count));
+        tierkv_request *table = NULL;
+        CHECK_OK(tierkv_make_resident(hierarchy, table_keys, BLOCKS + 1, TIERKV_TIER_WARM, TIERKV_PRIORITY_DEMAND, &table));
+        CHECK_OK(tierkv_request_wait(table, 10.0));
+        tierkv_block_location all[BLOCKS + 1], one;
+        CHECK_OK(tierkv_request_blocks(table, 0, BLOCKS + 1, all));
+        for (size_t i = 0; i <= BLOCKS; i++) {
+            CHECK_OK(tierkv_request_block(table, i, &one));
+            CHECK(all[i].state == one.state && all[i].host_pointer == one.host_pointer &&
+                      all[i].device_address == one.device_address && all[i].byte_count == one.byte_count &&
+                      all[i].tier == TIERKV_TIER_WARM,
+                  "block %zu: the table and the single call disagree", i);
+        }
+        CHECK(all[0].state == TIERKV_BLOCK_READY && all[0].host_pointer != NULL, "block 0 state %d", all[0].state);
+        CHECK(all[BLOCKS].state == TIERKV_BLOCK_MISSING && all[BLOCKS].host_pointer == NULL, "absent block state %d",
+              all[BLOCKS].state);
+        tierkv_block_location tail[2];
+        CHECK_OK(tierkv_request_blocks(table, BLOCKS - 1, 2, tail));
+        CHECK(tail[0].state == all[BLOCKS - 1].state && tail[1].state == TIERKV_BLOCK_MISSING, "the tail of the table");
+        CHECK_OK(tierkv_request_blocks(table, BLOCKS + 1, 0, NULL));
+        CHECK_ERROR(tierkv_request_blocks(table, 1, BLOCKS + 1, all), TIERKV_ERROR_INVALID_ARGUMENT, "leave the request, which has 13 blocks");
+        CHECK_ERROR(tierkv_request_blocks(table, (size_t)-1, 2, all), TIERKV_ERROR_INVALID_ARGUMENT, "18446744073709551615 + 2 leave the request");
+        CHECK_ERROR(tierkv_request_blocks(table, 0, 1, NULL), TIERKV_ERROR_INVALID_ARGUMENT, "out is NULL");
+        CHECK_OK(tierkv_request_release(table));
+        CHECK_ERROR(tierkv_request_blocks(table, 0, 1, all), TIERKV_ERROR_INVALID_HANDLE, "not an open request handle");
+    }
+
     /* CPU attention over the first 6 blocks (the last holding 10 tokens), from warm. */
     enum { ATTENDED = 6, LAST_TOKENS = 10 };
     float query[QUERY_HEADS * HEAD_DIM];

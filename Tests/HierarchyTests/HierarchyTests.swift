@@ -73,6 +73,11 @@ import Glibc
             let device = try accelerator.deviceBytes(at: address, byteCount: smallLayout.blockByteCount)
             #expect(Array(device) == blockBytes(for: key, count: smallLayout.blockByteCount))
         }
+        // The whole table at once equals the block-by-block answers.
+        #expect(again.deviceAddresses() == (0..<3).map { again.deviceAddress(at: $0) })
+        #expect(again.locations() == (0..<3).map { again.location(at: $0)! })
+        #expect(again.locations().allSatisfy { $0.state == .ready && $0.hostBytes == nil })
+        #expect(again.location(at: 3) == nil && again.location(at: -1) == nil)
         // The same keys in a second request at the same time: both pin, neither is a duplicate.
         let overlapping = try hierarchy.makeResident([keys[0]], in: .hot)
         #expect(overlapping.isReady)
@@ -99,6 +104,8 @@ import Glibc
         let request = try hierarchy.makeResident([keys[0], keys[1], testKey(50)], in: .hot)
         request.wait()
         #expect(request.missingKeys == [testKey(50)])
+        #expect(request.locations().map(\.state) == [.ready, .ready, .missing])
+        #expect(request.deviceAddresses()[2] == nil && request.deviceAddresses()[0] != nil)
         hierarchy.release(request)
         #expect(hierarchy.checkInvariants() == [])
     }

@@ -30,6 +30,32 @@ def reference_attention(blocks, query, token_counts):
     return output
 
 
+def test_a_request_s_block_table_comes_in_one_call(cache):
+    rng = np.random.default_rng(11)
+    tokens = np.arange(6 * 16, dtype=np.uint32) * 5 + 1
+    keys = cache.block_keys(tokens, layer=0)
+    blocks = [rng.standard_normal(cache.layout.block_shape).astype(np.float16) for _ in keys]
+    for position, (key, block) in enumerate(zip(keys, blocks)):
+        cache.store(key, block, position=position, sequence=1)
+    absent = cache.block_keys(np.arange(16, dtype=np.uint32) + 5000, layer=0)[0]
+    with cache.make_resident(keys[:5], tier="warm") as request:
+        request.wait(timeout=10)
+        assert request.states() == [request.state(i) for i in range(5)] == ["ready"] * 5
+        views = request.host_arrays()
+        assert len(views) == 5 and not any(view.flags.writeable for view in views)
+        for view, block in zip(views, blocks):
+            np.testing.assert_array_equal(view, block)
+        with pytest.raises(tierkv.InvalidArgument, match="device_addresses is for hot requests"):
+            request.device_addresses()
+    with cache.make_resident([keys[0], absent], tier="hot") as request:
+        request.wait(timeout=10)
+        assert request.states() == ["ready", "missing"]
+        with pytest.raises(tierkv.NotFound, match="block 1 is missing, not ready"):
+            request.device_addresses()
+    with cache.make_resident([], tier="warm") as request:
+        assert request.states() == [] and request.host_arrays() == []
+
+
 def test_version():
     assert tierkv.version().count(".") == 2
     assert tierkv.abi_version() == 1
@@ -60,6 +86,9 @@ def test_store_evict_fetch_attend(cache):
     with cache.make_resident(keys[:1], tier="hot") as request:
         request.wait()
         assert request.device_address(0) != 0
+        np.testing.assert_array_equal(request.device_addresses(), [request.device_address(0)])
+        with pytest.raises(tierkv.InvalidArgument, match="host_arrays is for warm requests"):
+            request.host_arrays()
     np.testing.assert_array_equal(cache.read(keys[5]), blocks[5])
     assert cache.stats()["bytes_nvme_read"] > 0
 

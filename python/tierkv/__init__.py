@@ -871,8 +871,7 @@ class Request:
 
     def state(self, index):
         """"pending", "ready", "missing" or "failed" for block `index`."""
-        location = self._location(index)
-        return ("pending", "ready", "missing", "failed")[location.state]
+        return self._STATES[self._location(index).state]
 
     def _location(self, index):
         if not isinstance(index, (int, np.integer)) or not 0 <= int(index) < self._count:
@@ -881,6 +880,51 @@ class Request:
         location = _native.BlockLocationStruct()
         _check(lib.tierkv_request_block(self._h(), int(index), ctypes.byref(location)))
         return location
+
+    _STATES = ("pending", "ready", "missing", "failed")
+
+    def _locations(self):
+        """Every block's location from one call (one lock, not one per block)."""
+        locations = (_native.BlockLocationStruct * self._count)()
+        _check(lib.tierkv_request_blocks(self._h(), 0, self._count, locations))
+        return locations
+
+    def states(self):
+        """The state of every block, in key order: a list of "pending", "ready", "missing", "failed"."""
+        return [self._STATES[location.state] for location in self._locations()]
+
+    def _require_all_ready(self, locations):
+        for index, location in enumerate(locations):
+            if location.state != _native.BLOCK_READY:
+                raise NotFound(_native.ERROR_NOT_FOUND,
+                               f"block {index} is {self._STATES[location.state]}, not ready")
+
+    def device_addresses(self):
+        """Every block's address in accelerator memory (hot requests) as a uint64 NumPy array, in key
+        order, from one call: a layer's block table. Raises NotFound naming the first block that is
+        not ready. Valid until release."""
+        if self.tier != "hot":
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, "device_addresses is for hot requests; this one is warm")
+        locations = self._locations()
+        self._require_all_ready(locations)
+        return np.fromiter((location.device_address for location in locations), dtype=np.uint64, count=self._count)
+
+    def host_arrays(self):
+        """Zero-copy, read-only NumPy views of every block of a warm request (as host_array), in key
+        order, from one call. Raises NotFound naming the first block that is not ready. Valid until
+        release."""
+        if self.tier != "warm":
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, "host_arrays is for warm requests; this one is hot")
+        locations = self._locations()
+        self._require_all_ready(locations)
+        return [self._host_view(location) for location in locations]
+
+    def _host_view(self, location):
+        layout = self._hierarchy.layout
+        buffer = (ctypes.c_char * location.byte_count).from_address(location.host_pointer)
+        view = np.frombuffer(buffer, dtype=layout.numpy_dtype).reshape(layout.block_shape)
+        view.flags.writeable = False
+        return view
 
     def device_address(self, index):
         """The block's address in accelerator memory (hot requests), valid until release."""
@@ -899,11 +943,7 @@ class Request:
             raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, "host_array is for warm requests; this one is hot")
         if location.state != _native.BLOCK_READY:
             raise NotFound(_native.ERROR_NOT_FOUND, f"block {index} is {self.state(index)}, not ready")
-        layout = self._hierarchy.layout
-        buffer = (ctypes.c_char * location.byte_count).from_address(location.host_pointer)
-        view = np.frombuffer(buffer, dtype=layout.numpy_dtype).reshape(layout.block_shape)
-        view.flags.writeable = False
-        return view
+        return self._host_view(location)
 
     def release(self):
         """Unpins the blocks. Idempotent."""

@@ -154,6 +154,7 @@ def load():
         "tierkv_request_wait": (status, [handle, ctypes.c_double]),
         "tierkv_request_poll": (status, [handle, P(ctypes.c_int32)]),
         "tierkv_request_block": (status, [handle, ctypes.c_size_t, P(BlockLocationStruct)]),
+        "tierkv_request_blocks": (status, [handle, ctypes.c_size_t, ctypes.c_size_t, P(BlockLocationStruct)]),
         "tierkv_request_release": (status, [handle]),
         "tierkv_request_cancel": (status, [handle, P(ctypes.c_size_t)]),
         "tierkv_report_attention": (status, [handle, key_p, float_p, ctypes.c_size_t]),

@@ -87,12 +87,13 @@ class TierKVLayer(CacheLayerMixin):
         keys = [self._key(row, block) for row in range(rows) for block in range(self.stored_blocks)]
         with owner.hierarchy.make_resident(keys, tier="warm") as request:
             request.wait()
-            failed = [index for index in range(len(keys)) if request.state(index) != "ready"]
+            states = request.states()
+            failed = [index for index, state in enumerate(states) if state != "ready"]
             if failed:
                 raise RuntimeError(f"TierKV could not bring back {len(failed)} block(s) of layer {self.layer_index} "
-                                   f"(first: {keys[failed[0]]}, {request.state(failed[0])}); the cache cannot "
+                                   f"(first: {keys[failed[0]]}, {states[failed[0]]}); the cache cannot "
                                    "continue without recomputing them")
-            arrays = np.stack([request.host_array(index) for index in range(len(keys))])
+            arrays = np.stack(request.host_arrays())
         tensor = torch.from_numpy(arrays)
         if self.dtype == torch.bfloat16:
             tensor = tensor.view(torch.bfloat16)

@@ -97,34 +97,81 @@ public final class ResidencyRequest: @unchecked Sendable {
     }
 
     /// The state of block `index` (in the order of `keys`); nil for an index out of range.
-    public func state(at index: Int) -> BlockState? {
-        guard index >= 0, index < keys.count else { return nil }
-        guard ids[index] != nil else { return .missing }
-        return state.withLock { state in
-            if let reason = state.failures[index] { return .failed(reason) }
-            return state.slots[index] >= 0 ? .ready : .pending
-        }
-    }
+    public func state(at index: Int) -> BlockState? { location(at: index)?.state }
 
     /// The hot-tier address of block `index`, or nil when it is missing or failed (or the request
     /// is not ready). Valid until `release`.
-    public func deviceAddress(at index: Int) -> DeviceAddress? {
-        guard tier == .hot, let slot = resolvedSlot(index) else { return nil }
-        return hierarchy.hotPool.address(ofSlot: Int(slot))
-    }
+    public func deviceAddress(at index: Int) -> DeviceAddress? { location(at: index)?.deviceAddress }
 
     /// The warm-tier bytes of block `index` (pinned host memory), or nil when missing or failed.
     /// Valid until `release`.
-    public func hostBytes(at index: Int) -> UnsafeRawBufferPointer? {
-        guard tier == .warm, let slot = resolvedSlot(index) else { return nil }
-        return UnsafeRawBufferPointer(hierarchy.warmPayload(ofSlot: slot))
+    public func hostBytes(at index: Int) -> UnsafeRawBufferPointer? { location(at: index)?.hostBytes }
+
+    /// Where block `index` is; nil for an index out of range.
+    public func location(at index: Int) -> Location? {
+        guard index >= 0, index < keys.count else { return nil }
+        var found: Location?
+        forEachLocation(in: index..<(index + 1)) { _, location in found = location }
+        return found
     }
 
-    private func resolvedSlot(_ index: Int) -> Int32? {
-        state.withLock { state in
-            guard index >= 0, index < keys.count, state.slots[index] >= 0, state.failures[index] == nil else { return nil }
-            return state.slots[index]
+    /// Where one block of a request is: its state and, when ready, its address in the request's
+    /// tier (valid until `release`).
+    public struct Location: Equatable {
+        public var state: BlockState
+        /// The hot-tier address (hot requests, ready blocks).
+        public var deviceAddress: DeviceAddress?
+        /// The warm-tier bytes (warm requests, ready blocks).
+        public var hostBytes: UnsafeRawBufferPointer?
+
+        public static func == (a: Location, b: Location) -> Bool {
+            a.state == b.state && a.deviceAddress == b.deviceAddress && a.hostBytes?.baseAddress == b.hostBytes?.baseAddress
+                && a.hostBytes?.count == b.hostBytes?.count
         }
+    }
+
+    /// Calls `body` with the location of each block of `indexes` (within `keys.indices`), all read
+    /// under one lock: a layer's block table in one pass instead of a locked call per block.
+    /// `body` must not call back into the request.
+    public func forEachLocation(in indexes: Range<Int>, _ body: (Int, Location) -> Void) {
+        precondition(indexes.lowerBound >= 0 && indexes.upperBound <= keys.count, "indexes \(indexes) leave the request's \(keys.count) blocks")
+        let isHot = tier == .hot
+        state.withLock { state in
+            for index in indexes {
+                var location = Location(state: .pending)
+                if ids[index] == nil {
+                    location.state = .missing
+                } else if !state.failures.isEmpty, let reason = state.failures[index] {
+                    location.state = .failed(reason)
+                } else if state.slots[index] >= 0 {
+                    let slot = state.slots[index]
+                    location.state = .ready
+                    if isHot {
+                        location.deviceAddress = hierarchy.hotPool.address(ofSlot: Int(slot))
+                    } else {
+                        location.hostBytes = UnsafeRawBufferPointer(hierarchy.warmPayload(ofSlot: slot))
+                    }
+                }
+                body(index, location)
+            }
+        }
+    }
+
+    /// Every block's location, in the order of `keys`.
+    public func locations() -> [Location] {
+        var locations: [Location] = []
+        locations.reserveCapacity(keys.count)
+        forEachLocation(in: keys.indices) { _, location in locations.append(location) }
+        return locations
+    }
+
+    /// The hot-tier address of every block, nil where a block is not ready (or the request is
+    /// warm): a layer's block table in one call. Valid until `release`.
+    public func deviceAddresses() -> [DeviceAddress?] {
+        var addresses: [DeviceAddress?] = []
+        addresses.reserveCapacity(keys.count)
+        forEachLocation(in: keys.indices) { _, location in addresses.append(location.deviceAddress) }
+        return addresses
     }
 
     // Called by the hierarchy with its lock held.
