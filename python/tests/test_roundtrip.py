@@ -56,6 +56,30 @@ def test_a_request_s_block_table_comes_in_one_call(cache):
         assert request.states() == [] and request.host_arrays() == []
 
 
+def test_packed_keys_pass_straight_through(cache):
+    rng = np.random.default_rng(12)
+    keys = cache.block_keys(np.arange(4 * 16, dtype=np.uint32) + 300, layer=1)
+    blocks = [rng.standard_normal(cache.layout.block_shape).astype(np.float16) for _ in keys]
+    for position, (key, block) in enumerate(zip(keys, blocks)):
+        cache.store(key, block, position=position, sequence=2)
+    packed = tierkv.pack_keys(keys)
+    assert packed.dtype == tierkv.KEY_DTYPE and packed.shape == (4,)
+    assert [tuple(int(v) for v in row)[:3] for row in packed.tolist()] == [tuple(key) for key in keys]
+    packed.flags.writeable = False  # a read-only array is copied, not refused
+    for candidate in (packed, packed[::-1][::-1], np.repeat(packed, 2)[::2]):
+        with cache.make_resident(candidate, tier="warm") as request:
+            request.wait(timeout=10)
+            for view, block in zip(request.host_arrays(), blocks):
+                np.testing.assert_array_equal(view, block)
+    with pytest.raises(tierkv.InvalidArgument, match="one dimension"):
+        cache.make_resident(packed.reshape(2, 2))
+    with pytest.raises(tierkv.InvalidArgument, match="same key more than once"):
+        cache.make_resident(np.concatenate([packed, packed[:1]]))
+    assert tierkv.pack_keys([]).shape == (0,)
+    with cache.make_resident(tierkv.pack_keys([]), tier="hot") as request:
+        assert request.states() == []
+
+
 def test_version():
     assert tierkv.version().count(".") == 2
     assert tierkv.abi_version() == 1

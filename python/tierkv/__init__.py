@@ -27,7 +27,7 @@ from ._native import lib
 
 __all__ = [
     "version", "abi_version", "Hierarchy", "Request", "Predictor", "BlockKey", "Layout", "Prefix", "PrefillPlacement",
-    "merge_partials",
+    "merge_partials", "pack_keys", "KEY_DTYPE",
     "TierKVError", "InvalidArgument", "InvalidHandle", "NotFound", "CapacityExceeded", "CorruptionError",
     "SystemCallError", "Unsupported", "CUDAError", "ClosedError", "Timeout", "BufferTooSmall", "InternalError",
 ]
@@ -138,11 +138,36 @@ class BlockKey(NamedTuple):
 
 _KEY_DTYPE = np.dtype([("prefix_high", "<u8"), ("prefix_low", "<u8"), ("layer", "<u4"), ("reserved", "<u4")])
 assert _KEY_DTYPE.itemsize == ctypes.sizeof(_native.BlockKeyStruct)
+# tierkv_block_location as a NumPy record, so a request's table is read into one array.
+_LOCATION_DTYPE = np.dtype([("state", "<i4"), ("tier", "<i4"), ("device_address", "<u8"), ("host_pointer", "<u8"),
+                            ("byte_count", "<u8")])
+assert _LOCATION_DTYPE.itemsize == ctypes.sizeof(_native.BlockLocationStruct)
+
+
+KEY_DTYPE = _KEY_DTYPE
+"""The NumPy record of a packed key (tierkv_block_key): prefix_high, prefix_low, layer, reserved."""
+
+
+def pack_keys(keys):
+    """The keys packed into a NumPy array of KEY_DTYPE. Calls that take keys accept it as is, with no
+    conversion: an engine that asks for the same blocks every step packs them once."""
+    array, count = _key_array(keys)
+    packed = np.frombuffer(array, dtype=_KEY_DTYPE, count=count).copy() if count else np.zeros(0, dtype=_KEY_DTYPE)
+    return packed
 
 
 def _key_array(keys):
     """A ctypes array of the keys for a call (built through NumPy: a Python loop of ctypes structs
-    cost 2.7 ms per 1,024 keys)."""
+    cost 2.7 ms per 1,024 keys). A packed array (pack_keys) passes straight through."""
+    if isinstance(keys, np.ndarray) and keys.dtype == _KEY_DTYPE:
+        if keys.ndim != 1:
+            raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, f"packed keys have shape {keys.shape}; expected one dimension")
+        if keys.size == 0:
+            return (_native.BlockKeyStruct * 1)(), 0
+        if not (keys.flags.c_contiguous and keys.flags.writeable):
+            keys = keys.copy()
+        # from_buffer keeps the array alive for as long as the ctypes view is.
+        return (_native.BlockKeyStruct * keys.size).from_buffer(keys), int(keys.size)
     keys = list(keys)
     for index, key in enumerate(keys):
         if isinstance(key, BlockKey):
@@ -341,7 +366,6 @@ class Hierarchy:
         one wait each, instead of one copy and one wait per block. Returns a list of bools, True
         where a block was stored, False where its key was already cached. On an error the blocks
         before the one the message names are stored."""
-        keys = list(keys)
         array, count = _key_array(keys)
         addresses = np.ascontiguousarray(np.asarray(device_addresses, dtype=np.uint64))
         positions = np.ascontiguousarray(np.asarray(positions, dtype=np.int64))
@@ -377,7 +401,8 @@ class Hierarchy:
         if priority not in priorities:
             raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT,
                                   f"priority must be 'demand' or 'prefetch', got {priority!r}")
-        keys = list(keys)
+        if not isinstance(keys, np.ndarray):
+            keys = list(keys)
         array, count = _key_array(keys)
         handle = ctypes.c_void_p()
         _check(lib.tierkv_make_resident(self._h(), array, count, tiers[tier], priorities[priority],
@@ -884,20 +909,21 @@ class Request:
     _STATES = ("pending", "ready", "missing", "failed")
 
     def _locations(self):
-        """Every block's location from one call (one lock, not one per block)."""
-        locations = (_native.BlockLocationStruct * self._count)()
-        _check(lib.tierkv_request_blocks(self._h(), 0, self._count, locations))
+        """Every block's location from one call (one lock, not one per block), as a NumPy record array."""
+        locations = np.zeros(self._count, dtype=_LOCATION_DTYPE)
+        pointer = ctypes.cast(locations.ctypes.data, ctypes.POINTER(_native.BlockLocationStruct))
+        _check(lib.tierkv_request_blocks(self._h(), 0, self._count, pointer))
         return locations
 
     def states(self):
         """The state of every block, in key order: a list of "pending", "ready", "missing", "failed"."""
-        return [self._STATES[location.state] for location in self._locations()]
+        return [self._STATES[state] for state in self._locations()["state"].tolist()]
 
     def _require_all_ready(self, locations):
-        for index, location in enumerate(locations):
-            if location.state != _native.BLOCK_READY:
-                raise NotFound(_native.ERROR_NOT_FOUND,
-                               f"block {index} is {self._STATES[location.state]}, not ready")
+        not_ready = np.flatnonzero(locations["state"] != _native.BLOCK_READY)
+        if not_ready.size:
+            index = int(not_ready[0])
+            raise NotFound(_native.ERROR_NOT_FOUND, f"block {index} is {self._STATES[locations['state'][index]]}, not ready")
 
     def device_addresses(self):
         """Every block's address in accelerator memory (hot requests) as a uint64 NumPy array, in key
@@ -907,7 +933,7 @@ class Request:
             raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, "device_addresses is for hot requests; this one is warm")
         locations = self._locations()
         self._require_all_ready(locations)
-        return np.fromiter((location.device_address for location in locations), dtype=np.uint64, count=self._count)
+        return locations["device_address"].copy()
 
     def host_arrays(self):
         """Zero-copy, read-only NumPy views of every block of a warm request (as host_array), in key
@@ -917,11 +943,12 @@ class Request:
             raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, "host_arrays is for warm requests; this one is hot")
         locations = self._locations()
         self._require_all_ready(locations)
-        return [self._host_view(location) for location in locations]
+        return [self._host_view(pointer, size) for pointer, size in
+                zip(locations["host_pointer"].tolist(), locations["byte_count"].tolist())]
 
-    def _host_view(self, location):
+    def _host_view(self, pointer, byte_count):
         layout = self._hierarchy.layout
-        buffer = (ctypes.c_char * location.byte_count).from_address(location.host_pointer)
+        buffer = (ctypes.c_char * byte_count).from_address(pointer)
         view = np.frombuffer(buffer, dtype=layout.numpy_dtype).reshape(layout.block_shape)
         view.flags.writeable = False
         return view
@@ -943,7 +970,7 @@ class Request:
             raise InvalidArgument(_native.ERROR_INVALID_ARGUMENT, "host_array is for warm requests; this one is hot")
         if location.state != _native.BLOCK_READY:
             raise NotFound(_native.ERROR_NOT_FOUND, f"block {index} is {self.state(index)}, not ready")
-        return self._host_view(location)
+        return self._host_view(location.host_pointer, location.byte_count)
 
     def release(self):
         """Unpins the blocks. Idempotent."""
