@@ -106,6 +106,12 @@ import TierKVTestSupport
         let placement = try #require(placed["prefill_placement"] as? [String: Any])
         #expect((placement["chosen_blocks"] as? Int ?? 0) > 0 && placement["nvme_read_bytes"] is Int && placement["seconds"] is Double)
         #expect(report["prefill_placement"] is NSNull)
+        // One block in flight per link serialises every fetch: the stall grows.
+        let bounded = try CLI.json(small + ["--prefetch", "combined", "--sweep", "in-flight=64KiB,256MiB"])
+        let boundedRuns = try #require(bounded["runs"] as? [[String: Any]])
+        #expect(boundedRuns.map { $0["label"] as? String } == ["in flight 64KiB", "in flight 256MiB"])
+        let stalls = boundedRuns.compactMap { $0["stall_seconds"] as? Double }
+        #expect(stalls.count == 2 && stalls[0] > stalls[1])
         let tiers = try CLI.run(["simulate", "--trace", "/nonexistent", "--warm-policy", "lru"])
         #expect(tiers.status != 0 && tiers.stderr.contains("a mooncake prefix trace has one tier"))
     }
@@ -145,6 +151,9 @@ import TierKVTestSupport
             (["--warm-policy", "fifo"], "--warm-policy fifo is not one of"),
             (["--prefill-placement", "maybe"], "--prefill-placement maybe"),
             (["--sweep", "prefill-placement=sometimes"], "--sweep prefill-placement sometimes"),
+            (["--in-flight", "0"], "--in-flight 0: expected a size above zero"),
+            (["--in-flight", "plenty"], "--in-flight"),
+            (["--sweep", "in-flight=4MiB,0"], "--sweep in-flight 0: expected a size above zero"),
         ]
         for (arguments, needle) in cases {
             let result = try CLI.run(["simulate", "--context", "256", "--steps", "1"] + arguments)
