@@ -35,7 +35,7 @@ import TierKVTestSupport
         let keys = cache.blockKeys(tokens: prompt, layer: 0)
         let resident = try cache.makeResident(keys, in: .hot)
         resident.wait()
-        let firstBlock = resident.deviceAddress(at: 0)  // pass to the attention kernel
+        let blockTable = resident.deviceAddresses()  // the layer's block table, for the attention kernel
         cache.release(resident)
 
         // Feedback for attention-aware policies, then the request ends.
@@ -44,7 +44,7 @@ import TierKVTestSupport
         try cache.close(flushing: true)
         // README-EXAMPLE-END
         #expect(hit.cached == 0)
-        #expect(firstBlock != nil)
+        #expect(blockTable.count == keys.count && blockTable.allSatisfy { $0 != nil })
         #expect(cache.statistics.storedBlocks == 32 * 32)
         #expect(cache.checkInvariants() == [])
         // Reopened, the prompt's blocks are found in cold.
