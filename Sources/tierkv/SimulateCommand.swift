@@ -148,6 +148,9 @@ struct SimulateCommand: ParsableCommand {
         guard warmPolicy == nil else {
             throw CommandFailure("--warm-policy applies to long-decode runs and tierkv traces; a mooncake prefix trace has one tier")
         }
+        guard inFlight == nil else {
+            throw CommandFailure("--in-flight applies to long-decode runs and tierkv traces; a mooncake prefix trace models no links")
+        }
         guard sweep.count <= 1 else { throw CommandFailure("mooncake traces sweep one dimension at a time (policy= or capacity=)") }
         let sweep = sweep.first
         guard let basePolicy = EvictionPolicyKind(parsing: policy) else {

@@ -114,6 +114,8 @@ import TierKVTestSupport
         #expect(stalls.count == 2 && stalls[0] > stalls[1])
         let tiers = try CLI.run(["simulate", "--trace", "/nonexistent", "--warm-policy", "lru"])
         #expect(tiers.status != 0 && tiers.stderr.contains("a mooncake prefix trace has one tier"))
+        let links = try CLI.run(["simulate", "--trace", "/nonexistent", "--in-flight", "4MiB"])
+        #expect(links.status != 0 && links.stderr.contains("a mooncake prefix trace models no links"))
     }
 
     @Test func longDecodeRefusesBadOptionsWithTheReason() throws {
