@@ -118,6 +118,14 @@ public struct DecodeSimulationResult: Sendable {
     public var stallFromColdSeconds: Double
     /// Stall storing new blocks: the warm tier was full and the store waited for a demotion.
     public var stallFromStoresSeconds: Double
+    /// Demand stall per layer index, summed over the steps (stores excluded): where in the step
+    /// the waiting happens. Layer 0 standing out would mean the step boundary (its blocks are
+    /// predicted from the previous token); an even spread means every layer's own misses.
+    public var stallByLayerSeconds: [Double] = []
+    /// Blocks each layer needed per sequence and step: the mean and the most in one step.
+    /// A layer whose need swings far above its mean (attention spreading out) outgrows what stayed
+    /// in hot, and no eviction order keeps blocks it did not need last step.
+    public var neededBlocksByLayer: [(mean: Double, most: Int)] = []
     public var computeSeconds: Double
     public var decodeSeconds: Double
     public var generatedTokens: Int
@@ -317,6 +325,8 @@ public enum DecodeSimulation {
         var timeline: [DecodeStepRecord] = []
         var accesses: [Int32] = []
         var stall = 0.0, stallFromWarm = 0.0, stallFromCold = 0.0, stallFromStores = 0.0, computeTotal = 0.0
+        var stallByLayer = [Double](repeating: 0, count: layers)
+        var neededByLayer = [(total: Int, most: Int)](repeating: (0, 0), count: layers)
         var lastNeeded = [[[Int]]](repeating: [[Int]](repeating: [], count: layers), count: parameters.sequences)
         let links = configuration.hardware
         let planner = try AttentionPlacementPlanner(
@@ -372,6 +382,8 @@ public enum DecodeSimulation {
                     let predicted = configuration.skipBelowMass == nil
                         ? [:] : try prefetch?.exactBound(layer: layer, sequence: sequence, attention: attention, keys: layerKeys) ?? [:]
                     attendedBySequence.append((neededKeys, blocks.map { layerMass[$0] }))
+                    neededByLayer[layer].total += neededKeys.count
+                    neededByLayer[layer].most = max(neededByLayer[layer].most, neededKeys.count)
                     for (block, key) in zip(blocks, neededKeys) {
                         attended.append(key)
                         mass.append(layerMass[block])
@@ -459,6 +471,7 @@ public enum DecodeSimulation {
                 let waited = max(0, end - requested - layerSeconds)
                 record.stallSeconds += waited
                 if fromCold { stallFromCold += waited } else { stallFromWarm += waited }
+                stallByLayer[layer] += waited
                 record.computeSeconds += layerSeconds
                 try hierarchy.reportAttention(attended + dropped, mass: mass + Array(repeating: 0, count: dropped.count))
                 for (sequence, seen) in attendedBySequence.enumerated() {
@@ -524,7 +537,8 @@ public enum DecodeSimulation {
             attentionCoverage: configuration.attentionCoverage, capacityBlocks: capacity, blockBytes: blockBytes,
             totalBlocks: totalBlocks, tiers: [.hot: counts(.hot), .warm: counts(.warm), .cold: counts(.cold)],
             bytesMoved: bytesMoved, linkBusySeconds: busy, stallSeconds: stall, stallFromWarmSeconds: stallFromWarm,
-            stallFromColdSeconds: stallFromCold, stallFromStoresSeconds: stallFromStores, computeSeconds: computeTotal, decodeSeconds: decodeSeconds,
+            stallFromColdSeconds: stallFromCold, stallFromStoresSeconds: stallFromStores, stallByLayerSeconds: stallByLayer,
+            neededBlocksByLayer: neededByLayer.map { (Double($0.total) / Double(max(1, parameters.decodeSteps * parameters.sequences)), $0.most) }, computeSeconds: computeTotal, decodeSeconds: decodeSeconds,
             generatedTokens: parameters.decodeSteps * parameters.sequences,
             oracleHotHitRate: accesses.isEmpty ? 0 : Double(oracleHits) / Double(accesses.count), blockAccesses: accesses.count,
             timeline: timeline, wallSeconds: Double(DispatchTime.now().uptimeNanoseconds - wallStart) / 1e9,

@@ -33,6 +33,11 @@ extension DecodeSimulationResult {
                 ("warm_to_hot", .number(stallFromWarmSeconds)), ("cold_to_hot", .number(stallFromColdSeconds)),
                 ("stores", .number(stallFromStoresSeconds)),
             ])),
+            ("stall_by_layer", .array(stallByLayerSeconds.map { .number($0) })),
+            ("needed_blocks_by_layer", .object([
+                ("mean", .array(neededBlocksByLayer.map { .number($0.mean) })),
+                ("most", .array(neededBlocksByLayer.map { .integer(Int64($0.most)) })),
+            ])),
             ("compute_seconds", .number(computeSeconds)),
             ("decode_seconds", .number(decodeSeconds)),
             ("tokens_per_s", .number(tokensPerSecond)),
@@ -146,6 +151,7 @@ extension DecodeSimulationResult {
             ("stall", String(format: "%.3f s of %.3f s decode: %.3f s waiting on warm→hot, %.3f s with blocks from cold, %.3f s storing new blocks", stallSeconds, decodeSeconds, stallFromWarmSeconds, stallFromColdSeconds, stallFromStoresSeconds)),
             ("tokens/s", String(format: "%.1f projected (%.1f if every block were in hot)", tokensPerSecond, computeBoundTokensPerSecond)),
         ]
+        if let layerRow { rows.append(("layers", layerRow)) }
         if let prefetch {
             let statistics = prefetch.statistics
             if prefetch.settings.kind != .none {
@@ -196,6 +202,16 @@ extension DecodeSimulationResult {
             lines.append(fields.joined(separator: ","))
         }
         return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// The layers that stalled most and the spread of what layers need, for the summary table.
+    private var layerRow: String? {
+        guard !stallByLayerSeconds.isEmpty, stallSeconds > 0, !neededBlocksByLayer.isEmpty else { return nil }
+        let worst = stallByLayerSeconds.enumerated().sorted { $0.element > $1.element }.prefix(3)
+            .map { String(format: "%d (%.1f ms)", $0.offset, $0.element * 1e3) }.joined(separator: ", ")
+        let means = neededBlocksByLayer.map(\.mean)
+        return String(format: "most stall in layers %@; blocks needed per layer and step: mean %.0f–%.0f, most %d",
+            worst, means.min() ?? 0, means.max() ?? 0, neededBlocksByLayer.map(\.most).max() ?? 0)
     }
 }
 

@@ -76,24 +76,7 @@ extension SimulateCommand {
                             throw CommandFailure("--sweep scoring: \(value) is not one of \(SummaryScoring.allCases.map(\.rawValue).joined(separator: ", "))")
                         }
                         configuration.prefetch.scoring = scoring
-        if let prefetchSketchBits {
-            guard scoring == .sketch else {
-                throw CommandFailure("--prefetch-sketch-bits \(prefetchSketchBits) applies to --prefetch-scoring sketch; the scoring is \(scoring.rawValue)")
-            }
-            guard [1, 2, 4].contains(prefetchSketchBits) else {
-                throw CommandFailure("--prefetch-sketch-bits \(prefetchSketchBits): expected 1, 2 or 4 bits per key element")
-            }
-            configuration.prefetch.sketchBits = prefetchSketchBits
-        }
-        if let prefetchSketchShortlist {
-            guard scoring == .sketch else {
-                throw CommandFailure("--prefetch-sketch-shortlist \(prefetchSketchShortlist) applies to --prefetch-scoring sketch; the scoring is \(scoring.rawValue)")
-            }
-            guard prefetchSketchShortlist >= 1 else {
-                throw CommandFailure("--prefetch-sketch-shortlist \(prefetchSketchShortlist): expected a number of blocks ≥ 1")
-            }
-            configuration.prefetch.sketchShortlist = prefetchSketchShortlist
-        }
+                        try applySketchOptions(scoring: scoring, to: &configuration)
                         label = "scoring \(value)"
                     default:
                         throw CommandFailure("--sweep \(parts[0]) is not supported; use policy, capacity, prefetch, lookahead, in-flight, budget, staging, stage-ahead, coverage, scoring, cpu-attention or prefill-placement")
@@ -209,24 +192,7 @@ extension SimulateCommand {
             throw CommandFailure("--prefetch-scoring \(prefetchScoring): expected one of \(SummaryScoring.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         configuration.prefetch.scoring = scoring
-        if let prefetchSketchBits {
-            guard scoring == .sketch else {
-                throw CommandFailure("--prefetch-sketch-bits \(prefetchSketchBits) applies to --prefetch-scoring sketch; the scoring is \(scoring.rawValue)")
-            }
-            guard [1, 2, 4].contains(prefetchSketchBits) else {
-                throw CommandFailure("--prefetch-sketch-bits \(prefetchSketchBits): expected 1, 2 or 4 bits per key element")
-            }
-            configuration.prefetch.sketchBits = prefetchSketchBits
-        }
-        if let prefetchSketchShortlist {
-            guard scoring == .sketch else {
-                throw CommandFailure("--prefetch-sketch-shortlist \(prefetchSketchShortlist) applies to --prefetch-scoring sketch; the scoring is \(scoring.rawValue)")
-            }
-            guard prefetchSketchShortlist >= 1 else {
-                throw CommandFailure("--prefetch-sketch-shortlist \(prefetchSketchShortlist): expected a number of blocks ≥ 1")
-            }
-            configuration.prefetch.sketchShortlist = prefetchSketchShortlist
-        }
+        try applySketchOptions(scoring: scoring, to: &configuration)
         guard prefetchCoverage > 0, prefetchCoverage <= 1 else {
             throw CommandFailure("--prefetch-coverage \(prefetchCoverage): expected a share of a layer's predicted attention in (0, 1], e.g. 0.95")
         }
@@ -272,6 +238,29 @@ extension SimulateCommand {
             throw CommandFailure("\(option) \(text) is not one of: " + PrefetchKind.allCases.map(\.rawValue).joined(separator: ", "))
         }
         return kind
+    }
+
+    /// `--prefetch-sketch-bits` and `--prefetch-sketch-shortlist`, which apply to sketch scoring
+    /// alone: checked against the scoring of each run (a sweep can change it).
+    private func applySketchOptions(scoring: SummaryScoring, to configuration: inout DecodeSimulationConfiguration) throws {
+        if let prefetchSketchBits {
+            guard scoring == .sketch else {
+                throw CommandFailure("--prefetch-sketch-bits \(prefetchSketchBits) applies to --prefetch-scoring sketch; the scoring is \(scoring.rawValue)")
+            }
+            guard [1, 2, 4].contains(prefetchSketchBits) else {
+                throw CommandFailure("--prefetch-sketch-bits \(prefetchSketchBits): expected 1, 2 or 4 bits per key element")
+            }
+            configuration.prefetch.sketchBits = prefetchSketchBits
+        }
+        if let prefetchSketchShortlist {
+            guard scoring == .sketch else {
+                throw CommandFailure("--prefetch-sketch-shortlist \(prefetchSketchShortlist) applies to --prefetch-scoring sketch; the scoring is \(scoring.rawValue)")
+            }
+            guard prefetchSketchShortlist >= 1 else {
+                throw CommandFailure("--prefetch-sketch-shortlist \(prefetchSketchShortlist): expected a number of blocks ≥ 1")
+            }
+            configuration.prefetch.sketchShortlist = prefetchSketchShortlist
+        }
     }
 
     private func onOff(_ text: String, option: String) throws -> Bool {

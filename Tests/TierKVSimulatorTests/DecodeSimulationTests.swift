@@ -125,6 +125,14 @@ import TierKV
         #expect(result.droppedBlocks == 0 && result.corruptions == 0)
         #expect(result.oracleHotHitRate >= result.hotHitRate)
         #expect(result.timeline.count == 24 && result.timeline.map(\.neededBlocks).reduce(0, +) == result.blockAccesses)
+        // Per layer: the stall adds up to the demand stall, the needs to the accesses.
+        #expect(result.stallByLayerSeconds.count == 4 && result.neededBlocksByLayer.count == 4)
+        let demandStall = result.stallFromWarmSeconds + result.stallFromColdSeconds
+        #expect(abs(result.stallByLayerSeconds.reduce(0, +) - demandStall) < 1e-9)
+        #expect(result.stallByLayerSeconds.allSatisfy { $0 >= 0 } && result.stallByLayerSeconds.contains { $0 > 0 })
+        let needed = result.neededBlocksByLayer.map { $0.mean * 24 }.reduce(0, +)
+        #expect(abs(needed - Double(result.blockAccesses)) < 1e-6)
+        #expect(result.neededBlocksByLayer.allSatisfy { $0.mean > 0 && Double($0.most) >= $0.mean })
     }
 
     /// Stores are free insertions for MIN as they are for the hierarchy (admitted to hot), so
