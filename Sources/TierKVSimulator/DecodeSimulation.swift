@@ -531,6 +531,7 @@ public enum DecodeSimulation {
         // The summary (and sketch) bytes at the model's real shape.
         let modelSummary = try KeySummaryShape(
             kvHeads: model.kvHeads, headDim: model.headDim, sketchBits: sketchBits, tokensPerBlock: parameters.tokensPerBlock)
+        let layerRuns = max(1, parameters.decodeSteps * parameters.sequences)  // runs of each layer, over sequences
         return DecodeSimulationResult(
             workload: trace == nil ? "long-decode" : "trace:tierkv", realIO: configuration.realIO,
             model: model.name, hardware: configuration.hardware.name, policy: configuration.policyName, parameters: parameters,
@@ -538,7 +539,8 @@ public enum DecodeSimulation {
             totalBlocks: totalBlocks, tiers: [.hot: counts(.hot), .warm: counts(.warm), .cold: counts(.cold)],
             bytesMoved: bytesMoved, linkBusySeconds: busy, stallSeconds: stall, stallFromWarmSeconds: stallFromWarm,
             stallFromColdSeconds: stallFromCold, stallFromStoresSeconds: stallFromStores, stallByLayerSeconds: stallByLayer,
-            neededBlocksByLayer: neededByLayer.map { (Double($0.total) / Double(max(1, parameters.decodeSteps * parameters.sequences)), $0.most) }, computeSeconds: computeTotal, decodeSeconds: decodeSeconds,
+            neededBlocksByLayer: neededByLayer.map { (Double($0.total) / Double(layerRuns), $0.most) },
+            computeSeconds: computeTotal, decodeSeconds: decodeSeconds,
             generatedTokens: parameters.decodeSteps * parameters.sequences,
             oracleHotHitRate: accesses.isEmpty ? 0 : Double(oracleHits) / Double(accesses.count), blockAccesses: accesses.count,
             timeline: timeline, wallSeconds: Double(DispatchTime.now().uptimeNanoseconds - wallStart) / 1e9,
