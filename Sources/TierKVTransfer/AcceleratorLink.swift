@@ -39,7 +39,14 @@ public final class AcceleratorLink: TransferLink, @unchecked Sendable {
             }
             fence = try stream.recordFence(timing: false)
         } catch {
-            completion(.failed(error))
+            // The copies enqueued before the one that failed still land. Report the failure only
+            // once they have, so that the caller never reuses their slots under them.
+            let drained = try? stream.recordFence(timing: false)
+            let stream = stream
+            completions.async {
+                if let drained { try? drained.wait() } else { try? stream.synchronize() }
+                completion(.failed(error))
+            }
             return
         }
         completions.async {

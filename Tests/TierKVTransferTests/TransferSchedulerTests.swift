@@ -154,6 +154,44 @@ final class Outcomes: Sendable {
         #expect(!done.succeeded)
         #expect(scheduler.statistics.failedTransfers == 1)
     }
+
+    /// A batch whose third copy is bad: the two before it are already on the stream. The failure
+    /// is reported only once they have landed, so the caller may free or reuse their memory then.
+    @Test func aFailedBatchIsReportedOnlyAfterItsEnqueuedCopiesLand() throws {
+        let slow = EmulatedAccelerator.LinkModel(hostToDeviceBytesPerSecond: 1e9, deviceToHostBytesPerSecond: 1e9, latencySeconds: 0.02)
+        let accelerator = EmulatedAccelerator(memoryByteCount: 1 << 20, link: slow)
+        let pool = try DeviceSlotPool(accelerator: accelerator, slotByteCount: 4096, slotCount: 2)
+        let link = try AcceleratorLink(accelerator: accelerator, direction: .deviceToHost)
+        let source = (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+        try source.withUnsafeBytes { bytes in
+            let upload = try accelerator.makeStream()
+            try upload.copyToDevice(from: bytes.baseAddress!, to: pool.address(ofSlot: 0), byteCount: 4096)
+            try upload.copyToDevice(from: bytes.baseAddress!, to: pool.address(ofSlot: 1), byteCount: 4096)
+            try upload.synchronize()
+        }
+        let landed = UnsafeMutableRawBufferPointer.allocate(byteCount: 2 * 4096, alignment: 64)
+        defer { landed.deallocate() }
+        landed.initializeMemory(as: UInt8.self, repeating: 0)
+        // Past the end of device memory, and after the good ones in device order (the link
+        // coalesces and orders copies by device address).
+        let bad = DeviceCopy(host: landed.baseAddress!, device: pool.address(ofSlot: 1) + (4 << 20), byteCount: 4096)
+        let copies = [
+            DeviceCopy(host: landed.baseAddress!, device: pool.address(ofSlot: 0), byteCount: 4096),
+            DeviceCopy(host: landed.baseAddress! + 4096, device: pool.address(ofSlot: 1), byteCount: 4096), bad,
+        ]
+        let failed = Completion()
+        let sawLanded = Locked(false)
+        let address = UInt(bitPattern: landed.baseAddress!)
+        link.start(copies) { outcome in
+            // What the caller sees when it is told: both good copies are in place.
+            let base = UnsafeRawPointer(bitPattern: address)!
+            sawLanded.withLock { $0 = memcmp(base, source, 4096) == 0 && memcmp(base + 4096, source, 4096) == 0 }
+            failed.signal(outcome)
+        }
+        failed.wait()
+        #expect(!failed.succeeded)
+        #expect(sawLanded.withLock { $0 })
+    }
 }
 
 @Suite struct CopyCoalescingTests {

@@ -322,6 +322,9 @@ public final class Hierarchy: @unchecked Sendable {
                     try staging.stream.copyToHost(copies)
                     try staging.stream.synchronize()
                 } catch {
+                    // Copies enqueued before the failing one still land in the staging buffer:
+                    // wait for them, so none writes into it after this call returns.
+                    try? staging.stream.synchronize()
                     var error = error
                     error.message = "copying blocks \(first)…\(batch.endIndex - 1) from the device: \(error.message); \(Self.storedSoFar(first))"
                     throw error
@@ -705,6 +708,7 @@ final class DeviceStaging: @unchecked Sendable {
     }
 
     deinit {
+        try? stream.synchronize()  // nothing may land in the buffer once it is freed
         try? accelerator.unregisterHostMemory(bytes)
         free(bytes.baseAddress)
     }
