@@ -74,7 +74,10 @@ import Glibc
     }
 
     @Test func selfTestAndTransferBenchmarkRunOnTheEmulation() throws {
-        let accelerator = EmulatedAccelerator(memoryByteCount: 256 << 20)
+        // A link slow enough that the modelled time, not the real memcpy, decides the rates even
+        // under ThreadSanitizer (whose memcpy made 1 MiB copies miss PCIe Gen5's model).
+        let link = EmulatedAccelerator.LinkModel(hostToDeviceBytesPerSecond: 1e9, deviceToHostBytesPerSecond: 1e9, latencySeconds: 100e-6)
+        let accelerator = EmulatedAccelerator(memoryByteCount: 256 << 20, link: link)
         let outcome = try AcceleratorSelfTest.run(accelerator: accelerator, slotByteCount: 256 << 10, slotCount: 16)
         #expect(outcome.passed)
         #expect(outcome.device.isEmulated)
@@ -85,7 +88,7 @@ import Glibc
         #expect(results.count == 2)
         // Per-copy latency makes small blocks slower on the modelled link, as on PCIe.
         #expect(results[0].hostToDeviceGBPerSecond < results[1].hostToDeviceGBPerSecond)
-        #expect(results[1].hostToDeviceGBPerSecond < 50)
+        #expect(results[1].hostToDeviceGBPerSecond < 1.01)
     }
 
     @Test func deviceSlotPoolCarvesOneAllocation() throws {
