@@ -90,6 +90,33 @@ import Glibc
         #expect(hierarchy.checkInvariants() == [])
     }
 
+    @Test func aBlockTheEngineUsesFromHotKeepsItsWarmCopy() throws {
+        // Warm's policy must see that a block served from hot is in use: otherwise warm takes it
+        // for idle, lets it go, and when hot evicts it the block is back on the NVMe.
+        let directory = try TemporaryDirectory()
+        let hierarchy = try Hierarchy(tinyConfiguration(directory: directory.path + "/cache", hot: 2, warm: 3))
+        let used = testKey(0)
+        try hierarchy.storeTestBlock(used, position: 0, sequence: SequenceID(1))
+        hierarchy.waitUntilIdle()
+        let others = (1...6).map { testKey($0) }
+        for (position, key) in others.enumerated() {
+            try hierarchy.storeTestBlock(key, position: position + 1, sequence: SequenceID(1))
+            hierarchy.waitUntilIdle()
+            let request = try hierarchy.makeResident([used], in: .hot)
+            request.wait()
+            #expect(hierarchy.fastestTier(of: used) == .hot)
+            hierarchy.release(request)
+        }
+        // Six stores went through a warm tier of three while the block was used from hot each time.
+        let pushOut = try hierarchy.makeResident(Array(others.suffix(2)), in: .hot)
+        pushOut.wait()
+        #expect(hierarchy.fastestTier(of: used) == .warm)
+        hierarchy.release(pushOut)
+        #expect(try hierarchy.holdsTestPattern(used))
+        #expect(hierarchy.checkInvariants() == [])
+        try hierarchy.close()
+    }
+
     @Test func aKeyNamedTwiceInOneRequestIsRefusedWhetherHeldOrNot() throws {
         let directory = try TemporaryDirectory()
         let hierarchy = try Hierarchy(tinyConfiguration(directory: directory.path + "/cache", hot: 4, warm: 6))

@@ -55,6 +55,10 @@ extension Hierarchy {
             }
             if let source {
                 if isDemand { state.policies[source.rawValue].demandAccess(id) } else { state.policies[source.rawValue].access(id) }
+                // The warm copy of a block the engine uses from hot is in use too: without this
+                // warm's policy sees only the fetches, takes a block hot serves every step for an
+                // idle one, and lets it go to cold, where it is when hot evicts it.
+                if isDemand, source == .hot, flags.contains(.inWarm) { state.policies[Tier.warm.rawValue].demandAccess(id) }
             }
             // A block already resident counts as arrived from the request's creation.
             switch request.tier {
