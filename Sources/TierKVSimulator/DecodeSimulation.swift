@@ -32,6 +32,8 @@ public struct DecodeSimulationConfiguration: Sendable {
     public var kvDType: DType = .fp16
     /// Modelled bytes each link may have in flight (the scheduler's bound).
     public var bytesInFlightPerLink = 256 << 20
+    /// Of them, modelled bytes of prefetches (`HierarchyConfiguration.maximumPrefetchBytesInFlightPerLink`).
+    public var prefetchBytesInFlightPerLink = 4 << 20
     /// The cold tier's file goes in a fresh directory made under this one and removed after (by
     /// default under `/dev/shm`, `$TMPDIR` or `/tmp`).
     public var cacheDirectory: String?
@@ -244,6 +246,7 @@ public enum DecodeSimulation {
         hierarchyConfiguration.coldAllowsBufferedFallback = !configuration.realIO
         hierarchyConfiguration.maximumBytesInFlightPerLink = max(
             standIn.blockByteCount, Int(Double(configuration.bytesInFlightPerLink) / byteScale))
+        hierarchyConfiguration.maximumPrefetchBytesInFlightPerLink = max(1, Int(Double(configuration.prefetchBytesInFlightPerLink) / byteScale))
         let workload: any AttentionSource = trace ?? LongDecodeWorkload(parameters: parameters, layers: layers)
         // Prediction scores the workload's own vectors (the generator's, or the recorded model's
         // queries and key summaries): the hierarchy keeps their summaries, passed with each store.

@@ -65,6 +65,8 @@ struct SimulateCommand: ParsableCommand {
     var efficiency: Double?
     @Option(help: "Modelled bytes each link may have started and not finished, such as 4MiB (default 256MiB). Demand fetches overtake queued prefetches, not started ones: a smaller bound lets them past sooner.")
     var inFlight: String?
+    @Option(help: "Of those, modelled bytes of prefetches each link may have started (default 4MiB); more wait in the hierarchy's queue, where a demand goes first.")
+    var prefetchInFlight: String?
 
     @Option(help: "Prefetch predictor: none, bound (Quest's bound with the previous token's query), speculative (InfiniGen-style query speculated for the layer ahead), history (H2O mass with decay and recency), combined, or oracle (the target layer's exact attention, which only a simulation has: the bound on what any predictor can do with the same lookahead, budgets and links).")
     var prefetch: String = "none"
@@ -113,7 +115,7 @@ struct SimulateCommand: ParsableCommand {
     var policy: String = "lru"
     @Option(help: "Long-decode: the warm and cold tiers' eviction policy, when it should differ from --policy (which then rules hot alone), e.g. --policy layered --warm-policy lru.")
     var warmPolicy: String?
-    @Option(help: "Compare in one run: policy=P,P,... or capacity=... (hot sizes for long-decode, e.g. 5%,10%,20%; blocks or shares such as 5% of the distinct blocks for mooncake traces); long-decode also prefetch=K,K, lookahead=0,1,2, in-flight=4MiB,256MiB, budget=16,64, staging=0,100, coverage=0.9,1, scoring=S,S, cpu-attention=off,on, prefill-placement=off,on. Repeat to sweep the cross product.")
+    @Option(help: "Compare in one run: policy=P,P,... or capacity=... (hot sizes for long-decode, e.g. 5%,10%,20%; blocks or shares such as 5% of the distinct blocks for mooncake traces); long-decode also prefetch=K,K, lookahead=0,1,2, in-flight=4MiB,256MiB, prefetch-in-flight=1MiB,16MiB, budget=16,64, staging=0,100, coverage=0.9,1, scoring=S,S, cpu-attention=off,on, prefill-placement=off,on. Repeat to sweep the cross product.")
     var sweep: [String] = []
 
     // Output
@@ -148,8 +150,8 @@ struct SimulateCommand: ParsableCommand {
         guard warmPolicy == nil else {
             throw CommandFailure("--warm-policy applies to long-decode runs and tierkv traces; a mooncake prefix trace has one tier")
         }
-        guard inFlight == nil else {
-            throw CommandFailure("--in-flight applies to long-decode runs and tierkv traces; a mooncake prefix trace models no links")
+        guard inFlight == nil, prefetchInFlight == nil else {
+            throw CommandFailure("--in-flight and --prefetch-in-flight apply to long-decode runs and tierkv traces; a mooncake prefix trace models no links")
         }
         guard sweep.count <= 1 else { throw CommandFailure("mooncake traces sweep one dimension at a time (policy= or capacity=)") }
         let sweep = sweep.first

@@ -21,7 +21,7 @@ extension SimulateCommand {
         for (index, dimension) in sweep.enumerated() {
             let parts = dimension.split(separator: "=", maxSplits: 1).map(String.init)
             guard parts.count == 2, !parts[1].isEmpty else {
-                throw CommandFailure("--sweep \(dimension): expected NAME=V,V,... (policy, capacity, prefetch, lookahead, in-flight, budget, staging, stage-ahead, coverage, scoring, cpu-attention, prefill-placement)")
+                throw CommandFailure("--sweep \(dimension): expected NAME=V,V,... (policy, capacity, prefetch, lookahead, in-flight, prefetch-in-flight, budget, staging, stage-ahead, coverage, scoring, cpu-attention, prefill-placement)")
             }
             let values = parts[1].split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
             var expanded: [(label: String, configuration: DecodeSimulationConfiguration)] = []
@@ -49,6 +49,9 @@ extension SimulateCommand {
                     case "in-flight":
                         configuration.bytesInFlightPerLink = try inFlightBytes(value, option: "--sweep in-flight")
                         label = "in flight \(value)"
+                    case "prefetch-in-flight":
+                        configuration.prefetchBytesInFlightPerLink = try inFlightBytes(value, option: "--sweep prefetch-in-flight")
+                        label = "prefetch in flight \(value)"
                     case "budget":
                         configuration.prefetch.budgetBlocks = try budgetBlocks(value, option: "--sweep budget", configuration: configuration)
                         label = "budget \(value)"
@@ -79,7 +82,7 @@ extension SimulateCommand {
                         try applySketchOptions(scoring: scoring, to: &configuration)
                         label = "scoring \(value)"
                     default:
-                        throw CommandFailure("--sweep \(parts[0]) is not supported; use policy, capacity, prefetch, lookahead, in-flight, budget, staging, stage-ahead, coverage, scoring, cpu-attention or prefill-placement")
+                        throw CommandFailure("--sweep \(parts[0]) is not supported; use policy, capacity, prefetch, lookahead, in-flight, prefetch-in-flight, budget, staging, stage-ahead, coverage, scoring, cpu-attention or prefill-placement")
                     }
                     expanded.append((index == 0 ? label : run.label + ", " + label, configuration))
                 }
@@ -171,6 +174,9 @@ extension SimulateCommand {
         try applySize(warm, option: "--warm", fraction: &configuration.warmFraction, bytes: &configuration.warmBytes)
         if let cold { configuration.coldBytes = try parseByteCount(cold, option: "--cold") }
         if let inFlight { configuration.bytesInFlightPerLink = try inFlightBytes(inFlight, option: "--in-flight") }
+        if let prefetchInFlight {
+            configuration.prefetchBytesInFlightPerLink = try inFlightBytes(prefetchInFlight, option: "--prefetch-in-flight")
+        }
         if let config { try applyConfigFile(config, to: &configuration) }
         if let h2dGbps { configuration.hardware.hostToDevice.bytesPerSecond = try gigabytes(h2dGbps, "--h2d-gbps") }
         if let d2hGbps { configuration.hardware.deviceToHost.bytesPerSecond = try gigabytes(d2hGbps, "--d2h-gbps") }

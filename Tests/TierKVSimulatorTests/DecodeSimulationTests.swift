@@ -46,6 +46,55 @@ import TierKV
     }
 }
 
+/// The hierarchy on the virtual clock: how prefetches and demand share a link.
+@Suite struct PrefetchOnTheLinkTests {
+    /// 40 blocks prefetched to hot, then a demand for one more: with the prefetch bound of one
+    /// block in flight, the demand starts after at most that one; with every prefetch started at
+    /// once (a bound as large as the link's), it queues behind all 40.
+    @Test func aDemandWaitsBehindAtMostThePrefetchBytesInFlight() throws {
+        func demandWait(prefetchBytesInFlight: Int) throws -> (demand: UInt64, prefetch: UInt64, blockTime: UInt64) {
+            let layout = try KVLayout(layers: 1, kvHeads: 1, queryHeads: 1, headDim: 64, tokensPerBlock: 16)
+            let clock = VirtualClock(links: ["h2d": LinkModel(bytesPerSecond: 1e9, latencySeconds: 0)])
+            var configuration = HierarchyConfiguration(
+                layout: layout, hotCapacityBlocks: 64, warmCapacityBlocks: 64, policy: .lru, accelerator: .emulated(.instant))
+            configuration.admitsNewBlocksToHot = false
+            configuration.clock = clock
+            configuration.maximumPrefetchBytesInFlightPerLink = prefetchBytesInFlight
+            let hierarchy = try Hierarchy(configuration)
+            let keys = hierarchy.blockKeys(tokens: (0..<(41 * 16)).map { UInt32($0) }, layer: 0)
+            let bytes = [UInt8](repeating: 7, count: layout.blockByteCount)
+            for (position, key) in keys.enumerated() {
+                _ = try bytes.withUnsafeBytes { try hierarchy.store(key, position: position, bytes: $0, sequence: SequenceID(1)) }
+            }
+            let prefetch = try hierarchy.makeResident(Array(keys.prefix(40)), in: .hot, priority: .prefetch)
+            let demand = try hierarchy.makeResident([keys[40]], in: .hot, priority: .demand)
+            #expect(clock.run { demand.isReady && prefetch.isReady })
+            #expect(demand.failures.isEmpty && prefetch.failures.isEmpty)
+            #expect(keys.allSatisfy { hierarchy.fastestTier(of: $0) == .hot }, "every prefetch still lands")
+            let result = (demand.readyNanoseconds!, prefetch.readyNanoseconds!, UInt64(layout.blockByteCount))  // 1 ns per byte
+            hierarchy.release(prefetch)
+            hierarchy.release(demand)
+            try hierarchy.close()
+            return result
+        }
+        let bounded = try demandWait(prefetchBytesInFlight: 4096)
+        #expect(bounded.blockTime == 4096)
+        #expect(bounded.demand <= 2 * bounded.blockTime, "the demand went after \(bounded.demand) ns")
+        #expect(bounded.prefetch == 41 * bounded.blockTime)
+        let unbounded = try demandWait(prefetchBytesInFlight: 256 << 20)
+        #expect(unbounded.demand == 41 * unbounded.blockTime, "every prefetch was on the link before the demand")
+    }
+
+    @Test func aPrefetchBoundOfNothingIsRefused() throws {
+        let layout = try KVLayout(layers: 1, kvHeads: 1, queryHeads: 1, headDim: 64, tokensPerBlock: 16)
+        var configuration = HierarchyConfiguration(layout: layout, hotCapacityBlocks: 4, warmCapacityBlocks: 4, accelerator: .emulated(.instant))
+        configuration.maximumPrefetchBytesInFlightPerLink = 0
+        var message: String?
+        do { _ = try Hierarchy(configuration) } catch { message = error.message }
+        #expect(message?.contains("maximumPrefetchBytesInFlightPerLink is 0") == true, "\(message ?? "no error")")
+    }
+}
+
 @Suite struct LongDecodeWorkloadTests {
     static func small(seed: UInt64 = 1) -> LongDecodeParameters {
         var parameters = LongDecodeParameters()

@@ -325,8 +325,18 @@ extension Hierarchy {
         failWaiters(id, reason: reason, &state)
     }
 
+    /// Whether one more prefetch-priority block may start on `link` (host→device or cold read),
+    /// with `adding` more already chosen in this pass: the link's prefetch bytes started and not
+    /// completed stay within `maximumPrefetchBytesInFlightPerLink`. The rest wait in the
+    /// hierarchy's queue, where a demand for one of them puts it first and a withdrawn prefetch
+    /// costs nothing; once started on the link, a demand transfer would queue behind them all.
+    private func prefetchFits(_ link: Int, adding: Int, _ state: HierarchyState) -> Bool {
+        let blocks = state.prefetchBlocksInFlight[link] + adding
+        return blocks == 0 || (blocks + 1) * blockByteCount <= configuration.maximumPrefetchBytesInFlightPerLink
+    }
+
     private func startWarmArrivals(_ state: inout HierarchyState) {
-        var reads: [Int32] = [], readsDemand = false
+        var reads: [Int32] = [], readsDemand = false, prefetchReads = 0
         var copies: [Int32] = [], copiesDemand = false
         while let (id, isDemand) = state.wantWarm.first {
             var flags = state.records[Int(id)].flags
@@ -341,6 +351,7 @@ extension Hierarchy {
                 if !flags.contains(.inWarm) { failWaiters(id, reason: "block has no readable copy", &state) }
                 continue
             }
+            if !isDemand, !fromHot, !prefetchFits(LinkIndex.coldRead, adding: prefetchReads, state) { break }
             guard let slot = takeSlot(.warm, urgent: isDemand, &state) else { break }
             state.wantWarm.removeFirst()
             flags = state.records[Int(id)].flags
@@ -353,15 +364,19 @@ extension Hierarchy {
                 copiesDemand = copiesDemand || isDemand
             } else {
                 reads.append(id)
+                if !isDemand { prefetchReads += 1 }
                 readsDemand = readsDemand || isDemand
             }
         }
-        if !reads.isEmpty { enqueueColdRead(reads, priority: readsDemand ? .demand : .prefetch, &state) }
+        if !reads.isEmpty {
+            if !readsDemand { state.prefetchBlocksInFlight[LinkIndex.coldRead] += reads.count }
+            enqueueColdRead(reads, priority: readsDemand ? .demand : .prefetch, &state)
+        }
         if !copies.isEmpty { enqueueDeviceToHost(copies, priority: copiesDemand ? .demand : .prefetch, &state) }
     }
 
     private func startHotArrivals(_ state: inout HierarchyState) {
-        var started: [Int32] = [], anyDemand = false
+        var started: [Int32] = [], anyDemand = false, prefetchCopies = 0
         while let (id, isDemand) = state.wantHot.first {
             let flags = state.records[Int(id)].flags
             guard flags.contains(.live), flags.contains(.queuedHot) else {
@@ -374,8 +389,10 @@ extension Hierarchy {
                 if !flags.contains(.inHot) { queueForHot(id, isDemand: isDemand, &state) }
                 continue
             }
+            if !isDemand, !prefetchFits(LinkIndex.hostToDevice, adding: prefetchCopies, state) { break }
             guard let slot = takeSlot(.hot, urgent: isDemand, &state) else { break }
             state.wantHot.removeFirst()
+            if !isDemand { prefetchCopies += 1 }
             state.records[Int(id)].flags.remove(.queuedHot)
             state.records[Int(id)].flags.insert(.loadingHot)
             state.records[Int(id)].hotSlot = slot
@@ -384,6 +401,7 @@ extension Hierarchy {
         }
         guard !started.isEmpty else { return }
         for id in started { markInFlight(id, LinkIndex.hostToDevice, &state) }
+        if !anyDemand { state.prefetchBlocksInFlight[LinkIndex.hostToDevice] += started.count }
         let copies = started.map { id in
             DeviceCopy(host: warmPayload(ofSlot: state.records[Int(id)].warmSlot).baseAddress!,
                 device: hotPool.address(ofSlot: Int(state.records[Int(id)].hotSlot)), byteCount: blockByteCount)
@@ -699,6 +717,7 @@ extension Hierarchy {
         case .hostToDevice(let ids, let copies, let priority):
             hostToDevice.submit(copies, priority: priority) { [self] outcome in
                 latency(LinkIndex.hostToDevice)
+                if priority != .demand { state.withLock { $0.prefetchBlocksInFlight[LinkIndex.hostToDevice] -= ids.count } }
                 finishHostToDevice(ids, outcome)
             }
         case .deviceToHost(let ids, let copies, let priority):
@@ -709,6 +728,7 @@ extension Hierarchy {
         case .coldRead(let ids, let batch, let priority):
             coldReads!.submit(batch, priority: priority) { [self] outcome in
                 latency(LinkIndex.coldRead)
+                if priority != .demand { state.withLock { $0.prefetchBlocksInFlight[LinkIndex.coldRead] -= ids.count } }
                 finishColdRead(ids, batch, outcome)
             }
         case .coldWrite(let ids, let batch, let priority):

@@ -150,6 +150,8 @@ struct HierarchyState {
     /// I/O demotions in flight per tier (hot→warm copies, warm→cold writes).
     var demoting = [0, 0, 0]
     var wantHot = ArrivalQueue()
+    /// Prefetch-priority blocks started and not completed, per link (`LinkIndex`).
+    var prefetchBlocksInFlight = [0, 0, 0, 0]
     var wantWarm = ArrivalQueue()
     var wantFlush: [Int32] = []
     var hotWaiters: [Int32: [ResidencyRequest]] = [:]
