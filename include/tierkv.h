@@ -193,7 +193,9 @@ const char *tierkv_status_name(tierkv_status status);
  * is "from-keys", 4 KiB per Llama-3-8B block); cpu_threads (CPU
  * attention workers, the calling thread included; default: every CPU, or every CPU of numa_node);
  * cpu_spin_us (50: how long idle workers poll for the next call before sleeping; 0 frees the CPUs
- * at once). An unknown field is an error naming it. On success *out is a new handle owned by the caller: close it. */
+ * at once); prefetch_bytes_in_flight (4194304: the bytes of prefetches started per link, host to
+ * device and cold reads; the rest wait in TierKV's queue, where a demand goes first and a
+ * withdrawn prefetch costs nothing). An unknown field is an error naming it. On success *out is a new handle owned by the caller: close it. */
 tierkv_status tierkv_open(const char *config_json, tierkv_hierarchy **out);
 /* Waits for transfers in flight, flushes every block to the cold tier when `flush` is nonzero,
  * closes, and frees the handle (also when the flush fails: the status says so). Requests still

@@ -10,7 +10,7 @@ struct OpenConfiguration {
     static let topLevelFields: Set<String> = [
         "layout", "hot_blocks", "warm_blocks", "cold_blocks", "cache_dir", "namespace", "policy", "warm_policy", "accelerator",
         "admit_to_hot", "inclusive_warm", "allow_dropping", "numa_node", "lock_memory", "buffered_fallback",
-        "key_summaries", "key_sketch_bits", "cpu_threads", "cpu_spin_us",
+        "key_summaries", "key_sketch_bits", "cpu_threads", "cpu_spin_us", "prefetch_bytes_in_flight",
     ]
     /// Sketch bits with `"key_summaries": "from-keys"` when the configuration names none.
     static let defaultSketchBits = 2
@@ -118,6 +118,13 @@ struct OpenConfiguration {
             let spin = try integer(root, "cpu_spin_us", "cpu_spin_us")
             guard spin >= 0, spin <= 1_000_000 else { throw .invalid("\"cpu_spin_us\" is \(spin); expected 0–1000000 microseconds") }
             cpuSpinMicroseconds = spin
+        }
+        if root["prefetch_bytes_in_flight"] != nil {
+            let bytes = try integer(root, "prefetch_bytes_in_flight", "prefetch_bytes_in_flight")
+            guard bytes > 0 else {
+                throw .invalid("\"prefetch_bytes_in_flight\" is \(bytes); expected bytes > 0 (prefetches started per link; one block may always start)")
+            }
+            configuration.maximumPrefetchBytesInFlightPerLink = bytes
         }
         try configuration.validate()
         hierarchy = configuration

@@ -34,6 +34,9 @@ def test_configuration_errors_name_the_field():
         tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, accelerator="emulated", policy="layered", warm_policy="mru")
     with pytest.raises(tierkv.InvalidArgument, match=r'"cpu_spin_us" is -1; expected 0–1000000 microseconds'):
         tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, accelerator="emulated", cpu_spin_us=-1)
+    with pytest.raises(tierkv.InvalidArgument, match=r'"prefetch_bytes_in_flight" is 0; expected bytes > 0'):
+        tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, accelerator="emulated", prefetch_bytes_in_flight=0)
+    tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, accelerator="emulated", prefetch_bytes_in_flight=1 << 20).close()
     with pytest.raises(tierkv.InvalidArgument, match="NUMA node 99 does not exist"):
         tierkv.Hierarchy(layout=LAYOUT, hot_blocks=2, warm_blocks=4, accelerator="emulated", numa_node=99)
     with pytest.raises(tierkv.InvalidArgument, match="cache_dir|cacheDirectory"):
